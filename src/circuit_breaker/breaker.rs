@@ -1,0 +1,548 @@
+//! The breaker state machine: plain atomics, time passed in by the caller.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering::*},
+    },
+    time::Duration,
+};
+
+use crossbeam_utils::CachePadded;
+use tokio::time::Instant;
+
+use super::{
+    Config, State, WindowKind,
+    events::Observers,
+    state::Word,
+    window::{Consecutive, CountWindow, Reading, Sample, TimeWindow},
+};
+use crate::classify::Outcome;
+
+/// A circuit breaker, free of tower and HTTP: ask [`Breaker::try_acquire`] before a call and
+/// hand the permit back to [`Breaker::record`] (or [`Breaker::release`]) after it.
+///
+/// Every method that needs the time takes a clock closure, so tests drive it with fake
+/// instants and the hot path reads the clock only when the configuration needs it (slow-call
+/// detection, time windows, open state).
+///
+/// Admission and recording in the closed state use a handful of atomic operations: no lock, no
+/// allocation. State changes take a short lock so that racing callers produce exactly one
+/// transition and one event.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tower_rampart::circuit_breaker::{Breaker, Config, State};
+/// use tower_rampart::classify::Outcome;
+///
+/// let breaker = Breaker::new(
+///     Config::builder().consecutive_failures(2).open_duration(Duration::from_secs(5)).build()?,
+/// );
+/// let t0 = Instant::now();
+/// for _ in 0..2 {
+///     let permit = breaker.try_acquire(|| t0).expect("closed");
+///     breaker.record(permit, &Outcome::FAILURE, || t0);
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// let rejected = breaker.try_acquire(|| t0 + Duration::from_secs(1)).unwrap_err();
+/// assert_eq!(rejected.retry_after(), Some(Duration::from_secs(4)));
+/// // After the open duration the next call is a half-open probe.
+/// let probe = breaker.try_acquire(|| t0 + Duration::from_secs(5)).expect("probe");
+/// assert_eq!(breaker.state(), State::HalfOpen);
+/// # drop(probe);
+/// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+/// ```
+pub struct Breaker {
+    word: CachePadded<AtomicU64>,
+    window: Window,
+    config: Config,
+    epoch: Instant,
+    open_until: AtomicU64,
+    state_since: AtomicU64,
+    /// Half-open results: generation tag (16 bits), calls, failures, slow (16 bits each).
+    probes: AtomicU64,
+    openings: AtomicU32,
+    not_permitted: AtomicU64,
+    transitions: Mutex<()>,
+    observers: Observers,
+}
+
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+    Consecutive(Consecutive),
+}
+
+/// Leave to make one call. Give it back with [`Breaker::record`] or [`Breaker::release`]; a
+/// half-open permit that is simply dropped is lost until the half-open period ends, so the tower
+/// layers wrap it in a guard that releases it.
+#[must_use = "a permit must be recorded or released"]
+#[derive(Debug)]
+pub struct Permit {
+    generation: u64,
+    kind: PermitKind,
+    started: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PermitKind {
+    Record,
+    Probe,
+    Unrecorded,
+}
+
+impl Permit {
+    /// Whether this permit is one of the half-open probes.
+    pub fn is_probe(&self) -> bool {
+        self.kind == PermitKind::Probe
+    }
+}
+
+/// A refused call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    state: State,
+    retry_after: Option<Duration>,
+}
+
+impl Rejected {
+    /// The state that refused the call.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// How long until the breaker lets a probe through, when known (not when forced open, nor
+    /// when every half-open permit is taken).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// A breaker's readings at one moment.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The current state.
+    pub state: State,
+    /// Calls in the window (failures in a row, in consecutive mode).
+    pub calls: u32,
+    /// Failures in the window.
+    pub failures: u32,
+    /// Slow calls in the window.
+    pub slow_calls: u32,
+    /// Failure rate in [0, 1], once the window holds the minimum number of calls.
+    pub failure_rate: Option<f64>,
+    /// Slow-call rate in [0, 1], once the window holds the minimum number of calls and slow-call
+    /// detection is on.
+    pub slow_call_rate: Option<f64>,
+    /// Calls refused since the breaker was built.
+    pub not_permitted: u64,
+    /// Time since the current state was entered.
+    pub time_in_state: Duration,
+    /// Time left until the breaker probes, when open.
+    pub retry_after: Option<Duration>,
+}
+
+/// Reads the clock at most once, and only if asked.
+struct Clock<F> {
+    f: Option<F>,
+    t: Option<Instant>,
+}
+
+impl<F: FnOnce() -> Instant> Clock<F> {
+    fn new(f: F) -> Self {
+        Clock {
+            f: Some(f),
+            t: None,
+        }
+    }
+
+    fn now(&mut self) -> Instant {
+        match self.t {
+            Some(t) => t,
+            None => {
+                let t = (self.f.take().expect("clock read once"))();
+                self.t = Some(t);
+                t
+            }
+        }
+    }
+}
+
+const TAG: u32 = 48;
+const P16: u64 = 0xFFFF;
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: Config) -> Self {
+        let window = match config.window {
+            WindowKind::Count { size } => Window::Count(CountWindow::new(size)),
+            WindowKind::Time { duration, buckets } => {
+                let bucket = (duration.as_nanos() / u128::from(buckets)).max(1);
+                Window::Time(TimeWindow::new(
+                    u64::try_from(bucket).unwrap_or(u64::MAX),
+                    buckets,
+                ))
+            }
+            WindowKind::Consecutive { .. } => Window::Consecutive(Consecutive::new()),
+        };
+        let observers = Observers::new(config.name.clone(), &config.listeners, State::Closed);
+        Breaker {
+            word: CachePadded::new(AtomicU64::new(Word::new(State::Closed, 0, 0).0)),
+            window,
+            config,
+            epoch: Instant::now(),
+            open_until: AtomicU64::new(0),
+            state_since: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            openings: AtomicU32::new(0),
+            not_permitted: AtomicU64::new(0),
+            transitions: Mutex::new(()),
+            observers,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        self.observers.name()
+    }
+
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
+        self.observers.name()
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current state. Reading it changes nothing: an open breaker whose open duration has
+    /// passed reports `Open` until the next call turns it half-open.
+    pub fn state(&self) -> State {
+        self.load().state()
+    }
+
+    #[inline]
+    fn load(&self) -> Word {
+        Word(self.word.load(Acquire))
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Asks for leave to make one call.
+    #[inline]
+    pub fn try_acquire(&self, now: impl FnOnce() -> Instant) -> Result<Permit, Rejected> {
+        let mut clock = Clock::new(now);
+        loop {
+            let w = self.load();
+            match w.state() {
+                State::Closed | State::MetricsOnly => {
+                    let started = self.config.slow.map(|_| clock.now());
+                    return Ok(Permit {
+                        generation: w.generation(),
+                        kind: PermitKind::Record,
+                        started,
+                    });
+                }
+                State::Disabled => {
+                    return Ok(Permit {
+                        generation: w.generation(),
+                        kind: PermitKind::Unrecorded,
+                        started: None,
+                    });
+                }
+                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
+                State::Open => {
+                    let now = clock.now();
+                    let (n, until) = (self.nanos(now), self.open_until.load(Acquire));
+                    if n < until {
+                        return Err(self.reject(State::Open, Some(Duration::from_nanos(until - n))));
+                    }
+                    self.transition(Some(w), State::HalfOpen, now, None);
+                }
+                State::HalfOpen => {
+                    if let Some(wait) = self.config.half_open_max_wait {
+                        let now = clock.now();
+                        let since = self.state_since.load(Acquire);
+                        if self.nanos(now).saturating_sub(since) >= nanos_of(wait) {
+                            self.transition(Some(w), State::Open, now, None);
+                            continue;
+                        }
+                    }
+                    if w.issued() >= self.config.half_open_permits {
+                        return Err(self.reject(State::HalfOpen, None));
+                    }
+                    let next = w.with_issued(w.issued() + 1);
+                    if self
+                        .word
+                        .compare_exchange(w.0, next.0, AcqRel, Acquire)
+                        .is_ok()
+                    {
+                        let started = self.config.slow.map(|_| clock.now());
+                        return Ok(Permit {
+                            generation: w.generation(),
+                            kind: PermitKind::Probe,
+                            started,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
+        self.not_permitted.fetch_add(1, Relaxed);
+        self.observers.rejected(state, retry_after);
+        Rejected { state, retry_after }
+    }
+
+    /// Records the outcome of a permitted call.
+    #[inline]
+    pub fn record(&self, permit: Permit, outcome: &Outcome, now: impl FnOnce() -> Instant) {
+        if permit.kind == PermitKind::Unrecorded {
+            return;
+        }
+        let (failure, hint) = match outcome {
+            Outcome::Success => (false, None),
+            Outcome::Failure { retry_after } => (true, *retry_after),
+            Outcome::Ignore => {
+                self.observers.ignored();
+                return self.release(permit);
+            }
+        };
+        let mut clock = Clock::new(now);
+        let elapsed = permit
+            .started
+            .map(|s| clock.now().saturating_duration_since(s));
+        let slow = matches!((self.config.slow, elapsed), (Some((d, _)), Some(e)) if e >= d);
+        self.observers.outcome(failure, slow, elapsed);
+
+        let w = self.load();
+        // A result from an earlier period says nothing about this one.
+        if w.generation() != permit.generation {
+            return;
+        }
+        if permit.kind == PermitKind::Probe {
+            return self.record_probe(w, failure, slow, hint, &mut clock);
+        }
+        let sample = Sample { failure, slow };
+        let reading = match &self.window {
+            Window::Count(c) => match c.record(sample) {
+                // A success that evicted another call can only lower the rates.
+                Some((r, grew)) if failure || slow || grew => r,
+                _ => return,
+            },
+            Window::Time(t) => t.record(self.nanos(clock.now()), sample),
+            Window::Consecutive(c) => match c.record(failure) {
+                Some(run) => Reading {
+                    calls: run,
+                    failures: run,
+                    slow: 0,
+                },
+                None => return,
+            },
+        };
+        if w.state() == State::Closed && self.exceeded(reading, true) {
+            self.transition(Some(w), State::Open, clock.now(), hint);
+        }
+    }
+
+    fn record_probe<F: FnOnce() -> Instant>(
+        &self,
+        w: Word,
+        failure: bool,
+        slow: bool,
+        hint: Option<Duration>,
+        clock: &mut Clock<F>,
+    ) {
+        let tag = w.generation() & P16;
+        let add = 1 << 32 | u64::from(failure) << 16 | u64::from(slow);
+        let mut cur = self.probes.load(Acquire);
+        let now = loop {
+            if cur >> TAG != tag {
+                return;
+            }
+            match self
+                .probes
+                .compare_exchange_weak(cur, cur + add, AcqRel, Acquire)
+            {
+                Ok(_) => break cur + add,
+                Err(seen) => cur = seen,
+            }
+        };
+        let r = Reading {
+            calls: ((now >> 32) & P16) as u32,
+            failures: ((now >> 16) & P16) as u32,
+            slow: (now & P16) as u32,
+        };
+        let consecutive = matches!(self.window, Window::Consecutive(_));
+        if r.calls >= self.config.half_open_permits || (consecutive && r.failures > 0) {
+            let to = if self.exceeded(r, false) {
+                State::Open
+            } else {
+                State::Closed
+            };
+            self.transition(Some(w), to, clock.now(), hint);
+        }
+    }
+
+    /// Gives back a permit whose call ended without an outcome (cancelled, or classified as
+    /// ignored). A half-open probe permit becomes available again.
+    pub fn release(&self, permit: Permit) {
+        if permit.kind != PermitKind::Probe {
+            return;
+        }
+        let mut w = self.load();
+        while w.state() == State::HalfOpen && w.generation() == permit.generation && w.issued() > 0
+        {
+            let next = w.with_issued(w.issued() - 1);
+            match self.word.compare_exchange(w.0, next.0, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(seen) => w = Word(seen),
+            }
+        }
+    }
+
+    fn exceeded(&self, r: Reading, closed: bool) -> bool {
+        if let WindowKind::Consecutive { failures } = self.config.window {
+            return if closed {
+                r.failures >= failures
+            } else {
+                r.failures > 0
+            };
+        }
+        // In half-open the probes are the minimum.
+        if r.calls == 0 || (closed && r.calls < self.config.minimum_calls) {
+            return false;
+        }
+        let over = |count: u32, ppm: u64| u64::from(count) * 1_000_000 >= ppm * u64::from(r.calls);
+        over(r.failures, self.config.failure_ppm)
+            || self.config.slow.is_some_and(|(_, ppm)| over(r.slow, ppm))
+    }
+
+    /// Moves to `to` if the breaker is still in `from`'s period (`None`: from any state).
+    /// Returns whether this call made the change.
+    fn transition(
+        &self,
+        from: Option<Word>,
+        to: State,
+        now: Instant,
+        hint: Option<Duration>,
+    ) -> bool {
+        let _serial = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut cur = self.load();
+        if let Some(from) = from
+            && (cur.state() != from.state() || cur.generation() != from.generation())
+        {
+            return false;
+        }
+        let left = cur.state();
+        let n = self.nanos(now);
+        let next = cur.next(to);
+        match to {
+            State::Open => {
+                let openings = self.openings.load(Relaxed).saturating_add(1);
+                self.openings.store(openings, Relaxed);
+                let mut open = self.config.open_duration_after(openings);
+                if let Some(h) = hint.filter(|_| self.config.respect_retry_after) {
+                    open = open.max(h.min(self.config.max_open));
+                }
+                self.open_until
+                    .store(n.saturating_add(nanos_of(open)), Release);
+            }
+            State::HalfOpen => self.probes.store((next.generation() & P16) << TAG, Release),
+            State::Closed => {
+                self.openings.store(0, Relaxed);
+                match &self.window {
+                    Window::Count(c) => c.reset(),
+                    Window::Time(t) => t.reset(),
+                    Window::Consecutive(c) => c.reset(),
+                }
+            }
+            State::ForcedOpen | State::Disabled | State::MetricsOnly => {}
+        }
+        self.state_since.store(n, Release);
+        // Under the lock only the half-open permit count can change beside us.
+        while let Err(seen) = self.word.compare_exchange(cur.0, next.0, AcqRel, Acquire) {
+            cur = Word(seen);
+        }
+        if left != to {
+            self.observers.transition(left, to);
+        }
+        true
+    }
+
+    /// Operator control: reject every call until [`Breaker::reset`].
+    pub fn force_open(&self, now: Instant) {
+        self.transition(None, State::ForcedOpen, now, None);
+    }
+
+    /// Operator control: admit every call and record nothing.
+    pub fn disable(&self, now: Instant) {
+        self.transition(None, State::Disabled, now, None);
+    }
+
+    /// Operator control: admit and record every call, never change state.
+    pub fn metrics_only(&self, now: Instant) {
+        self.transition(None, State::MetricsOnly, now, None);
+    }
+
+    /// Operator control: closed, with an empty window and the open duration back at its start.
+    pub fn reset(&self, now: Instant) {
+        self.transition(None, State::Closed, now, None);
+    }
+
+    /// The breaker's readings at `now`. Time-window buckets that expired are dropped first.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let w = self.load();
+        let n = self.nanos(now);
+        let r = match &self.window {
+            Window::Count(c) => c.reading(),
+            Window::Time(t) => t.reading(n),
+            Window::Consecutive(c) => {
+                let run = c.get();
+                Reading {
+                    calls: run,
+                    failures: run,
+                    slow: 0,
+                }
+            }
+        };
+        let known = !matches!(self.window, Window::Consecutive(_))
+            && r.calls >= self.config.minimum_calls
+            && r.calls > 0;
+        let rate = |x: u32| f64::from(x) / f64::from(r.calls);
+        let until = self.open_until.load(Acquire);
+        Snapshot {
+            state: w.state(),
+            calls: r.calls,
+            failures: r.failures,
+            slow_calls: r.slow,
+            failure_rate: known.then(|| rate(r.failures)),
+            slow_call_rate: (known && self.config.slow.is_some()).then(|| rate(r.slow)),
+            not_permitted: self.not_permitted.load(Relaxed),
+            time_in_state: Duration::from_nanos(n.saturating_sub(self.state_since.load(Acquire))),
+            retry_after: (w.state() == State::Open)
+                .then(|| Duration::from_nanos(until.saturating_sub(n))),
+        }
+    }
+}
+
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,380 @@
+//! Breaker configuration and its validating builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use super::{
+    events::{Event, Listener},
+    state::MAX_PERMITS,
+    window::MAX_COUNT_WINDOW,
+};
+
+/// How the breaker judges the recent past.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WindowKind {
+    /// The outcomes of the last `size` calls (a true ring: each call evicts the oldest).
+    Count {
+        /// Number of calls in the window.
+        size: u32,
+    },
+    /// The outcomes of the last `duration`, kept in `buckets` fixed buckets of
+    /// `duration / buckets` each (memory does not grow with the call rate).
+    Time {
+        /// Length of the window.
+        duration: Duration,
+        /// Number of buckets it is divided into.
+        buckets: u32,
+    },
+    /// Open after this many failures in a row; a success resets the run.
+    Consecutive {
+        /// Failures in a row that open the breaker.
+        failures: u32,
+    },
+}
+
+/// A validated breaker configuration. Build one with [`Config::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::circuit_breaker::Config;
+///
+/// let config = Config::builder()
+///     .name("payments")
+///     .time_window(Duration::from_secs(10), 10)
+///     .failure_rate(0.25)
+///     .minimum_calls(50)
+///     .open_duration(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(config.name(), "payments");
+/// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) name: Arc<str>,
+    pub(crate) window: WindowKind,
+    pub(crate) failure_ppm: u64,
+    pub(crate) slow: Option<(Duration, u64)>,
+    pub(crate) minimum_calls: u32,
+    pub(crate) open: Duration,
+    pub(crate) open_multiplier: f64,
+    pub(crate) max_open: Duration,
+    pub(crate) half_open_permits: u32,
+    pub(crate) half_open_max_wait: Option<Duration>,
+    pub(crate) respect_retry_after: bool,
+    pub(crate) listeners: Vec<Listener>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("name", &self.name)
+            .field("window", &self.window)
+            .field("failure_rate", &(self.failure_ppm as f64 / 1e6))
+            .field("slow", &self.slow)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("open", &self.open)
+            .field("open_multiplier", &self.open_multiplier)
+            .field("max_open", &self.max_open)
+            .field("half_open_permits", &self.half_open_permits)
+            .field("half_open_max_wait", &self.half_open_max_wait)
+            .field("respect_retry_after", &self.respect_retry_after)
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
+}
+
+impl Config {
+    /// A builder with the defaults listed on [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The breaker's name (metrics label, error text).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The window kind.
+    pub fn window(&self) -> WindowKind {
+        self.window
+    }
+
+    /// The open duration after `openings` consecutive openings (1 for the first), before any
+    /// retry-after hint.
+    pub fn open_duration_after(&self, openings: u32) -> Duration {
+        let exp = openings.saturating_sub(1).min(64) as i32;
+        let secs = self.open.as_secs_f64() * self.open_multiplier.powi(exp);
+        if !secs.is_finite() || secs >= self.max_open.as_secs_f64() {
+            self.max_open
+        } else {
+            Duration::from_secs_f64(secs).min(self.max_open)
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid circuit breaker configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Builds a [`Config`] (and from it a breaker or a layer), checking every value.
+///
+/// Defaults, chosen for an HTTP client talking to one downstream:
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | window | last 100 calls | enough calls for a stable rate at modest traffic |
+/// | minimum calls | 20 | a handful of early errors should not open the breaker |
+/// | failure rate | 50 % | Resilience4j's default; opens on a clearly broken downstream |
+/// | slow calls | off | latency targets are per service; turn on with [`Builder::slow_calls`] |
+/// | open duration | 10 s, fixed, at most 5 min | short enough to notice recovery quickly |
+/// | half-open probes | 3 | one probe is a coin toss; three give a signal |
+/// | half-open max wait | none | probes finish or time out through their own timeouts |
+/// | retry-after hints | respected, capped at the max open duration | the downstream knows best |
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::circuit_breaker::Config;
+///
+/// let err = Config::builder().failure_rate(1.5).build().unwrap_err();
+/// assert!(err.to_string().contains("failure_rate"));
+///
+/// let growing = Config::builder()
+///     .open_duration(Duration::from_secs(1))
+///     .open_duration_growth(2.0, Duration::from_secs(8))
+///     .build()?;
+/// assert_eq!(growing.open_duration_after(3), Duration::from_secs(4));
+/// assert_eq!(growing.open_duration_after(10), Duration::from_secs(8));
+/// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+/// ```
+#[must_use]
+pub struct Builder {
+    name: Arc<str>,
+    window: WindowKind,
+    failure_rate: f64,
+    slow: Option<(Duration, f64)>,
+    minimum_calls: u32,
+    open: Duration,
+    open_multiplier: f64,
+    max_open: Duration,
+    half_open_permits: u32,
+    half_open_max_wait: Option<Duration>,
+    respect_retry_after: bool,
+    listeners: Vec<Listener>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: Arc::from("default"),
+            window: WindowKind::Count { size: 100 },
+            failure_rate: 0.5,
+            slow: None,
+            minimum_calls: 20,
+            open: Duration::from_secs(10),
+            open_multiplier: 1.0,
+            max_open: Duration::from_secs(300),
+            half_open_permits: 3,
+            half_open_max_wait: None,
+            respect_retry_after: true,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// The breaker's name: a metrics label and part of the rejection message.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Judge the last `size` calls (1..=1,000,000).
+    pub fn count_window(mut self, size: u32) -> Self {
+        self.window = WindowKind::Count { size };
+        self
+    }
+
+    /// Judge the calls of the last `duration`, kept in `buckets` buckets (1..=1000, each at
+    /// least 1 ms).
+    pub fn time_window(mut self, duration: Duration, buckets: u32) -> Self {
+        self.window = WindowKind::Time { duration, buckets };
+        self
+    }
+
+    /// Open after `failures` failures in a row (no rates, no minimum).
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.window = WindowKind::Consecutive { failures };
+        self
+    }
+
+    /// Open when the failure rate is at least `rate` (in (0, 1]).
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.failure_rate = rate;
+        self
+    }
+
+    /// Count calls that take `duration` or longer as slow (whether they succeed or fail), and open
+    /// when the slow rate is at least `rate` (in (0, 1]). Not available in consecutive mode.
+    pub fn slow_calls(mut self, duration: Duration, rate: f64) -> Self {
+        self.slow = Some((duration, rate));
+        self
+    }
+
+    /// Calls the window must hold before its rates are judged (at least 1).
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.minimum_calls = calls;
+        self
+    }
+
+    /// How long the breaker stays open before probing (at least 1 ms).
+    pub fn open_duration(mut self, duration: Duration) -> Self {
+        self.open = duration;
+        self
+    }
+
+    /// Multiply the open duration by `multiplier` for each consecutive opening without a close in
+    /// between, up to `max` (also the cap for retry-after hints). A multiplier of 1 keeps it fixed.
+    pub fn open_duration_growth(mut self, multiplier: f64, max: Duration) -> Self {
+        self.open_multiplier = multiplier;
+        self.max_open = max;
+        self
+    }
+
+    /// Probe calls let through while half-open (1..=65535); their results decide.
+    pub fn half_open_permits(mut self, permits: u32) -> Self {
+        self.half_open_permits = permits;
+        self
+    }
+
+    /// With no decision this long after entering half-open, open again.
+    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.half_open_max_wait = Some(wait);
+        self
+    }
+
+    /// Whether a failure's retry-after hint (a 503's `Retry-After`) may lengthen the open
+    /// duration, up to the max open duration. On by default.
+    pub fn respect_retry_after(mut self, respect: bool) -> Self {
+        self.respect_retry_after = respect;
+        self
+    }
+
+    /// Calls `listener` for every event (transitions, rejections, outcomes). Listeners run on the
+    /// caller's task, so keep them short.
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Checks every value and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let err = |msg: String| Err(ConfigError(msg));
+        let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
+        match self.window {
+            WindowKind::Count { size } if size == 0 || size > MAX_COUNT_WINDOW => {
+                return err(format!(
+                    "count_window size must be in 1..={MAX_COUNT_WINDOW}, got {size}"
+                ));
+            }
+            WindowKind::Count { size } if self.minimum_calls > size => {
+                return err(format!(
+                    "minimum_calls ({}) exceeds the count window ({size}): the breaker could never open",
+                    self.minimum_calls
+                ));
+            }
+            WindowKind::Time { buckets, .. } if buckets == 0 || buckets > 1000 => {
+                return err(format!(
+                    "time_window buckets must be in 1..=1000, got {buckets}"
+                ));
+            }
+            WindowKind::Time { duration, buckets }
+                if duration < Duration::from_millis(1) * buckets =>
+            {
+                return err(format!(
+                    "time_window buckets must be at least 1 ms each, got {duration:?} / {buckets}"
+                ));
+            }
+            WindowKind::Consecutive { failures: 0 } => {
+                return err("consecutive_failures must be at least 1".into());
+            }
+            WindowKind::Consecutive { .. } if self.slow.is_some() => {
+                return err("slow_calls cannot be used with consecutive_failures".into());
+            }
+            _ => {}
+        }
+        if !rate_ok(self.failure_rate) {
+            return err(format!(
+                "failure_rate must be in (0, 1], got {}",
+                self.failure_rate
+            ));
+        }
+        if let Some((d, r)) = self.slow {
+            if !rate_ok(r) {
+                return err(format!("slow_calls rate must be in (0, 1], got {r}"));
+            }
+            if d.is_zero() {
+                return err("slow_calls duration must be above zero".into());
+            }
+        }
+        if self.minimum_calls == 0 {
+            return err("minimum_calls must be at least 1".into());
+        }
+        if self.open < Duration::from_millis(1) {
+            return err(format!(
+                "open_duration must be at least 1 ms, got {:?}",
+                self.open
+            ));
+        }
+        if !(self.open_multiplier.is_finite() && self.open_multiplier >= 1.0) {
+            return err(format!(
+                "open_duration_growth multiplier must be a finite number >= 1, got {}",
+                self.open_multiplier
+            ));
+        }
+        if self.max_open < self.open {
+            return err(format!(
+                "open_duration_growth max ({:?}) is below open_duration ({:?})",
+                self.max_open, self.open
+            ));
+        }
+        if self.half_open_permits == 0 || self.half_open_permits > MAX_PERMITS {
+            return err(format!(
+                "half_open_permits must be in 1..={MAX_PERMITS}, got {}",
+                self.half_open_permits
+            ));
+        }
+        if self.half_open_max_wait.is_some_and(|w| w.is_zero()) {
+            return err("half_open_max_wait must be above zero".into());
+        }
+        let ppm = |r: f64| (r * 1e6).round() as u64;
+        Ok(Config {
+            name: self.name,
+            window: self.window,
+            failure_ppm: ppm(self.failure_rate),
+            slow: self.slow.map(|(d, r)| (d, ppm(r))),
+            minimum_calls: self.minimum_calls,
+            open: self.open,
+            open_multiplier: self.open_multiplier,
+            max_open: self.max_open,
+            half_open_permits: self.half_open_permits,
+            half_open_max_wait: self.half_open_max_wait,
+            respect_retry_after: self.respect_retry_after,
+            listeners: self.listeners,
+        })
+    }
+}

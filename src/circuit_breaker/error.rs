@@ -1,0 +1,139 @@
+//! The error a rejected call returns, and its HTTP form.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::{Rejected, State};
+
+/// The call was not made because the circuit breaker is open.
+///
+/// In error mode the layer returns it boxed as a [`tower::BoxError`](crate::BoxError); get it back with
+/// `downcast_ref`:
+///
+/// ```
+/// use tower_rampart::circuit_breaker::CircuitOpen;
+///
+/// fn retry_hint(err: &tower_rampart::BoxError) -> Option<std::time::Duration> {
+///     err.downcast_ref::<CircuitOpen>().and_then(CircuitOpen::retry_after)
+/// }
+/// # let _ = retry_hint;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitOpen {
+    breaker: Arc<str>,
+    state: State,
+    retry_after: Option<Duration>,
+}
+
+impl CircuitOpen {
+    pub(crate) fn new(breaker: Arc<str>, rejected: Rejected) -> Self {
+        CircuitOpen {
+            breaker,
+            state: rejected.state(),
+            retry_after: rejected.retry_after(),
+        }
+    }
+
+    /// The breaker's name.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// The state that refused the call.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// How long until the breaker lets a probe through, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// A `503 Service Unavailable` response with an `application/problem+json` body and, when
+    /// the wait is known, a `Retry-After` header in whole seconds (rounded up).
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let body = format!(
+            "{{\"type\":\"{PROBLEM_TYPE}\",\"title\":\"Circuit breaker open\",\"status\":503,\"detail\":\"{}\"}}",
+            json_escape(&self.to_string())
+        );
+        let mut res = Response::new(B::from(Bytes::from(body)));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
+    }
+}
+
+/// The problem `type` URI of the 503 answered by a breaker in HTTP mode.
+pub const PROBLEM_TYPE: &str =
+    "https://docs.rs/tower-rampart/latest/tower_rampart/problems#circuit-open";
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "circuit breaker `{}` is {}: call not permitted",
+            self.breaker, self.state
+        )?;
+        if let Some(wait) = self.retry_after {
+            write!(f, "; retry after {:.3}s", wait.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CircuitOpen {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_form() {
+        let e = CircuitOpen {
+            breaker: Arc::from("a\"b"),
+            state: State::Open,
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        let res: Response<String> = e
+            .to_response::<Bytes>()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap());
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "2");
+        assert!(res.body().contains("a\\\"b"), "{}", res.body());
+        let forced = CircuitOpen {
+            retry_after: None,
+            state: State::ForcedOpen,
+            ..e
+        };
+        assert!(
+            forced
+                .to_response::<Bytes>()
+                .headers()
+                .get(header::RETRY_AFTER)
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Events, listeners and `metrics`/`tracing` output.
+
+use std::{sync::Arc, time::Duration};
+
+use super::State;
+
+/// Something that happened in a breaker. Listeners get `&Event`.
+///
+/// ```
+/// use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+/// use tower_rampart::circuit_breaker::{Config, Event, EventKind};
+///
+/// let opened = Arc::new(AtomicUsize::new(0));
+/// let seen = opened.clone();
+/// let config = Config::builder()
+///     .on_event(move |e: &Event<'_>| {
+///         if let EventKind::Transition { to, .. } = e.kind {
+///             if to == tower_rampart::circuit_breaker::State::Open {
+///                 seen.fetch_add(1, Ordering::Relaxed);
+///             }
+///         }
+///     })
+///     .build()?;
+/// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// The breaker's name.
+    pub breaker: &'a str,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The breaker changed state.
+    Transition {
+        /// The state left.
+        from: State,
+        /// The state entered.
+        to: State,
+    },
+    /// A call was refused.
+    Rejected {
+        /// The state that refused it.
+        state: State,
+        /// How long until the breaker probes again, when known.
+        retry_after: Option<Duration>,
+    },
+    /// A call succeeded. `elapsed` is measured only when slow-call detection is on.
+    Success {
+        /// The call's duration, when measured.
+        elapsed: Option<Duration>,
+    },
+    /// A call failed.
+    Failure {
+        /// The call's duration, when measured.
+        elapsed: Option<Duration>,
+    },
+    /// A call was slow (sent in addition to its success or failure).
+    Slow {
+        /// The call's duration.
+        elapsed: Duration,
+    },
+    /// A call was classified as neither success nor failure.
+    Ignored,
+}
+
+pub(crate) type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
+
+/// Where events go: listeners, and metric handles registered once so the hot path neither
+/// allocates nor looks anything up.
+pub(crate) struct Observers {
+    name: Arc<str>,
+    listeners: Box<[Listener]>,
+    #[cfg(feature = "metrics")]
+    metrics: Handles,
+}
+
+#[cfg(feature = "metrics")]
+struct Handles {
+    success: metrics::Counter,
+    failure: metrics::Counter,
+    ignored: metrics::Counter,
+    slow: metrics::Counter,
+    not_permitted: metrics::Counter,
+    state: [metrics::Gauge; 6],
+}
+
+/// Metric names, all labelled with `breaker`.
+pub mod metric_names {
+    /// Counter of recorded calls, labelled `outcome` = `success` | `failure` | `ignored`.
+    pub const CALLS: &str = "rampart_circuit_breaker_calls_total";
+    /// Counter of slow calls.
+    pub const SLOW_CALLS: &str = "rampart_circuit_breaker_slow_calls_total";
+    /// Counter of rejected calls.
+    pub const NOT_PERMITTED: &str = "rampart_circuit_breaker_not_permitted_calls_total";
+    /// Counter of transitions, labelled `from` and `to`.
+    pub const TRANSITIONS: &str = "rampart_circuit_breaker_transitions_total";
+    /// Gauge per `state`: 1 for the current state, 0 for the others.
+    pub const STATE: &str = "rampart_circuit_breaker_state";
+}
+
+impl Observers {
+    pub(crate) fn new(name: Arc<str>, listeners: &[Listener], initial: State) -> Self {
+        #[cfg(feature = "metrics")]
+        let metrics = {
+            use metric_names::*;
+            let n = name.to_string();
+            let calls =
+                |o: &'static str| metrics::counter!(CALLS, "breaker" => n.clone(), "outcome" => o);
+            let h = Handles {
+                success: calls("success"),
+                failure: calls("failure"),
+                ignored: calls("ignored"),
+                slow: metrics::counter!(SLOW_CALLS, "breaker" => n.clone()),
+                not_permitted: metrics::counter!(NOT_PERMITTED, "breaker" => n.clone()),
+                state: State::ALL
+                    .map(|s| metrics::gauge!(STATE, "breaker" => n.clone(), "state" => s.as_str())),
+            };
+            for (s, g) in State::ALL.iter().zip(&h.state) {
+                g.set(if *s == initial { 1.0 } else { 0.0 });
+            }
+            h
+        };
+        #[cfg(not(feature = "metrics"))]
+        let _ = initial;
+        Observers {
+            name,
+            listeners: listeners.into(),
+            #[cfg(feature = "metrics")]
+            metrics,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    #[inline]
+    fn emit(&self, kind: EventKind) {
+        if !self.listeners.is_empty() {
+            let event = Event {
+                breaker: &self.name,
+                kind,
+            };
+            for l in self.listeners.iter() {
+                l(&event);
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn outcome(&self, failure: bool, slow: bool, elapsed: Option<Duration>) {
+        #[cfg(feature = "metrics")]
+        {
+            if failure {
+                self.metrics.failure.increment(1);
+            } else {
+                self.metrics.success.increment(1);
+            }
+            if slow {
+                self.metrics.slow.increment(1);
+            }
+        }
+        self.emit(if failure {
+            EventKind::Failure { elapsed }
+        } else {
+            EventKind::Success { elapsed }
+        });
+        if slow {
+            self.emit(EventKind::Slow {
+                elapsed: elapsed.unwrap_or_default(),
+            });
+        }
+    }
+
+    pub(crate) fn ignored(&self) {
+        #[cfg(feature = "metrics")]
+        self.metrics.ignored.increment(1);
+        self.emit(EventKind::Ignored);
+    }
+
+    pub(crate) fn rejected(&self, state: State, retry_after: Option<Duration>) {
+        #[cfg(feature = "metrics")]
+        self.metrics.not_permitted.increment(1);
+        self.emit(EventKind::Rejected { state, retry_after });
+    }
+
+    pub(crate) fn transition(&self, from: State, to: State) {
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!(metric_names::TRANSITIONS, "breaker" => self.name.to_string(), "from" => from.as_str(), "to" => to.as_str())
+                .increment(1);
+            for (s, g) in State::ALL.iter().zip(&self.metrics.state) {
+                g.set(if *s == to { 1.0 } else { 0.0 });
+            }
+        }
+        #[cfg(feature = "tracing")]
+        tracing::info!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
+        self.emit(EventKind::Transition { from, to });
+    }
+}

@@ -1,0 +1,206 @@
+//! The circuit-breaker layer: a configured breaker (or family of keyed breakers) shared by
+//! every service it makes.
+
+use std::{fmt, hash::Hash, marker::PhantomData, sync::Arc, time::Duration};
+
+use http::uri::Authority;
+use tower_layer::Layer;
+
+use super::{
+    Breaker, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
+    KeyedBreakers, Respond503, ReturnError, select::Single,
+};
+use crate::classify::AnyError;
+
+/// Applies a circuit breaker to services.
+///
+/// The layer owns the breaker: every [`Layer::layer`] call and every clone of the resulting
+/// service share it. An axum `Router` layers each route separately, and all routes still see
+/// one breaker.
+///
+/// By default every `Err` is a failure ([`AnyError`]) and a refused call fails with a boxed
+/// [`CircuitOpen`](super::CircuitOpen). Change the classifier with [`classify`](Self::classify)
+/// and answer refusals with `503` responses with [`respond_503`](Self::respond_503).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config, State};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_rampart::BoxError> {
+/// let layer = CircuitBreakerLayer::new(Config::builder().consecutive_failures(3).build()?);
+/// let handle = layer.handle();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|fail: bool| async move { if fail { Err("boom") } else { Ok("ok") } });
+///
+/// assert_eq!(svc.ready().await?.call(false).await?, "ok");
+/// for _ in 0..3 {
+///     assert!(svc.ready().await?.call(true).await.is_err());
+/// }
+/// assert_eq!(handle.state(), State::Open);
+/// let err = svc.ready().await?.call(false).await.unwrap_err();
+/// assert!(err.downcast_ref::<CircuitOpen>().is_some());
+/// # Ok(())
+/// # }
+/// ```
+pub struct CircuitBreakerLayer<C = AnyError, M = ReturnError, P = Single> {
+    picker: P,
+    classifier: C,
+    _mode: PhantomData<fn() -> M>,
+}
+
+/// A layer with one breaker per key. See [`CircuitBreakerLayer::keyed`].
+pub type KeyedCircuitBreakerLayer<K, F, C = AnyError, M = ReturnError> =
+    CircuitBreakerLayer<C, M, Keyed<K, F>>;
+
+const DEFAULT_MAX_KEYS: usize = 1024;
+const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+
+impl CircuitBreakerLayer {
+    /// A layer with one breaker built from `config`.
+    pub fn new(config: Config) -> Self {
+        CircuitBreakerLayer {
+            picker: Single(Arc::new(Breaker::new(config))),
+            classifier: AnyError,
+            _mode: PhantomData,
+        }
+    }
+
+    /// A layer with one breaker per key computed by `key` from each request, all built from
+    /// `config` and named `<name>/<key>`. At most 1024 keys by default (the least recently used
+    /// goes first); closed breakers idle for 10 minutes are dropped when a new key arrives.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
+    ///
+    /// // One breaker per tenant header value.
+    /// let layer = CircuitBreakerLayer::keyed(Config::builder().build()?, |req: &http::Request<()>| {
+    ///     req.headers()
+    ///         .get("x-tenant")
+    ///         .and_then(|v| v.to_str().ok())
+    ///         .unwrap_or("none")
+    ///         .to_owned()
+    /// })
+    /// .max_keys(100);
+    /// assert_eq!(layer.breakers().len(), 0);
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn keyed<Req, K, F>(config: Config, key: F) -> KeyedCircuitBreakerLayer<K, F>
+    where
+        F: KeyFn<Req, Key = K>,
+        K: Hash + Eq + Clone + fmt::Display,
+    {
+        CircuitBreakerLayer {
+            picker: Keyed {
+                breakers: Arc::new(KeyedBreakers::new(config, DEFAULT_MAX_KEYS, DEFAULT_IDLE)),
+                key,
+            },
+            classifier: AnyError,
+            _mode: PhantomData,
+        }
+    }
+
+    /// [`keyed`](Self::keyed) by [`ByAuthority`]: one breaker per downstream `host:port`, the
+    /// usual choice for an HTTP client.
+    pub fn keyed_by_authority(config: Config) -> KeyedCircuitBreakerLayer<Authority, ByAuthority> {
+        CircuitBreakerLayer {
+            picker: Keyed {
+                breakers: Arc::new(KeyedBreakers::new(config, DEFAULT_MAX_KEYS, DEFAULT_IDLE)),
+                key: ByAuthority,
+            },
+            classifier: AnyError,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<C, M> CircuitBreakerLayer<C, M, Single> {
+    /// A handle to read and steer the shared breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(self.picker.0.clone())
+    }
+}
+
+impl<C, M, K, F> CircuitBreakerLayer<C, M, Keyed<K, F>>
+where
+    K: Hash + Eq + Clone + fmt::Display,
+{
+    /// The shared family of breakers: look one up by key, list keys, evict idle ones.
+    pub fn breakers(&self) -> Arc<KeyedBreakers<K>> {
+        self.picker.breakers.clone()
+    }
+
+    /// At most `max` breakers (at least 1). Set it before layering or cloning: it starts a new,
+    /// empty family.
+    pub fn max_keys(mut self, max: usize) -> Self {
+        let b = &self.picker.breakers;
+        self.picker.breakers = Arc::new(KeyedBreakers::new(
+            b.config().clone(),
+            max,
+            b.idle_timeout(),
+        ));
+        self
+    }
+
+    /// Drop closed breakers unused for `idle`. Set it before layering or cloning: it starts a
+    /// new, empty family.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        let b = &self.picker.breakers;
+        self.picker.breakers = Arc::new(KeyedBreakers::new(b.config().clone(), b.max_keys(), idle));
+        self
+    }
+}
+
+impl<C, M, P> CircuitBreakerLayer<C, M, P> {
+    /// Classifies outcomes with `classifier` (e.g. [`HttpStatus`](crate::classify::HttpStatus)).
+    pub fn classify<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2, M, P> {
+        CircuitBreakerLayer {
+            picker: self.picker,
+            classifier,
+            _mode: PhantomData,
+        }
+    }
+
+    /// Answers refused calls with `503 Service Unavailable` (with `Retry-After` when known and an
+    /// `application/problem+json` body) instead of an error, keeping the inner error type.
+    pub fn respond_503(self) -> CircuitBreakerLayer<C, Respond503, P> {
+        CircuitBreakerLayer {
+            picker: self.picker,
+            classifier: self.classifier,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<C: Clone, M, P: Clone> Clone for CircuitBreakerLayer<C, M, P> {
+    fn clone(&self) -> Self {
+        CircuitBreakerLayer {
+            picker: self.picker.clone(),
+            classifier: self.classifier.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<C, M, P: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C, M, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.picker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C: Clone, M, P: Clone> Layer<S> for CircuitBreakerLayer<C, M, P> {
+    type Service = CircuitBreaker<S, C, M, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker {
+            inner,
+            picker: self.picker.clone(),
+            classifier: self.classifier.clone(),
+            _mode: PhantomData,
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Circuit breaker: stop calling a downstream that is failing, probe it now and then, resume when
+//! it recovers.
+//!
+//! - **Windows**: the last N calls ([`Builder::count_window`], a true ring), the last T seconds
+//!   in fixed buckets ([`Builder::time_window`]), or failures in a row
+//!   ([`Builder::consecutive_failures`]).
+//! - **Thresholds**: failure rate and slow-call rate (inclusive), judged once the window holds a
+//!   minimum number of calls.
+//! - **Open → half-open → closed**: after the open duration (fixed or growing with consecutive
+//!   openings; lengthened by a downstream's `Retry-After`), exactly N probes decide. A cancelled
+//!   probe returns its permit; results from an earlier period are ignored.
+//! - **Operator control** through a [`CircuitBreakerHandle`], events through listeners, and
+//!   metrics through the `metrics` facade (feature `metrics`, on by default).
+//! - **Keyed** breakers, one per host or route: [`CircuitBreakerLayer::keyed`].
+//!
+//! The state machine itself is [`Breaker`], which knows nothing about tower or HTTP.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
+//! use tower_rampart::classify::HttpStatus;
+//!
+//! # fn main() -> Result<(), tower_rampart::circuit_breaker::ConfigError> {
+//! let breaker = CircuitBreakerLayer::new(
+//!     Config::builder()
+//!         .name("inventory")
+//!         .time_window(Duration::from_secs(30), 10)
+//!         .failure_rate(0.5)
+//!         .minimum_calls(20)
+//!         .slow_calls(Duration::from_secs(2), 0.8)
+//!         .build()?,
+//! )
+//! .classify(HttpStatus::default())
+//! .respond_503();
+//!
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .layer(breaker);
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+
+mod breaker;
+mod config;
+mod error;
+mod events;
+mod future;
+mod handle;
+mod keyed;
+mod layer;
+mod select;
+mod service;
+mod state;
+mod window;
+
+pub use breaker::{Breaker, Permit, Rejected, Snapshot};
+pub use config::{Builder, Config, ConfigError, WindowKind};
+pub use error::{CircuitOpen, PROBLEM_TYPE};
+pub use events::{Event, EventKind, metric_names};
+pub use future::ResponseFuture;
+pub use handle::CircuitBreakerHandle;
+pub use keyed::{ByAuthority, KeyFn, Keyed, KeyedBreakers};
+pub use layer::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
+pub use select::{SelectBreaker, Single};
+pub use service::{CircuitBreaker, Respond503, ReturnError};
+pub use state::State;

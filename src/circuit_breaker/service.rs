@@ -1,0 +1,134 @@
+//! The circuit-breaker service.
+
+use std::{
+    marker::PhantomData,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::Response;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{
+    CircuitOpen,
+    future::{Guard, ResponseFuture},
+    select::SelectBreaker,
+};
+use crate::{BoxError, classify::Classify};
+
+/// Mode marker: a rejected call fails with a boxed [`CircuitOpen`] error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReturnError;
+
+/// Mode marker: a rejected call is answered with `503 Service Unavailable`, `Retry-After` and a
+/// problem+json body, and the service keeps its inner error type (an axum `Router` stays
+/// `Infallible`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Respond503;
+
+/// A service guarded by a circuit breaker. Made by
+/// [`CircuitBreakerLayer`](super::CircuitBreakerLayer); every clone shares the layer's breaker.
+pub struct CircuitBreaker<S, C, M, P> {
+    pub(crate) inner: S,
+    pub(crate) picker: P,
+    pub(crate) classifier: C,
+    pub(crate) _mode: PhantomData<fn() -> M>,
+}
+
+impl<S: Clone, C: Clone, M, P: Clone> Clone for CircuitBreaker<S, C, M, P> {
+    fn clone(&self) -> Self {
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            picker: self.picker.clone(),
+            classifier: self.classifier.clone(),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, C, M, P> std::fmt::Debug for CircuitBreaker<S, C, M, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Starts a call: a permitted one is handed to the inner service, a refused one becomes
+    /// `reject(error)`.
+    #[inline]
+    fn start<Req, R>(
+        &mut self,
+        req: Req,
+        reject: impl FnOnce(CircuitOpen) -> R,
+    ) -> ResponseFuture<S::Future, C, R>
+    where
+        S: Service<Req>,
+        C: Clone,
+        P: SelectBreaker<Req>,
+    {
+        let breaker = self.picker.select(&req);
+        match breaker.try_acquire(Instant::now) {
+            Ok(permit) => ResponseFuture::called(
+                self.inner.call(req),
+                Guard::new(breaker, permit),
+                self.classifier.clone(),
+            ),
+            Err(rejected) => ResponseFuture::rejected(reject(CircuitOpen::new(
+                breaker.shared_name().clone(),
+                rejected,
+            ))),
+        }
+    }
+}
+
+impl<S, C, P, Req> Service<Req> for CircuitBreaker<S, C, ReturnError, P>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+    P: SelectBreaker<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.start(req, |open| open)
+    }
+}
+
+impl<S, C, P, Req, B> Service<Req> for CircuitBreaker<S, C, Respond503, P>
+where
+    S: Service<Req, Response = Response<B>>,
+    B: From<Bytes>,
+    C: Classify<Response<B>, S::Error> + Clone,
+    P: SelectBreaker<Req>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C, Response<B>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.start(req, |open| open.to_response())
+    }
+}

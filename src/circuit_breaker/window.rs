@@ -1,0 +1,312 @@
+//! Sliding windows of call outcomes, updated with atomics only.
+//!
+//! Each window answers "how many calls, failures and slow calls are in the window now" after
+//! every record, without a lock and without allocating.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+
+use crossbeam_utils::CachePadded;
+
+/// One recorded call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub(crate) failure: bool,
+    pub(crate) slow: bool,
+}
+
+/// The window's contents at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Reading {
+    pub(crate) calls: u32,
+    pub(crate) failures: u32,
+    pub(crate) slow: u32,
+}
+
+/// Three 21-bit fields (calls, failures, slow) in one u64, so one atomic add updates all three.
+const FIELD: u32 = 21;
+const MASK: u64 = (1 << FIELD) - 1;
+
+const fn pack(calls: u64, failures: u64, slow: u64) -> u64 {
+    calls | failures << FIELD | slow << (2 * FIELD)
+}
+
+fn field(word: u64, i: u32) -> u64 {
+    (word >> (i * FIELD)) & MASK
+}
+
+/// The largest count window: the ring counters carry a bias of 2^20 (see [`CountWindow`]).
+pub(crate) const MAX_COUNT_WINDOW: u32 = 1_000_000;
+
+/// The last `size` outcomes, a true ring: every record evicts the oldest one.
+///
+/// Slots hold one byte each. The packed counters are kept equal to the sum of the slots by
+/// applying, after each swap, the difference between the new and the evicted value. Two writers
+/// that lap the ring can apply their differences out of order, so a field may dip below zero for
+/// an instant; every field carries a bias of 2^20 so such a dip never borrows from its neighbour.
+pub(crate) struct CountWindow {
+    head: CachePadded<AtomicU64>,
+    counts: CachePadded<AtomicU64>,
+    slots: Box<[AtomicU8]>,
+}
+
+const BIAS: u64 = 1 << (FIELD - 1);
+const BIASED_ZERO: u64 = pack(BIAS, BIAS, BIAS);
+const PRESENT: u8 = 1;
+const FAILED: u8 = 2;
+const SLOW: u8 = 4;
+
+fn code(s: Sample) -> u8 {
+    PRESENT | if s.failure { FAILED } else { 0 } | if s.slow { SLOW } else { 0 }
+}
+
+fn weight(code: u8) -> u64 {
+    pack(
+        u64::from(code & PRESENT),
+        u64::from(code & FAILED != 0),
+        u64::from(code & SLOW != 0),
+    )
+}
+
+impl CountWindow {
+    pub(crate) fn new(size: u32) -> Self {
+        CountWindow {
+            head: CachePadded::new(AtomicU64::new(0)),
+            counts: CachePadded::new(AtomicU64::new(BIASED_ZERO)),
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+
+    /// Records a sample; returns the new reading when the window changed, with a flag telling
+    /// whether the number of calls grew.
+    #[inline]
+    pub(crate) fn record(&self, sample: Sample) -> Option<(Reading, bool)> {
+        let new = code(sample);
+        let i = (self.head.fetch_add(1, Relaxed) % self.slots.len() as u64) as usize;
+        let slot = &self.slots[i];
+        // The common case (a success evicting a success) changes nothing: skip the writes so
+        // tasks on other cores keep the slots in their caches.
+        if slot.load(Relaxed) == new {
+            return None;
+        }
+        let old = slot.swap(new, AcqRel);
+        if old == new {
+            return None;
+        }
+        let delta = weight(new).wrapping_sub(weight(old));
+        let now = self.counts.fetch_add(delta, AcqRel).wrapping_add(delta);
+        Some((self.decode(now), old == 0))
+    }
+
+    pub(crate) fn reading(&self) -> Reading {
+        self.decode(self.counts.load(Acquire))
+    }
+
+    fn decode(&self, word: u64) -> Reading {
+        let size = self.slots.len() as u64;
+        let f = |i| field(word, i).saturating_sub(BIAS).min(size) as u32;
+        Reading {
+            calls: f(0),
+            failures: f(1),
+            slow: f(2),
+        }
+    }
+
+    /// Empties the ring, keeping the counters equal to the sum of the slots.
+    pub(crate) fn reset(&self) {
+        for slot in self.slots.iter() {
+            let old = slot.swap(0, AcqRel);
+            if old != 0 {
+                self.counts.fetch_sub(weight(old), AcqRel);
+            }
+        }
+    }
+}
+
+/// Outcomes of the last `buckets` fixed-length time buckets; memory is O(buckets).
+///
+/// Bucket `seq` (time / bucket length) lives at index `seq % buckets`. Moving the clock forward
+/// clears the buckets that fell out of the window, whoever moves it: a record or a read.
+pub(crate) struct TimeWindow {
+    bucket_nanos: u64,
+    current: CachePadded<AtomicU64>,
+    buckets: Box<[AtomicU64]>,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(bucket_nanos: u64, buckets: u32) -> Self {
+        TimeWindow {
+            bucket_nanos,
+            current: CachePadded::new(AtomicU64::new(0)),
+            buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, now_nanos: u64, sample: Sample) -> Reading {
+        let seq = now_nanos / self.bucket_nanos;
+        let current = self.advance(seq);
+        let n = self.buckets.len() as u64;
+        // A clock read on another core can lag this one; a sample older than the whole window
+        // has nowhere to go.
+        if seq + n > current {
+            let w = pack(1, u64::from(sample.failure), u64::from(sample.slow));
+            self.buckets[(seq % n) as usize].fetch_add(w, AcqRel);
+        }
+        self.sum()
+    }
+
+    pub(crate) fn reading(&self, now_nanos: u64) -> Reading {
+        self.advance(now_nanos / self.bucket_nanos);
+        self.sum()
+    }
+
+    pub(crate) fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Release);
+        }
+    }
+
+    /// Moves the window's head to `seq` if it is behind, clearing expired buckets; returns the
+    /// head.
+    #[inline]
+    fn advance(&self, seq: u64) -> u64 {
+        let mut current = self.current.load(Acquire);
+        while seq > current {
+            match self
+                .current
+                .compare_exchange_weak(current, seq, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    let n = self.buckets.len() as u64;
+                    let first = (current + 1).max(seq.saturating_sub(n - 1));
+                    for s in first..=seq {
+                        self.buckets[(s % n) as usize].store(0, Release);
+                    }
+                    return seq;
+                }
+                Err(seen) => current = seen,
+            }
+        }
+        current
+    }
+
+    fn sum(&self) -> Reading {
+        let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
+        for b in self.buckets.iter() {
+            let w = b.load(Acquire);
+            calls += field(w, 0);
+            failures += field(w, 1);
+            slow += field(w, 2);
+        }
+        let c = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Reading {
+            calls: c(calls),
+            failures: c(failures),
+            slow: c(slow),
+        }
+    }
+}
+
+/// Failures in a row.
+pub(crate) struct Consecutive {
+    failures: CachePadded<AtomicU32>,
+}
+
+impl Consecutive {
+    pub(crate) fn new() -> Self {
+        Consecutive {
+            failures: CachePadded::new(AtomicU32::new(0)),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, failure: bool) -> Option<u32> {
+        if failure {
+            Some(self.failures.fetch_add(1, AcqRel).saturating_add(1))
+        } else {
+            // Only write when there is something to clear.
+            if self.failures.load(Relaxed) != 0 {
+                self.failures.store(0, Release);
+            }
+            None
+        }
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.failures.load(Acquire)
+    }
+
+    pub(crate) fn reset(&self) {
+        self.failures.store(0, Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+    const SLOW_OK: Sample = Sample {
+        failure: false,
+        slow: true,
+    };
+
+    #[test]
+    fn count_window_is_a_true_ring() {
+        let w = CountWindow::new(4);
+        for _ in 0..4 {
+            w.record(FAIL);
+        }
+        assert_eq!(w.reading().failures, 4);
+        // After a long run of successes the old failures are gone: no reset-on-transition bug.
+        for _ in 0..1000 {
+            w.record(OK);
+        }
+        assert_eq!(
+            w.reading(),
+            Reading {
+                calls: 4,
+                failures: 0,
+                slow: 0
+            }
+        );
+        assert_eq!(w.record(FAIL).unwrap().0.failures, 1);
+        assert_eq!(w.record(SLOW_OK).unwrap().0.slow, 1);
+        w.reset();
+        assert_eq!(w.reading(), Reading::default());
+        assert!(w.record(OK).unwrap().1, "calls grew after reset");
+    }
+
+    #[test]
+    fn time_window_expires_without_calls() {
+        let w = TimeWindow::new(1_000, 10);
+        w.record(500, FAIL);
+        w.record(9_500, OK);
+        assert_eq!(w.reading(9_999).calls, 2);
+        assert_eq!(w.reading(10_000).calls, 1, "bucket 0 left the window");
+        assert_eq!(w.reading(19_999).calls, 0);
+        // A jump of many windows clears everything once.
+        w.record(1_000_000, FAIL);
+        assert_eq!(w.reading(1_000_000).failures, 1);
+        // A sample older than the window is dropped.
+        w.record(10, FAIL);
+        assert_eq!(w.reading(1_000_000).failures, 1);
+    }
+
+    #[test]
+    fn consecutive_counts_runs() {
+        let c = Consecutive::new();
+        assert_eq!(c.record(true), Some(1));
+        assert_eq!(c.record(true), Some(2));
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.get(), 0);
+        assert_eq!(c.record(true), Some(1));
+    }
+}

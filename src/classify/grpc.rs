@@ -1,0 +1,281 @@
+//! Classification of gRPC calls by status code.
+
+use http::{Response, StatusCode};
+
+use super::{Classify, Outcome, retry_after::parse_grpc_pushback};
+
+/// The gRPC status codes (numbering from the gRPC specification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    const ALL: [GrpcCode; 17] = [
+        GrpcCode::Ok,
+        GrpcCode::Cancelled,
+        GrpcCode::Unknown,
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Internal,
+        GrpcCode::Unavailable,
+        GrpcCode::DataLoss,
+        GrpcCode::Unauthenticated,
+    ];
+
+    /// The code for a number; numbers gRPC does not define map to `Unknown`, as the spec says.
+    pub fn from_i32(n: i32) -> GrpcCode {
+        usize::try_from(n)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+            .unwrap_or(GrpcCode::Unknown)
+    }
+
+    /// Parses a `grpc-status` header value.
+    pub fn from_header(value: &http::HeaderValue) -> GrpcCode {
+        value
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .map_or(GrpcCode::Unknown, GrpcCode::from_i32)
+    }
+
+    /// The code a gRPC client derives from a non-200 HTTP status (gRPC's
+    /// "HTTP to gRPC status code mapping").
+    pub fn from_http_status(status: StatusCode) -> GrpcCode {
+        match status.as_u16() {
+            400 => GrpcCode::Internal,
+            401 => GrpcCode::Unauthenticated,
+            403 => GrpcCode::PermissionDenied,
+            404 => GrpcCode::Unimplemented,
+            429 | 502..=504 => GrpcCode::Unavailable,
+            _ => GrpcCode::Unknown,
+        }
+    }
+}
+
+/// A set of gRPC codes.
+///
+/// ```
+/// use tower_rampart::classify::{GrpcCode, GrpcCodes};
+///
+/// let codes = GrpcCodes::default().without(GrpcCode::ResourceExhausted);
+/// assert!(codes.contains(GrpcCode::Unavailable));
+/// assert!(!codes.contains(GrpcCode::ResourceExhausted));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcCodes(u32);
+
+impl GrpcCodes {
+    /// No code at all.
+    pub const fn empty() -> Self {
+        GrpcCodes(0)
+    }
+
+    /// Adds a code.
+    pub const fn with(self, code: GrpcCode) -> Self {
+        GrpcCodes(self.0 | 1 << code as u8)
+    }
+
+    /// Removes a code.
+    pub const fn without(self, code: GrpcCode) -> Self {
+        GrpcCodes(self.0 & !(1 << code as u8))
+    }
+
+    /// Whether the code is in the set.
+    pub const fn contains(&self, code: GrpcCode) -> bool {
+        self.0 & (1 << code as u8) != 0
+    }
+}
+
+impl Default for GrpcCodes {
+    /// UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN and DATA_LOSS: the
+    /// codes that speak of the server's health rather than of the request.
+    fn default() -> Self {
+        GrpcCodes::empty()
+            .with(GrpcCode::Unavailable)
+            .with(GrpcCode::DeadlineExceeded)
+            .with(GrpcCode::ResourceExhausted)
+            .with(GrpcCode::Internal)
+            .with(GrpcCode::Unknown)
+            .with(GrpcCode::DataLoss)
+    }
+}
+
+/// Classifies gRPC responses seen as `http::Response<B>` (a tonic `Channel`, a hyper client, a
+/// tonic server's `Routes`).
+///
+/// A non-200 HTTP status is mapped to its gRPC code; otherwise a `grpc-status` header in the
+/// response head (a trailers-only response, which is how servers send errors that happen before
+/// any message) decides. A status that only arrives in the trailers after a streamed body is not
+/// visible when the response head arrives and counts as a success. Every `Err` is a failure. A
+/// `grpc-retry-pushback-ms` header becomes the failure's retry-after hint.
+///
+/// ```
+/// use tower_rampart::classify::{Classify, GrpcResponse, Outcome};
+///
+/// let unavailable = http::Response::builder()
+///     .header("grpc-status", "14")
+///     .header("grpc-retry-pushback-ms", "300")
+///     .body(())
+///     .unwrap();
+/// assert_eq!(
+///     GrpcResponse::default().classify(Ok::<_, &()>(&unavailable)),
+///     Outcome::failure_with_retry_after(std::time::Duration::from_millis(300)),
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GrpcResponse {
+    failures: GrpcCodes,
+}
+
+impl GrpcResponse {
+    /// Failures are exactly `failures`.
+    pub const fn new(failures: GrpcCodes) -> Self {
+        GrpcResponse { failures }
+    }
+
+    /// Classifies a response head.
+    pub fn classify_head(&self, status: StatusCode, headers: &http::HeaderMap) -> Outcome {
+        let code = if status != StatusCode::OK {
+            GrpcCode::from_http_status(status)
+        } else {
+            match headers.get("grpc-status") {
+                Some(v) => GrpcCode::from_header(v),
+                None => return Outcome::Success,
+            }
+        };
+        if self.failures.contains(code) {
+            Outcome::Failure {
+                retry_after: headers
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(parse_grpc_pushback),
+            }
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+impl<B, E> Classify<Response<B>, E> for GrpcResponse {
+    #[inline]
+    fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
+        match result {
+            Ok(res) => self.classify_head(res.status(), res.headers()),
+            Err(_) => Outcome::FAILURE,
+        }
+    }
+}
+
+/// Classifies `Result<T, tonic::Status>` (a tonic client's generated methods, or a service over
+/// `tonic::Status` errors) by the status code.
+///
+/// ```
+/// use tower_rampart::classify::{Classify, Outcome, TonicStatus};
+///
+/// let c = TonicStatus::default();
+/// assert_eq!(c.classify(Err::<&(), _>(&tonic::Status::unavailable("down"))), Outcome::FAILURE);
+/// assert_eq!(c.classify(Err::<&(), _>(&tonic::Status::not_found("no"))), Outcome::Success);
+/// ```
+#[cfg(feature = "tonic")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TonicStatus {
+    failures: GrpcCodes,
+}
+
+#[cfg(feature = "tonic")]
+impl TonicStatus {
+    /// Failures are exactly `failures`.
+    pub const fn new(failures: GrpcCodes) -> Self {
+        TonicStatus { failures }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<T> Classify<T, tonic::Status> for TonicStatus {
+    fn classify(&self, result: Result<&T, &tonic::Status>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(status) => {
+                let code = GrpcCode::from_i32(status.code() as i32);
+                if self.failures.contains(code) {
+                    Outcome::Failure {
+                        retry_after: status
+                            .metadata()
+                            .get("grpc-retry-pushback-ms")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|s| http::HeaderValue::from_str(s).ok())
+                            .as_ref()
+                            .and_then(parse_grpc_pushback),
+                    }
+                } else {
+                    Outcome::Success
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: u16, grpc: Option<&'static str>) -> Response<()> {
+        let mut b = Response::builder().status(status);
+        if let Some(g) = grpc {
+            b = b.header("grpc-status", g);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn grpc_codes_from_heads() {
+        let c = GrpcResponse::default();
+        let k = |r: Response<()>| c.classify(Ok::<_, &()>(&r));
+        assert_eq!(k(head(200, None)), Outcome::Success);
+        assert_eq!(k(head(200, Some("0"))), Outcome::Success);
+        assert_eq!(k(head(200, Some("5"))), Outcome::Success);
+        assert_eq!(k(head(200, Some("14"))), Outcome::FAILURE);
+        assert_eq!(k(head(200, Some("4"))), Outcome::FAILURE);
+        // Unknown numbers and junk are UNKNOWN, which is a failure by default.
+        assert_eq!(k(head(200, Some("99"))), Outcome::FAILURE);
+        assert_eq!(k(head(200, Some("x"))), Outcome::FAILURE);
+        assert_eq!(k(head(503, None)), Outcome::FAILURE);
+        assert_eq!(k(head(404, None)), Outcome::Success);
+        assert_eq!(c.classify(Err::<&Response<()>, _>(&())), Outcome::FAILURE);
+    }
+
+    #[test]
+    fn code_numbers_round_trip() {
+        for (i, code) in GrpcCode::ALL.iter().enumerate() {
+            assert_eq!(GrpcCode::from_i32(i as i32), *code);
+        }
+        assert_eq!(GrpcCode::from_i32(-1), GrpcCode::Unknown);
+    }
+}

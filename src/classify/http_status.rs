@@ -1,0 +1,144 @@
+//! Classification of HTTP responses by status code.
+
+use std::time::SystemTime;
+
+use http::{Response, StatusCode, header::RETRY_AFTER};
+
+use super::{Classify, Outcome, retry_after::parse_retry_after};
+
+/// A set of HTTP status codes in the 400..=599 range, stored as a 200-bit map (cheap to copy).
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_rampart::classify::StatusSet;
+///
+/// let set = StatusSet::empty().with_range(500..=599).without(StatusCode::NOT_IMPLEMENTED);
+/// assert!(set.contains(StatusCode::BAD_GATEWAY));
+/// assert!(!set.contains(StatusCode::NOT_IMPLEMENTED));
+/// assert!(!set.contains(StatusCode::OK));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusSet([u64; 4]);
+
+impl StatusSet {
+    const BASE: u16 = 400;
+
+    /// No status at all.
+    pub const fn empty() -> Self {
+        StatusSet([0; 4])
+    }
+
+    /// Adds one status. Codes outside 400..=599 are never failures and are ignored.
+    pub fn with(mut self, status: StatusCode) -> Self {
+        if let Some(bit) = Self::bit(status.as_u16()) {
+            self.0[bit / 64] |= 1 << (bit % 64);
+        }
+        self
+    }
+
+    /// Removes one status.
+    pub fn without(mut self, status: StatusCode) -> Self {
+        if let Some(bit) = Self::bit(status.as_u16()) {
+            self.0[bit / 64] &= !(1 << (bit % 64));
+        }
+        self
+    }
+
+    /// Adds every code of a range (clipped to 400..=599).
+    pub fn with_range(mut self, range: std::ops::RangeInclusive<u16>) -> Self {
+        for code in range {
+            if let Some(bit) = Self::bit(code) {
+                self.0[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        self
+    }
+
+    /// Whether `status` is in the set.
+    #[inline]
+    pub fn contains(&self, status: StatusCode) -> bool {
+        match Self::bit(status.as_u16()) {
+            Some(bit) => self.0[bit / 64] & (1 << (bit % 64)) != 0,
+            None => false,
+        }
+    }
+
+    #[inline]
+    fn bit(code: u16) -> Option<usize> {
+        (Self::BASE..=599)
+            .contains(&code)
+            .then(|| usize::from(code - Self::BASE))
+    }
+}
+
+impl Default for StatusSet {
+    /// 5xx, 408 Request Timeout and 429 Too Many Requests: the statuses that say the downstream is
+    /// unwell or overloaded rather than that the request was wrong.
+    fn default() -> Self {
+        StatusSet::empty()
+            .with_range(500..=599)
+            .with(StatusCode::REQUEST_TIMEOUT)
+            .with(StatusCode::TOO_MANY_REQUESTS)
+    }
+}
+
+/// Classifies `http::Response<B>` by status: statuses in the set are failures (with the
+/// `Retry-After` header as their hint), every other status a success, every `Err` a failure.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_rampart::classify::{Classify, HttpStatus, Outcome, StatusSet};
+///
+/// // Treat 501 as a success (the route is simply not there) and 404 as ignored.
+/// let classifier = HttpStatus::new(StatusSet::default().without(StatusCode::NOT_IMPLEMENTED))
+///     .ignore(StatusSet::empty().with(StatusCode::NOT_FOUND));
+/// let res = |s: u16| http::Response::builder().status(s).body(()).unwrap();
+/// assert_eq!(classifier.classify(Ok::<_, &()>(&res(501))), Outcome::Success);
+/// assert_eq!(classifier.classify(Ok::<_, &()>(&res(404))), Outcome::Ignore);
+/// assert_eq!(classifier.classify(Ok::<_, &()>(&res(502))), Outcome::FAILURE);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HttpStatus {
+    failures: StatusSet,
+    ignored: StatusSet,
+}
+
+impl HttpStatus {
+    /// Failures are exactly `failures`; nothing is ignored.
+    pub const fn new(failures: StatusSet) -> Self {
+        HttpStatus {
+            failures,
+            ignored: StatusSet::empty(),
+        }
+    }
+
+    /// Statuses that count as neither success nor failure. A status in both sets is a failure.
+    pub const fn ignore(mut self, ignored: StatusSet) -> Self {
+        self.ignored = ignored;
+        self
+    }
+
+    /// Classifies a status and its headers alone.
+    pub fn classify_status(&self, status: StatusCode, headers: &http::HeaderMap) -> Outcome {
+        if self.failures.contains(status) {
+            let retry_after = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            Outcome::Failure { retry_after }
+        } else if self.ignored.contains(status) {
+            Outcome::Ignore
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+impl<B, E> Classify<Response<B>, E> for HttpStatus {
+    #[inline]
+    fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
+        match result {
+            Ok(res) => self.classify_status(res.status(), res.headers()),
+            Err(_) => Outcome::FAILURE,
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! One outcome vocabulary for every layer: was a call a success, a failure, or neither?
+//!
+//! Every layer in this crate (the circuit breaker today, retry and timeouts next) asks a
+//! [`Classify`] implementation what a finished call meant. Ready-made classifiers cover the common
+//! cases:
+//!
+//! | classifier | for | failures by default |
+//! |---|---|---|
+//! | [`AnyError`] | any service | every `Err` |
+//! | [`HttpStatus`] | `http::Response<B>` | every `Err`, 5xx, 408, 429 |
+//! | [`GrpcResponse`] | gRPC over `http::Response<B>` | every `Err`, `grpc-status` in [`GrpcCodes::default`] |
+//! | `TonicStatus` (feature `tonic`) | `Result<T, tonic::Status>` | codes in [`GrpcCodes::default`] |
+//! | [`ClassifyFn`] | your own rule | whatever the closure says |
+//!
+//! ```
+//! use tower_rampart::classify::{Classify, HttpStatus, Outcome};
+//!
+//! let classifier = HttpStatus::default();
+//! let ok = http::Response::builder().status(404).body(()).unwrap();
+//! let busy = http::Response::builder().status(503).header("retry-after", "7").body(()).unwrap();
+//! assert_eq!(classifier.classify(Ok::<_, &()>(&ok)), Outcome::Success);
+//! assert_eq!(
+//!     classifier.classify(Ok::<_, &()>(&busy)),
+//!     Outcome::failure_with_retry_after(std::time::Duration::from_secs(7)),
+//! );
+//! ```
+
+mod grpc;
+mod http_status;
+mod retry_after;
+
+use std::time::Duration;
+
+#[cfg(feature = "tonic")]
+pub use grpc::TonicStatus;
+pub use grpc::{GrpcCode, GrpcCodes, GrpcResponse};
+pub use http_status::{HttpStatus, StatusSet};
+pub use retry_after::{parse_grpc_pushback, parse_retry_after};
+
+/// What a finished call meant to a resilience layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call worked.
+    Success,
+    /// The call failed. `retry_after` carries the downstream's own hint (an HTTP `Retry-After`, a
+    /// gRPC push-back) when it gave one.
+    Failure {
+        /// How long the downstream asked callers to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The call counts as neither (e.g. a client error that says nothing about the downstream's
+    /// health).
+    Ignore,
+}
+
+impl Outcome {
+    /// A failure with no hint.
+    pub const FAILURE: Outcome = Outcome::Failure { retry_after: None };
+
+    /// A failure carrying the downstream's retry-after hint.
+    pub const fn failure_with_retry_after(retry_after: Duration) -> Self {
+        Outcome::Failure {
+            retry_after: Some(retry_after),
+        }
+    }
+
+    /// True for [`Outcome::Failure`].
+    pub const fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failure { .. })
+    }
+
+    /// The failure's retry-after hint, if any.
+    pub const fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Outcome::Failure { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Decides what a finished call meant.
+///
+/// Implementations are cloned into every response future, so keep them cheap to clone (a unit
+/// struct, a few words, or an `Arc`).
+///
+/// ```
+/// use tower_rampart::classify::{Classify, Outcome};
+///
+/// #[derive(Clone)]
+/// struct NegativeIsFailure;
+///
+/// impl Classify<i32, std::io::Error> for NegativeIsFailure {
+///     fn classify(&self, result: Result<&i32, &std::io::Error>) -> Outcome {
+///         match result {
+///             Ok(n) if *n >= 0 => Outcome::Success,
+///             _ => Outcome::FAILURE,
+///         }
+///     }
+/// }
+///
+/// assert_eq!(NegativeIsFailure.classify(Ok(&-1)), Outcome::FAILURE);
+/// ```
+pub trait Classify<Res, Err> {
+    /// Classifies one finished call.
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
+}
+
+/// Every `Err` is a failure, every `Ok` a success. The default for services that are not HTTP.
+///
+/// ```
+/// use tower_rampart::classify::{AnyError, Classify, Outcome};
+///
+/// assert_eq!(AnyError.classify(Ok::<_, &&str>(&1)), Outcome::Success);
+/// assert_eq!(AnyError.classify(Err::<&i32, _>(&"boom")), Outcome::FAILURE);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyError;
+
+impl<Res, Err> Classify<Res, Err> for AnyError {
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::FAILURE,
+        }
+    }
+}
+
+/// A classifier made from a closure or function.
+///
+/// ```
+/// use tower_rampart::classify::{Classify, ClassifyFn, Outcome};
+///
+/// let even_is_ok = ClassifyFn::new(|r: Result<&u32, &()>| match r {
+///     Ok(n) if n % 2 == 0 => Outcome::Success,
+///     Ok(_) => Outcome::Ignore,
+///     Err(_) => Outcome::FAILURE,
+/// });
+/// assert_eq!(even_is_ok.classify(Ok(&3)), Outcome::Ignore);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyFn<F>(F);
+
+impl<F> ClassifyFn<F> {
+    /// Wraps `f`.
+    pub const fn new(f: F) -> Self {
+        ClassifyFn(f)
+    }
+}
+
+impl<F, Res, Err> Classify<Res, Err> for ClassifyFn<F>
+where
+    F: Fn(Result<&Res, &Err>) -> Outcome,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        (self.0)(result)
+    }
+}

@@ -1,0 +1,59 @@
+//! # tower-rampart
+//!
+//! Resilience middleware for [tower](https://docs.rs/tower): layers that keep a service standing
+//! when what it calls falls over. Native to axum routers, tonic channels and reqwest clients.
+//!
+//! | layer | what it does | module |
+//! |---|---|---|
+//! | circuit breaker | stops calling a failing downstream, probes, recovers; count or time windows, slow calls, keyed per host/route | [`circuit_breaker`] |
+//! | classification | one success/failure/ignore vocabulary for HTTP, gRPC and errors, shared by every layer | [`classify`] |
+//!
+//! Retry, timeouts, fallbacks and the Idempotency-Key layer follow (see the README's roadmap).
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_rampart::BoxError> {
+//! let breaker = CircuitBreakerLayer::new(
+//!     Config::builder()
+//!         .name("ledger")
+//!         .count_window(20)
+//!         .minimum_calls(10)
+//!         .failure_rate(0.5)
+//!         .open_duration(Duration::from_secs(5))
+//!         .build()?,
+//! );
+//! let mut ledger = ServiceBuilder::new()
+//!     .layer(breaker)
+//!     .service_fn(|n: u32| async move { if n % 2 == 0 { Ok(n) } else { Err("odd") } });
+//!
+//! for n in 0..10 {
+//!     let _ = ledger.ready().await?.call(n).await;
+//! }
+//! // Half of ten calls failed: the breaker is open and refuses at once.
+//! let err = ledger.ready().await?.call(2).await.unwrap_err();
+//! let open = err.downcast_ref::<CircuitOpen>().expect("refused by the breaker");
+//! assert!(open.retry_after().unwrap() <= Duration::from_secs(5));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Features
+//!
+//! - `metrics` (default): counters and gauges through the [`metrics`](https://docs.rs/metrics)
+//!   facade.
+//! - `tracing`: a `tracing` event on every state transition.
+//! - `tonic`: classify `tonic::Status` errors by gRPC code.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod circuit_breaker;
+pub mod classify;
+
+/// The boxed error type layers return in error mode, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

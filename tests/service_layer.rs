@@ -1,0 +1,136 @@
+//! The tower layer: shared state across `layer` calls and clones, cancelled probes, paused time.
+
+use std::{convert::Infallible, future::pending, time::Duration};
+
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_rampart::{
+    BoxError,
+    circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config, State},
+};
+
+fn failing(fail: bool) -> Result<&'static str, &'static str> {
+    if fail { Err("boom") } else { Ok("ok") }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_layer_call_and_clone_shares_one_breaker() {
+    let layer =
+        CircuitBreakerLayer::new(Config::builder().consecutive_failures(4).build().unwrap());
+    let handle = layer.handle();
+    let inner = service_fn(|fail: bool| async move { failing(fail) });
+    let mut a = layer.layer(inner);
+    let mut b = layer.layer(inner);
+    let mut c = a.clone();
+    let mut d = layer.clone().layer(inner);
+    for svc in [&mut a, &mut b, &mut c, &mut d] {
+        assert!(svc.ready().await.unwrap().call(true).await.is_err());
+    }
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "four failures across four services"
+    );
+    let err: BoxError = b.ready().await.unwrap().call(false).await.unwrap_err();
+    let open = err.downcast_ref::<CircuitOpen>().expect("CircuitOpen");
+    assert_eq!(open.state(), State::Open);
+    assert_eq!(open.breaker(), "default");
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_duration_passes_on_paused_time() {
+    let layer = CircuitBreakerLayer::new(
+        Config::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(30))
+            .half_open_permits(1)
+            .build()
+            .unwrap(),
+    );
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|fail: bool| async move { failing(fail) }));
+    svc.ready().await.unwrap().call(true).await.unwrap_err();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    let err = svc.ready().await.unwrap().call(false).await.unwrap_err();
+    let wait = err
+        .downcast_ref::<CircuitOpen>()
+        .unwrap()
+        .retry_after()
+        .unwrap();
+    assert_eq!(wait, Duration::from_secs(1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(svc.ready().await.unwrap().call(false).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_gives_its_permit_back() {
+    let layer = CircuitBreakerLayer::new(
+        Config::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .half_open_permits(1)
+            .build()
+            .unwrap(),
+    );
+    let handle = layer.handle();
+    // `true` fails at once, `false` hangs forever, as a stuck downstream would.
+    let mut svc = layer.layer(service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), _>("boom")
+        } else {
+            pending::<Result<(), &str>>().await
+        }
+    }));
+    svc.ready().await.unwrap().call(true).await.unwrap_err();
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    let probe = svc.ready().await.unwrap().call(false);
+    assert_eq!(handle.state(), State::HalfOpen);
+    let refused = svc.ready().await.unwrap().call(true).await.unwrap_err();
+    assert!(
+        refused.downcast_ref::<CircuitOpen>().is_some(),
+        "the only permit is taken"
+    );
+    // The caller gives up (a client timeout, a dropped request).
+    let timed_out = tokio::time::timeout(Duration::from_millis(100), probe).await;
+    assert!(timed_out.is_err());
+    // The permit is back: the next call is admitted as a probe, and its failure reopens.
+    let err = svc.ready().await.unwrap().call(true).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<CircuitOpen>().is_none(),
+        "admitted: {err}"
+    );
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_pass_through_unchanged() {
+    let layer = CircuitBreakerLayer::new(Config::builder().build().unwrap());
+    let mut svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), _>(std::io::Error::other("disk on fire"))
+    }));
+    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the inner error, boxed");
+    assert_eq!(io.to_string(), "disk on fire");
+}
+
+#[tokio::test(start_paused = true)]
+async fn respond_503_keeps_an_infallible_error_type() {
+    let layer = CircuitBreakerLayer::new(Config::builder().build().unwrap())
+        .classify(tower_rampart::classify::HttpStatus::default())
+        .respond_503();
+    layer.handle().force_open();
+    let mut svc = layer.layer(service_fn(|_: ()| async {
+        Ok::<_, Infallible>(http::Response::new(bytes::Bytes::from("hello")))
+    }));
+    let res: http::Response<bytes::Bytes> = svc.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(
+        res.headers().get(http::header::RETRY_AFTER).is_none(),
+        "forced open has no end"
+    );
+    let body = String::from_utf8(res.body().to_vec()).unwrap();
+    assert!(body.contains("forced_open"), "{body}");
+}

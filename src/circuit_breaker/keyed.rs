@@ -1,6 +1,7 @@
 //! One breaker per key (host, route, tenant), bounded in number and evicted when idle.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     fmt,
     hash::Hash,
@@ -60,6 +61,16 @@ impl<B> KeyFn<http::Request<B>> for ByAuthority {
             .get(http::header::HOST)
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             .unwrap_or_else(|| Authority::from_static("unknown"))
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl KeyFn<reqwest::Request> for ByAuthority {
+    type Key = Authority;
+
+    fn key(&self, req: &reqwest::Request) -> Authority {
+        Authority::try_from(req.url().authority())
+            .unwrap_or_else(|_| Authority::from_static("unknown"))
     }
 }
 
@@ -183,7 +194,11 @@ where
     }
 
     /// A handle to the breaker of `key`, if it exists.
-    pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
+    pub fn get<Q>(&self, key: &Q) -> Option<CircuitBreakerHandle>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.map
             .load()
             .get(key)

@@ -142,3 +142,16 @@ impl<B, E> Classify<Response<B>, E> for HttpStatus {
         }
     }
 }
+
+#[cfg(feature = "reqwest")]
+impl Classify<reqwest::Response, reqwest::Error> for HttpStatus {
+    /// Statuses as for `http::Response`; every transport error (connect, timeout, body) is a
+    /// failure.
+    #[inline]
+    fn classify(&self, result: Result<&reqwest::Response, &reqwest::Error>) -> Outcome {
+        match result {
+            Ok(res) => self.classify_status(res.status(), res.headers()),
+            Err(_) => Outcome::FAILURE,
+        }
+    }
+}

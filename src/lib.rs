@@ -52,8 +52,20 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod circuit_breaker;
 pub mod classify;
+mod error;
+pub mod retry;
+pub mod timeout;
+mod window;
+
+pub use error::ConfigError;
+
+/// Mode marker: a layer's refusals and timeouts are returned as errors inside a [`BoxError`]
+/// (the default mode of every layer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReturnError;
 
 /// The boxed error type layers return in error mode, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

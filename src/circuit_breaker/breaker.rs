@@ -11,13 +11,11 @@ use std::{
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use super::{
-    Config, State, WindowKind,
-    events::Observers,
-    state::Word,
+use super::{Config, State, WindowKind, events::Observers, state::Word};
+use crate::{
+    classify::Outcome,
     window::{Consecutive, CountWindow, Reading, Sample, TimeWindow},
 };
-use crate::classify::Outcome;
 
 /// A circuit breaker, free of tower and HTTP: ask [`Breaker::try_acquire`] before a call and
 /// hand the permit back to [`Breaker::record`] (or [`Breaker::release`]) after it.

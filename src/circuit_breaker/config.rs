@@ -5,8 +5,8 @@ use std::{fmt, sync::Arc, time::Duration};
 use super::{
     events::{Event, Listener},
     state::MAX_PERMITS,
-    window::MAX_COUNT_WINDOW,
 };
+use crate::{ConfigError, window::MAX_COUNT_WINDOW};
 
 /// How the breaker judges the recent past.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,18 +110,6 @@ impl Config {
         }
     }
 }
-
-/// Why a configuration was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid circuit breaker configuration: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Builds a [`Config`] (and from it a breaker or a layer), checking every value.
 ///
@@ -283,7 +271,7 @@ impl Builder {
 
     /// Checks every value and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let err = |msg: String| Err(ConfigError(msg));
+        let err = |msg: String| Err(ConfigError::new("circuit breaker", msg));
         let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
         match self.window {
             WindowKind::Count { size } if size == 0 || size > MAX_COUNT_WINDOW => {

@@ -52,7 +52,8 @@ impl CircuitOpen {
     }
 
     /// A `503 Service Unavailable` response with an `application/problem+json` body and, when
-    /// the wait is known, a `Retry-After` header in whole seconds (rounded up).
+    /// the wait is known, a `Retry-After` header in whole seconds (rounded up). The response's
+    /// extensions hold this `CircuitOpen`.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         let body = format!(
             "{{\"type\":\"{PROBLEM_TYPE}\",\"title\":\"Circuit breaker open\",\"status\":503,\"detail\":\"{}\"}}",
@@ -69,6 +70,8 @@ impl CircuitOpen {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        // Lets layers outside (a fallback) tell the breaker's 503 from the handler's.
+        res.extensions_mut().insert(self.clone());
         res
     }
 }

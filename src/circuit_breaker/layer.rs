@@ -8,9 +8,9 @@ use tower_layer::Layer;
 
 use super::{
     Breaker, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
-    KeyedBreakers, Respond503, ReturnError, select::Single,
+    KeyedBreakers, Respond503, select::Single,
 };
-use crate::classify::AnyError;
+use crate::{ReturnError, classify::AnyError};
 
 /// Applies a circuit breaker to services.
 ///

@@ -15,11 +15,7 @@ use super::{
     future::{Guard, ResponseFuture},
     select::SelectBreaker,
 };
-use crate::{BoxError, classify::Classify};
-
-/// Mode marker: a rejected call fails with a boxed [`CircuitOpen`] error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReturnError;
+use crate::{BoxError, ReturnError, classify::Classify};
 
 /// Mode marker: a rejected call is answered with `503 Service Unavailable`, `Retry-After` and a
 /// problem+json body, and the service keeps its inner error type (an axum `Router` stays

@@ -1,8 +1,17 @@
 //! Classification of gRPC calls by status code.
 
-use http::{Response, StatusCode};
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode};
 
 use super::{Classify, Outcome, retry_after::parse_grpc_pushback};
+
+const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// An absent push-back is no hint; a present but invalid one means "do not retry".
+fn pushback_hint(value: Option<&HeaderValue>) -> Option<Duration> {
+    value.map(|v| parse_grpc_pushback(v).unwrap_or(Duration::MAX))
+}
 
 /// The gRPC status codes (numbering from the gRPC specification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,7 +144,9 @@ impl Default for GrpcCodes {
 /// response head (a trailers-only response, which is how servers send errors that happen before
 /// any message) decides. A status that only arrives in the trailers after a streamed body is not
 /// visible when the response head arrives and counts as a success. Every `Err` is a failure. A
-/// `grpc-retry-pushback-ms` header becomes the failure's retry-after hint.
+/// `grpc-retry-pushback-ms` header becomes the failure's retry-after hint; a negative or
+/// unparsable one, which gRPC defines as "do not retry", becomes `Duration::MAX` (a retry layer
+/// stops; a breaker stays open for its longest open duration).
 ///
 /// ```
 /// use tower_rampart::classify::{Classify, GrpcResponse, Outcome};
@@ -173,9 +184,7 @@ impl GrpcResponse {
         };
         if self.failures.contains(code) {
             Outcome::Failure {
-                retry_after: headers
-                    .get("grpc-retry-pushback-ms")
-                    .and_then(parse_grpc_pushback),
+                retry_after: pushback_hint(headers.get(PUSHBACK)),
             }
         } else {
             Outcome::Success
@@ -225,14 +234,16 @@ impl<T> Classify<T, tonic::Status> for TonicStatus {
             Err(status) => {
                 let code = GrpcCode::from_i32(status.code() as i32);
                 if self.failures.contains(code) {
+                    let value = status
+                        .metadata()
+                        .get(PUSHBACK)
+                        .map(|v| http::HeaderValue::from_bytes(v.as_bytes()));
                     Outcome::Failure {
-                        retry_after: status
-                            .metadata()
-                            .get("grpc-retry-pushback-ms")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|s| http::HeaderValue::from_str(s).ok())
-                            .as_ref()
-                            .and_then(parse_grpc_pushback),
+                        retry_after: match value {
+                            None => None,
+                            Some(Ok(v)) => pushback_hint(Some(&v)),
+                            Some(Err(_)) => Some(Duration::MAX),
+                        },
                     }
                 } else {
                     Outcome::Success
@@ -267,6 +278,12 @@ mod tests {
         assert_eq!(k(head(200, Some("99"))), Outcome::FAILURE);
         assert_eq!(k(head(200, Some("x"))), Outcome::FAILURE);
         assert_eq!(k(head(503, None)), Outcome::FAILURE);
+        let refuse = Response::builder()
+            .header("grpc-status", "14")
+            .header(PUSHBACK, "-1")
+            .body(())
+            .unwrap();
+        assert_eq!(k(refuse).retry_after(), Some(Duration::MAX));
         assert_eq!(k(head(404, None)), Outcome::Success);
         assert_eq!(c.classify(Err::<&Response<()>, _>(&())), Outcome::FAILURE);
     }

@@ -71,6 +71,20 @@ impl StatusSet {
     }
 }
 
+impl StatusSet {
+    /// 408, 429, 500, 502, 503 and 504: the statuses worth sending the same request again for
+    /// (not 501 Not Implemented, which will not change).
+    pub fn retryable() -> Self {
+        StatusSet::empty()
+            .with(StatusCode::REQUEST_TIMEOUT)
+            .with(StatusCode::TOO_MANY_REQUESTS)
+            .with(StatusCode::INTERNAL_SERVER_ERROR)
+            .with(StatusCode::BAD_GATEWAY)
+            .with(StatusCode::SERVICE_UNAVAILABLE)
+            .with(StatusCode::GATEWAY_TIMEOUT)
+    }
+}
+
 impl Default for StatusSet {
     /// 5xx, 408 Request Timeout and 429 Too Many Requests: the statuses that say the downstream is
     /// unwell or overloaded rather than that the request was wrong.
@@ -110,6 +124,11 @@ impl HttpStatus {
             failures,
             ignored: StatusSet::empty(),
         }
+    }
+
+    /// Failures are [`StatusSet::retryable`]: the classifier for a retry layer.
+    pub fn retryable() -> Self {
+        HttpStatus::new(StatusSet::retryable())
     }
 
     /// Statuses that count as neither success nor failure. A status in both sets is a failure.

@@ -1,4 +1,5 @@
-//! Sliding windows of call outcomes, updated with atomics only.
+//! Sliding windows of outcomes, updated with atomics only (the breaker's windows, the retry
+//! budget's request counts).
 //!
 //! Each window answers "how many calls, failures and slow calls are in the window now" after
 //! every record, without a lock and without allocating.

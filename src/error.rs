@@ -1,0 +1,42 @@
+//! Errors shared by every layer's builder.
+
+use std::fmt;
+
+/// A builder refused a value. The message names the setting and the value.
+///
+/// ```
+/// use tower_rampart::circuit_breaker::Config;
+///
+/// let err = Config::builder().minimum_calls(0).build().unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid circuit breaker configuration: minimum_calls must be at least 1",
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    layer: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(layer: &'static str, message: impl Into<String>) -> Self {
+        ConfigError {
+            layer,
+            message: message.into(),
+        }
+    }
+
+    /// What was wrong, without the layer's name.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {} configuration: {}", self.layer, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,272 @@
+//! Retry budgets: a cap on retries shared by every clone of a retry service, so a struggling
+//! downstream is not buried under a retry storm.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::*},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::window::{Sample, TimeWindow};
+
+/// A retry budget. Clones share one budget.
+///
+/// - [`Budget::token_bucket`]: gRPC retry throttling. Each failed attempt costs one token, each
+///   success adds `token_ratio`; retries are allowed only while more than half the tokens remain.
+/// - [`Budget::percent`]: Finagle/Envoy style. Retries within the last `ttl` may be at most
+///   `percent` of the requests in that time, plus a floor of `min_per_sec` retries per second.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tower_rampart::retry::Budget;
+///
+/// let budget = Budget::token_bucket(10, 0.1)?;
+/// let now = Instant::now();
+/// for _ in 0..5 {
+///     budget.record_outcome(false);
+/// }
+/// assert!(!budget.try_retry(now), "5 of 10 tokens left: not more than half");
+/// for _ in 0..10 {
+///     budget.record_outcome(true);
+/// }
+/// assert!(budget.try_retry(now));
+/// # Ok::<_, String>(())
+/// ```
+#[derive(Clone)]
+pub struct Budget(Arc<Kind>);
+
+// One allocation per budget, behind an Arc: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    Tokens {
+        max: u64,
+        ratio: u64,
+        /// Thousandths of a token.
+        tokens: AtomicU64,
+    },
+    Percent {
+        percent_ppm: u64,
+        reserve: u64,
+        epoch: Instant,
+        /// Requests are recorded as successes, retries as failures.
+        window: TimeWindow,
+    },
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            Kind::Tokens { max, ratio, tokens } => f
+                .debug_struct("Budget::TokenBucket")
+                .field("max_tokens", &(max / 1000))
+                .field("token_ratio", &(*ratio as f64 / 1000.0))
+                .field("tokens", &(tokens.load(Relaxed) as f64 / 1000.0))
+                .finish(),
+            Kind::Percent {
+                percent_ppm,
+                reserve,
+                ..
+            } => f
+                .debug_struct("Budget::Percent")
+                .field("percent", &(*percent_ppm as f64 / 1e6))
+                .field("reserve", reserve)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+const MILLI: u64 = 1000;
+
+impl Budget {
+    /// gRPC retry throttling: `max_tokens` in 1..=1000, `token_ratio` in (0, 1] (gRPC allows
+    /// three decimal places; more are rounded).
+    pub fn token_bucket(max_tokens: u32, token_ratio: f64) -> Result<Budget, String> {
+        if !(1..=1000).contains(&max_tokens) {
+            return Err(format!(
+                "token bucket max_tokens must be in 1..=1000, got {max_tokens}"
+            ));
+        }
+        if !(token_ratio > 0.0 && token_ratio <= 1.0) {
+            return Err(format!(
+                "token bucket token_ratio must be in (0, 1], got {token_ratio}"
+            ));
+        }
+        let max = u64::from(max_tokens) * MILLI;
+        Ok(Budget(Arc::new(Kind::Tokens {
+            max,
+            ratio: ((token_ratio * 1000.0).round() as u64).max(1),
+            tokens: AtomicU64::new(max),
+        })))
+    }
+
+    /// Finagle-style: retries in the last `ttl` may be `percent` (in [0, 10]) of the requests in
+    /// that time plus `min_per_sec * ttl`. Finagle's defaults are 0.2, 10 and 10 s.
+    pub fn percent(percent: f64, min_per_sec: u32, ttl: Duration) -> Result<Budget, String> {
+        if !(0.0..=10.0).contains(&percent) {
+            return Err(format!(
+                "percent budget must be in [0, 10] (a fraction of requests), got {percent}"
+            ));
+        }
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
+            return Err(format!(
+                "percent budget ttl must be within 1 s..=60 s, got {ttl:?}"
+            ));
+        }
+        let bucket = ttl.as_nanos() as u64 / 10;
+        Ok(Budget(Arc::new(Kind::Percent {
+            percent_ppm: (percent * 1e6).round() as u64,
+            reserve: u64::from(min_per_sec) * ttl.as_secs(),
+            epoch: Instant::now(),
+            window: TimeWindow::new(bucket, 10),
+        })))
+    }
+
+    /// Counts an original request (not a retry): it earns retries in a percent budget. The
+    /// clock is read only by a percent budget.
+    #[inline]
+    pub fn record_request(&self, now: impl FnOnce() -> Instant) {
+        if let Kind::Percent { epoch, window, .. } = &*self.0 {
+            window.record(
+                nanos_since(*epoch, now()),
+                Sample {
+                    failure: false,
+                    slow: false,
+                },
+            );
+        }
+    }
+
+    /// Counts an attempt's outcome: it moves the tokens of a token bucket.
+    #[inline]
+    pub fn record_outcome(&self, success: bool) {
+        if let Kind::Tokens { max, ratio, tokens } = &*self.0 {
+            let mut cur = tokens.load(Relaxed);
+            loop {
+                let next = if success {
+                    // A full bucket stays full without a write.
+                    if cur >= *max {
+                        return;
+                    }
+                    (cur + ratio).min(*max)
+                } else {
+                    cur.saturating_sub(MILLI)
+                };
+                match tokens.compare_exchange_weak(cur, next, AcqRel, Relaxed) {
+                    Ok(_) => return,
+                    Err(seen) => cur = seen,
+                }
+            }
+        }
+    }
+
+    /// Asks to make one retry now; a yes is charged to the budget.
+    pub fn try_retry(&self, now: Instant) -> bool {
+        match &*self.0 {
+            Kind::Tokens { max, tokens, .. } => tokens.load(Acquire) > max / 2,
+            Kind::Percent {
+                percent_ppm,
+                reserve,
+                epoch,
+                window,
+            } => {
+                let n = nanos_since(*epoch, now);
+                let r = window.reading(n);
+                let retries = u64::from(r.failures);
+                let requests = u64::from(r.calls) - retries;
+                if retries * 1_000_000 >= reserve * 1_000_000 + percent_ppm * requests {
+                    return false;
+                }
+                window.record(
+                    n,
+                    Sample {
+                        failure: true,
+                        slow: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Tokens left (token bucket) or retries left now (percent budget).
+    pub fn remaining(&self, now: Instant) -> f64 {
+        match &*self.0 {
+            Kind::Tokens { tokens, .. } => tokens.load(Acquire) as f64 / 1000.0,
+            Kind::Percent {
+                percent_ppm,
+                reserve,
+                epoch,
+                window,
+            } => {
+                let r = window.reading(nanos_since(*epoch, now));
+                let retries = f64::from(r.failures);
+                let requests = f64::from(r.calls) - retries;
+                (*reserve as f64 + *percent_ppm as f64 / 1e6 * requests - retries).max(0.0)
+            }
+        }
+    }
+}
+
+fn nanos_since(epoch: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_follows_grpc() {
+        let b = Budget::token_bucket(10, 0.5).unwrap();
+        let t = Instant::now();
+        assert!(b.try_retry(t));
+        for _ in 0..4 {
+            b.record_outcome(false);
+        }
+        assert!(b.try_retry(t), "6 > 5");
+        b.record_outcome(false);
+        assert!(!b.try_retry(t), "5 is not more than half of 10");
+        b.record_outcome(true);
+        assert!(b.try_retry(t), "5.5 > 5");
+        for _ in 0..100 {
+            b.record_outcome(false);
+        }
+        assert_eq!(b.remaining(t), 0.0, "never below zero");
+        for _ in 0..100 {
+            b.record_outcome(true);
+        }
+        assert_eq!(b.remaining(t), 10.0, "never above the max");
+    }
+
+    #[test]
+    fn percent_budget_has_a_floor_and_a_share() {
+        // 20 % of requests, plus 1 retry per second over 10 s.
+        let b = Budget::percent(0.2, 1, Duration::from_secs(10)).unwrap();
+        let t = Instant::now() + Duration::from_millis(1);
+        let granted = (0..100).filter(|_| b.try_retry(t)).count();
+        assert_eq!(granted, 10, "the floor alone");
+        for _ in 0..100 {
+            b.record_request(|| t);
+        }
+        let granted = (0..100).filter(|_| b.try_retry(t)).count();
+        assert_eq!(granted, 20, "20 % of 100 requests");
+        // Everything leaves the window with time.
+        let later = t + Duration::from_secs(11);
+        assert_eq!(b.remaining(later), 10.0);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Budget::token_bucket(0, 0.1).is_err());
+        assert!(Budget::token_bucket(10, 0.0).is_err());
+        assert!(Budget::token_bucket(10, f64::NAN).is_err());
+        assert!(Budget::percent(-0.1, 10, Duration::from_secs(10)).is_err());
+        assert!(Budget::percent(0.2, 10, Duration::from_millis(10)).is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! The retry future: attempt, wait, attempt again; a named state machine, no boxing.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::{
+    Replay,
+    policy::{Next, Policy},
+};
+use crate::{BoxError, backoff::Delays, classify::Classify};
+
+pin_project! {
+    /// The future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, Req, C, R>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        kept: Option<Req>,
+        classifier: C,
+        replay: R,
+        policy: Arc<Policy>,
+        attempts: u32,
+        started: Option<tokio::time::Instant>,
+        delays: Option<Delays>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        Waiting { #[pin] sleep: Sleep },
+        Readying,
+    }
+}
+
+impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        kept: Option<Req>,
+        classifier: C,
+        replay: R,
+        policy: Arc<Policy>,
+        started: Option<tokio::time::Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            service,
+            kept,
+            classifier,
+            replay,
+            policy,
+            attempts: 0,
+            started,
+            delays: None,
+        }
+    }
+}
+
+impl<S, Req, C, R> Future for ResponseFuture<S, Req, C, R>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error>,
+    R: Replay<Req>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    *this.attempts += 1;
+                    let outcome = this.classifier.classify(result.as_ref());
+                    let policy = &**this.policy;
+                    if let Some(budget) = &policy.budget {
+                        budget.record_outcome(!outcome.is_failure());
+                    }
+                    let open = matches!(&result, Err(e) if Policy::is_circuit_open(e));
+                    match policy.next(
+                        *this.attempts,
+                        &outcome,
+                        open,
+                        this.kept.is_some(),
+                        *this.started,
+                        this.delays,
+                    ) {
+                        Next::Stop(reason) => {
+                            if let Some(reason) = reason {
+                                policy.gave_up(*this.attempts, reason);
+                            }
+                            return Poll::Ready(result.map_err(Into::into));
+                        }
+                        Next::Wait(delay) => {
+                            policy.retrying(*this.attempts, delay, result.is_err());
+                            this.state.set(State::Waiting {
+                                sleep: tokio::time::sleep(delay),
+                            });
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let last = *this.attempts + 1 >= this.policy.max_attempts;
+                    // The final attempt sends the kept request itself: one copy fewer.
+                    let copy = if last {
+                        None
+                    } else {
+                        this.kept.as_ref().and_then(|k| this.replay.replay(k))
+                    };
+                    let req = match copy {
+                        Some(req) => req,
+                        None => this.kept.take().expect("a retry always has a kept request"),
+                    };
+                    this.policy.attempted();
+                    let future = this.service.call(req);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}

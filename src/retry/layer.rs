@@ -1,0 +1,116 @@
+//! The retry layer.
+
+use std::{fmt, sync::Arc};
+
+use tower_layer::Layer;
+
+use super::{Builder, CloneRequest, Retry, policy::Policy};
+use crate::{ConfigError, classify::AnyError};
+
+/// Retries failed calls with backoff, within attempt, time and budget limits.
+///
+/// By default every `Err` is a failure ([`AnyError`]) and requests are copied with `Clone`
+/// ([`CloneRequest`]). For HTTP use [`HttpStatus::retryable`](crate::classify::HttpStatus::retryable)
+/// and [`HttpReplay`](super::HttpReplay), which only repeats methods that are safe to repeat.
+///
+/// Every `layer` call and clone shares one policy and budget.
+///
+/// ```
+/// use std::{sync::{Arc, atomic::{AtomicU32, Ordering}}, time::Duration};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_rampart::{backoff::Backoff, retry::RetryLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower_rampart::BoxError> {
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let seen = calls.clone();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(RetryLayer::builder().max_attempts(3).backoff(Backoff::constant(Duration::from_millis(10))).build()?)
+///     .service_fn(move |_: ()| {
+///         let n = seen.fetch_add(1, Ordering::SeqCst);
+///         async move { if n < 2 { Err("flaky") } else { Ok(n) } }
+///     });
+/// assert_eq!(svc.ready().await?.call(()).await?, 2, "third attempt succeeds");
+/// # Ok(())
+/// # }
+/// ```
+pub struct RetryLayer<C = AnyError, R = CloneRequest> {
+    policy: Arc<Policy>,
+    classifier: C,
+    replay: R,
+}
+
+impl RetryLayer {
+    /// A builder with the defaults listed on [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl Builder {
+    /// Checks every value and returns the layer.
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+        Ok(RetryLayer {
+            policy: Arc::new(self.build_policy()?),
+            classifier: AnyError,
+            replay: CloneRequest,
+        })
+    }
+}
+
+impl<C, R> RetryLayer<C, R> {
+    /// Classifies outcomes with `classifier`: failures are retried.
+    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<C2, R> {
+        RetryLayer {
+            policy: self.policy,
+            classifier,
+            replay: self.replay,
+        }
+    }
+
+    /// Copies requests for later attempts with `replay`.
+    pub fn replay<R2>(self, replay: R2) -> RetryLayer<C, R2> {
+        RetryLayer {
+            policy: self.policy,
+            classifier: self.classifier,
+            replay,
+        }
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.policy.name
+    }
+}
+
+impl<C: Clone, R: Clone> Clone for RetryLayer<C, R> {
+    fn clone(&self) -> Self {
+        RetryLayer {
+            policy: self.policy.clone(),
+            classifier: self.classifier.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}
+
+impl<C, R> fmt::Debug for RetryLayer<C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.policy.name)
+            .field("max_attempts", &self.policy.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
+    type Service = Retry<S, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry {
+            inner,
+            policy: self.policy.clone(),
+            classifier: self.classifier.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}

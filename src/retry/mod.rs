@@ -1,0 +1,94 @@
+//! Retry: attempt again after a failure, with jittered backoff, within attempt, elapsed-time and
+//! budget limits, honouring the downstream's `Retry-After`.
+//!
+//! - Limits: [`Builder::max_attempts`] (first attempt included), [`Builder::max_elapsed`].
+//! - Delays: any [`Backoff`](crate::backoff::Backoff); a failure's retry-after hint (HTTP
+//!   `Retry-After` seconds or date, gRPC `grpc-retry-pushback-ms`) replaces the backoff, up to a
+//!   cap ([`Builder::retry_after`]).
+//! - Budgets shared by every clone: gRPC-style token bucket or Finagle-style percentage
+//!   ([`Budget`]).
+//! - Requests are copied for later attempts by a [`Replay`]: `Clone` for plain services,
+//!   [`HttpReplay`] for `http::Request` and `reqwest::Request` (only methods safe to repeat,
+//!   POST/PATCH only with an `Idempotency-Key`), with [`BufferBodyLayer`] to make streaming
+//!   bodies replayable up to a limit. [`IdempotencyKeyLayer`] gives POST/PATCH a key once per
+//!   logical request.
+//! - A circuit breaker's refusal is never retried unless asked.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_rampart::{
+//!     backoff::Backoff,
+//!     classify::HttpStatus,
+//!     retry::{Budget, BufferBodyLayer, HttpReplay, IdempotencyKeyLayer, RetryLayer},
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let retry = RetryLayer::builder()
+//!     .name("payments-api")
+//!     .max_attempts(3)
+//!     .backoff(Backoff::exponential(Duration::from_millis(100)))
+//!     .budget(Budget::percent(0.2, 10, Duration::from_secs(10))?)
+//!     .build()?
+//!     .classify(HttpStatus::retryable())
+//!     .replay(HttpReplay::default());
+//! let stack = ServiceBuilder::new()
+//!     .layer(IdempotencyKeyLayer::new())
+//!     .layer(BufferBodyLayer::default())
+//!     .layer(retry);
+//! # let _ = stack;
+//! # Ok(())
+//! # }
+//! ```
+
+mod budget;
+mod buffer;
+mod future;
+mod idempotency_key;
+mod layer;
+mod policy;
+mod replay;
+mod service;
+
+use std::time::Duration;
+
+pub use crate::ConfigError;
+pub use budget::Budget;
+pub use buffer::{BufferBody, BufferBodyLayer, BufferFuture, Buffered, DEFAULT_BUFFER_LIMIT};
+pub use future::ResponseFuture;
+pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
+pub use layer::RetryLayer;
+pub use policy::{Builder, GiveUp, metric_names};
+pub use replay::{CloneRequest, HttpReplay, IDEMPOTENCY_KEY, Replay, ReplayBody};
+pub use service::Retry;
+
+/// Something a retry layer did.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryEvent<'a> {
+    /// The layer's name.
+    pub retry: &'a str,
+    /// What happened.
+    pub kind: RetryEventKind,
+}
+
+/// The kinds of [`RetryEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryEventKind {
+    /// Attempt `attempt` (2 for the first retry) starts after `delay`.
+    Retry {
+        /// The number of the coming attempt.
+        attempt: u32,
+        /// The wait before it.
+        delay: Duration,
+        /// Whether the failed attempt ended in an error (rather than a failure response).
+        after_error: bool,
+    },
+    /// A failing call is returned as it is.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Why no more.
+        reason: GiveUp,
+    },
+}

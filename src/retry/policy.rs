@@ -1,0 +1,340 @@
+//! The retry policy: limits, backoff, hints and budget, and the decision after each attempt.
+
+use std::{any::Any, fmt, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{Budget, RetryEvent, RetryEventKind};
+use crate::{
+    BoxError, ConfigError,
+    backoff::{Backoff, Delays},
+    circuit_breaker::CircuitOpen,
+    classify::Outcome,
+};
+
+/// Why a call stopped being retried while its last attempt had failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUp {
+    /// The attempt limit was reached.
+    Attempts,
+    /// The next attempt would start after the elapsed-time limit.
+    Elapsed,
+    /// The retry budget is spent.
+    Budget,
+    /// The request cannot be sent again (method not safe to repeat, body not replayable).
+    NotRetryable,
+    /// The downstream asked for a longer wait than the retry-after cap (or not to retry at all).
+    RetryAfter,
+    /// The failure is a circuit breaker's refusal.
+    CircuitOpen,
+}
+
+impl GiveUp {
+    /// A stable lower-case name, used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::Attempts => "attempts",
+            GiveUp::Elapsed => "elapsed",
+            GiveUp::Budget => "budget",
+            GiveUp::NotRetryable => "not_retryable",
+            GiveUp::RetryAfter => "retry_after",
+            GiveUp::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+impl fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+pub(crate) enum Next {
+    Stop(Option<GiveUp>),
+    Wait(Duration),
+}
+
+type Listener = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+
+/// Shared by every service the layer makes.
+pub(crate) struct Policy {
+    pub(crate) name: Arc<str>,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_elapsed: Option<Duration>,
+    pub(crate) backoff: Backoff,
+    pub(crate) retry_after_cap: Option<Duration>,
+    pub(crate) budget: Option<Budget>,
+    pub(crate) retry_circuit_open: bool,
+    listeners: Box<[Listener]>,
+    #[cfg(feature = "metrics")]
+    metrics: Handles,
+}
+
+#[cfg(feature = "metrics")]
+struct Handles {
+    attempts: metrics::Counter,
+    retry_error: metrics::Counter,
+    retry_response: metrics::Counter,
+    delay: metrics::Histogram,
+}
+
+/// Metric names, all labelled with `retry` (the layer's name).
+pub mod metric_names {
+    /// Counter of attempts made, first attempts included.
+    pub const ATTEMPTS: &str = "rampart_retry_attempts_total";
+    /// Counter of retries, labelled `reason` = `error` | `response`.
+    pub const RETRIES: &str = "rampart_retry_retries_total";
+    /// Counter of calls that stopped while failing, labelled `reason` (see `GiveUp::as_str`).
+    pub const GAVE_UP: &str = "rampart_retry_gave_up_total";
+    /// Histogram of the delays chosen before retries, in seconds.
+    pub const DELAY: &str = "rampart_retry_delay_seconds";
+}
+
+impl Policy {
+    pub(crate) fn is_circuit_open<E: 'static>(err: &E) -> bool {
+        let any = err as &dyn Any;
+        any.downcast_ref::<CircuitOpen>().is_some()
+            || any
+                .downcast_ref::<BoxError>()
+                .is_some_and(|e| e.is::<CircuitOpen>())
+    }
+
+    /// What to do after attempt number `attempts` (1 for the first) ended with `outcome`.
+    pub(crate) fn next(
+        &self,
+        attempts: u32,
+        outcome: &Outcome,
+        circuit_open: bool,
+        replayable: bool,
+        started: Option<Instant>,
+        delays: &mut Option<Delays>,
+    ) -> Next {
+        if !outcome.is_failure() {
+            return Next::Stop(None);
+        }
+        if circuit_open && !self.retry_circuit_open {
+            return Next::Stop(Some(GiveUp::CircuitOpen));
+        }
+        if attempts >= self.max_attempts {
+            return Next::Stop(Some(GiveUp::Attempts));
+        }
+        if !replayable {
+            return Next::Stop(Some(GiveUp::NotRetryable));
+        }
+        let backoff = delays
+            .get_or_insert_with(|| self.backoff.delays())
+            .next()
+            .unwrap_or_default();
+        let delay = match (outcome.retry_after(), self.retry_after_cap) {
+            (Some(hint), Some(cap)) if hint > cap => return Next::Stop(Some(GiveUp::RetryAfter)),
+            // The downstream knows when it will be ready: its word replaces our guess.
+            (Some(hint), Some(_)) => hint,
+            _ => backoff,
+        };
+        let needs_clock = self.max_elapsed.is_some() || self.budget.is_some();
+        let now = needs_clock.then(Instant::now);
+        if let (Some(max), Some(start), Some(now)) = (self.max_elapsed, started, now)
+            && now.saturating_duration_since(start) + delay > max
+        {
+            return Next::Stop(Some(GiveUp::Elapsed));
+        }
+        if let (Some(budget), Some(now)) = (&self.budget, now)
+            && !budget.try_retry(now)
+        {
+            return Next::Stop(Some(GiveUp::Budget));
+        }
+        Next::Wait(delay)
+    }
+
+    #[inline]
+    pub(crate) fn attempted(&self) {
+        #[cfg(feature = "metrics")]
+        self.metrics.attempts.increment(1);
+    }
+
+    fn emit(&self, kind: RetryEventKind) {
+        if !self.listeners.is_empty() {
+            let e = RetryEvent {
+                retry: &self.name,
+                kind,
+            };
+            for l in self.listeners.iter() {
+                l(&e);
+            }
+        }
+    }
+
+    pub(crate) fn retrying(&self, attempts: u32, delay: Duration, error: bool) {
+        #[cfg(feature = "metrics")]
+        {
+            if error {
+                self.metrics.retry_error.increment(1);
+            } else {
+                self.metrics.retry_response.increment(1);
+            }
+            self.metrics.delay.record(delay.as_secs_f64());
+        }
+        self.emit(RetryEventKind::Retry {
+            attempt: attempts + 1,
+            delay,
+            after_error: error,
+        });
+    }
+
+    pub(crate) fn gave_up(&self, attempts: u32, reason: GiveUp) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(metric_names::GAVE_UP, "retry" => self.name.to_string(), "reason" => reason.as_str())
+            .increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(retry = %self.name, attempts, reason = reason.as_str(), "gave up retrying");
+        self.emit(RetryEventKind::GaveUp { attempts, reason });
+    }
+}
+
+/// Builds a [`RetryLayer`](super::RetryLayer), checking every value.
+///
+/// Defaults: 3 attempts in all, no elapsed limit (put a total timeout outside), exponential
+/// backoff from 200 ms doubling to at most 30 s with full jitter, downstream `Retry-After` /
+/// gRPC push-back honoured up to 30 s (a longer hint stops retrying), no budget, circuit-open
+/// refusals not retried.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::{backoff::Backoff, retry::{Budget, RetryLayer}};
+///
+/// let layer = RetryLayer::builder()
+///     .name("catalog")
+///     .max_attempts(4)
+///     .max_elapsed(Duration::from_secs(10))
+///     .backoff(Backoff::exponential(Duration::from_millis(50)))
+///     .budget(Budget::token_bucket(10, 0.1)?)
+///     .build()?;
+/// # let _ = layer;
+/// assert!(RetryLayer::builder().max_attempts(0).build().is_err());
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub struct Builder {
+    name: Arc<str>,
+    max_attempts: u32,
+    max_elapsed: Option<Duration>,
+    backoff: Backoff,
+    retry_after_cap: Option<Duration>,
+    budget: Option<Budget>,
+    retry_circuit_open: bool,
+    listeners: Vec<Listener>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: Arc::from("default"),
+            max_attempts: 3,
+            max_elapsed: None,
+            backoff: Backoff::default(),
+            retry_after_cap: Some(Duration::from_secs(30)),
+            budget: None,
+            retry_circuit_open: false,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl Builder {
+    /// The layer's name (metrics label, events).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Attempts in all, the first included (1..=100; gRPC caps it at 5).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// No retry starts later than `elapsed` after the first attempt began.
+    pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.max_elapsed = Some(elapsed);
+        self
+    }
+
+    /// The delays between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Honour a failure's retry-after hint (HTTP `Retry-After`, gRPC push-back) up to `cap`; a
+    /// longer hint ends retrying. `None` ignores hints and always uses the backoff.
+    pub fn retry_after(mut self, cap: Option<Duration>) -> Self {
+        self.retry_after_cap = cap;
+        self
+    }
+
+    /// Share `budget` among every clone of the service.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Retry a circuit breaker's refusal too (off by default: an open breaker means "not now").
+    pub fn retry_circuit_open(mut self, retry: bool) -> Self {
+        self.retry_circuit_open = retry;
+        self
+    }
+
+    /// Calls `listener` for every retry and every give-up.
+    pub fn on_event(mut self, listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    pub(crate) fn build_policy(self) -> Result<Policy, ConfigError> {
+        let err = |m: String| Err(ConfigError::new("retry", m));
+        if !(1..=100).contains(&self.max_attempts) {
+            return err(format!(
+                "max_attempts must be in 1..=100, got {}",
+                self.max_attempts
+            ));
+        }
+        if self.max_elapsed.is_some_and(|e| e.is_zero()) {
+            return err("max_elapsed must be above zero".into());
+        }
+        if let Err(m) = self.backoff.validate() {
+            return err(m);
+        }
+        #[cfg(feature = "metrics")]
+        let metrics = {
+            let n = self.name.to_string();
+            Handles {
+                attempts: metrics::counter!(metric_names::ATTEMPTS, "retry" => n.clone()),
+                retry_error: metrics::counter!(metric_names::RETRIES, "retry" => n.clone(), "reason" => "error"),
+                retry_response: metrics::counter!(metric_names::RETRIES, "retry" => n.clone(), "reason" => "response"),
+                delay: metrics::histogram!(metric_names::DELAY, "retry" => n),
+            }
+        };
+        Ok(Policy {
+            name: self.name,
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            budget: self.budget,
+            retry_circuit_open: self.retry_circuit_open,
+            listeners: self.listeners.into(),
+            #[cfg(feature = "metrics")]
+            metrics,
+        })
+    }
+}

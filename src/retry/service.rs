@@ -1,0 +1,85 @@
+//! The retry service.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{Replay, future::ResponseFuture, policy::Policy};
+use crate::{BoxError, classify::Classify};
+
+/// A service whose failed calls are retried. Made by [`RetryLayer`](super::RetryLayer).
+pub struct Retry<S, C, R> {
+    pub(crate) inner: S,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) classifier: C,
+    pub(crate) replay: R,
+}
+
+impl<S: Clone, C: Clone, R: Clone> Clone for Retry<S, C, R> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            classifier: self.classifier.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, C, R> std::fmt::Debug for Retry<S, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("name", &self.policy.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for Retry<S, C, R>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + Clone,
+    R: Replay<Req> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, C, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // The ready service makes this call; a clone stays behind for the next one.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let policy = &self.policy;
+        // Keep a copy only when another attempt is possible at all.
+        let kept = if policy.max_attempts > 1 {
+            self.replay.replay(&req)
+        } else {
+            None
+        };
+        if let Some(budget) = &policy.budget {
+            budget.record_request(Instant::now);
+        }
+        let started = policy.max_elapsed.map(|_| Instant::now());
+        policy.attempted();
+        let future = service.call(req);
+        ResponseFuture::new(
+            future,
+            service,
+            kept,
+            self.classifier.clone(),
+            self.replay.clone(),
+            policy.clone(),
+            started,
+        )
+    }
+}

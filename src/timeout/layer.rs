@@ -1,0 +1,92 @@
+//! The timeout layer.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_layer::Layer;
+
+use super::{RespondGrpc, RespondHttp, Timeout};
+use crate::ReturnError;
+
+/// Applies a timeout to every call.
+///
+/// Error mode by default (the service fails with [`Elapsed`](super::Elapsed) in a `BoxError`);
+/// [`respond_http`](Self::respond_http) answers `504` instead and
+/// [`respond_grpc`](Self::respond_grpc) a gRPC DEADLINE_EXCEEDED, keeping the inner error type
+/// (an axum `Router` stays `Infallible`).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::timeout::TimeoutLayer;
+///
+/// let app: axum::Router = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "fast" }))
+///     .layer(TimeoutLayer::new(Duration::from_secs(10)).respond_http());
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer<M = ReturnError> {
+    timeout: Duration,
+    mode: M,
+}
+
+impl TimeoutLayer {
+    /// Calls that take longer than `timeout` fail with [`Elapsed`](super::Elapsed).
+    pub fn new(timeout: Duration) -> Self {
+        TimeoutLayer {
+            timeout,
+            mode: ReturnError,
+        }
+    }
+}
+
+impl<M> TimeoutLayer<M> {
+    /// The timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Answer `504 Gateway Timeout` with a problem+json body.
+    pub fn respond_http(self) -> TimeoutLayer<RespondHttp> {
+        self.respond_http_with(StatusCode::GATEWAY_TIMEOUT)
+    }
+
+    /// Answer `status` (e.g. 503) with a problem+json body.
+    pub fn respond_http_with(self, status: StatusCode) -> TimeoutLayer<RespondHttp> {
+        TimeoutLayer {
+            timeout: self.timeout,
+            mode: RespondHttp { status },
+        }
+    }
+
+    /// Answer a trailers-only gRPC response with `grpc-status: 4` (DEADLINE_EXCEEDED). The
+    /// client's `grpc-timeout` header shortens the timeout when it is shorter.
+    pub fn respond_grpc(self) -> TimeoutLayer<RespondGrpc> {
+        TimeoutLayer {
+            timeout: self.timeout,
+            mode: RespondGrpc {
+                honour_grpc_timeout: true,
+            },
+        }
+    }
+}
+
+impl TimeoutLayer<RespondGrpc> {
+    /// Whether the client's `grpc-timeout` may shorten the timeout (on by default).
+    pub fn honour_grpc_timeout(mut self, honour: bool) -> Self {
+        self.mode.honour_grpc_timeout = honour;
+        self
+    }
+}
+
+impl<S, M: Clone> Layer<S> for TimeoutLayer<M> {
+    type Service = Timeout<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout {
+            inner,
+            timeout: self.timeout,
+            mode: self.mode.clone(),
+        }
+    }
+}

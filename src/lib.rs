@@ -56,6 +56,7 @@ pub mod backoff;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
+pub mod fallback;
 pub mod retry;
 pub mod timeout;
 mod window;

@@ -1,0 +1,307 @@
+//! The fallback layer, service and the kinds of fallback.
+
+use std::{
+    future::{Future, Ready, ready},
+    marker::PhantomData,
+    task::{Context, Poll},
+};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{Cause, ResponseFuture, Trigger, Triggers, http_response_trigger, no_response_trigger};
+use crate::{
+    classify::{AnyError, Classify},
+    retry::{CloneRequest, Replay},
+};
+
+/// Produces the degraded response.
+pub trait Fallback<Req, Res, E> {
+    /// The future of the fallback response.
+    type Future: Future<Output = Result<Res, E>>;
+
+    /// A copy of the request to keep for the fallback, when it needs one.
+    fn keep(&self, _req: &Req) -> Option<Req> {
+        None
+    }
+
+    /// The fallback for `cause`, with the kept request.
+    fn fallback(&mut self, cause: Cause<Res, E>, req: Option<Req>) -> Self::Future;
+}
+
+/// A fixed value, cloned for every fallback.
+#[derive(Debug, Clone)]
+pub struct ValueFallback<T>(T);
+
+impl<Req, Res: Clone, E> Fallback<Req, Res, E> for ValueFallback<Res> {
+    type Future = Ready<Result<Res, E>>;
+
+    fn fallback(&mut self, _: Cause<Res, E>, _: Option<Req>) -> Self::Future {
+        ready(Ok(self.0.clone()))
+    }
+}
+
+/// A function of the cause.
+#[derive(Debug, Clone)]
+pub struct FnFallback<F>(F);
+
+impl<Req, Res, E, F> Fallback<Req, Res, E> for FnFallback<F>
+where
+    F: FnMut(Cause<Res, E>) -> Res,
+{
+    type Future = Ready<Result<Res, E>>;
+
+    fn fallback(&mut self, cause: Cause<Res, E>, _: Option<Req>) -> Self::Future {
+        ready(Ok((self.0)(cause)))
+    }
+}
+
+/// Another service, called with a copy of the request made by a [`Replay`].
+#[derive(Debug, Clone)]
+pub struct ServiceFallback<S, R> {
+    service: S,
+    replay: R,
+}
+
+impl<Req, Res, E, S, R> Fallback<Req, Res, E> for ServiceFallback<S, R>
+where
+    S: Service<Req, Response = Res, Error = E> + Clone,
+    R: Replay<Req>,
+{
+    type Future = ServiceCall<S, Req>;
+
+    fn keep(&self, req: &Req) -> Option<Req> {
+        self.replay.replay(req)
+    }
+
+    fn fallback(&mut self, cause: Cause<Res, E>, req: Option<Req>) -> Self::Future {
+        match req {
+            Some(req) => ServiceCall::new(self.service.clone(), req),
+            // No copy of the request could be made: the original outcome stands.
+            None => ServiceCall::done_with(self.service.clone(), cause.into_outcome()),
+        }
+    }
+}
+
+use super::future::ServiceCall;
+
+/// Mode: responses of any type; breaker and timeout triggers match their errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyResponse;
+
+/// Mode: `http::Response`s; breaker and timeout triggers also match the 503 / 504 / gRPC
+/// responses those layers answer in response mode (they mark them in the extensions).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpResponse;
+
+/// Turns chosen failures into a fallback response.
+///
+/// ```
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_rampart::fallback::{FallbackLayer, Trigger};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut svc = ServiceBuilder::new()
+///     .layer(FallbackLayer::value("default").on(&[Trigger::Error]))
+///     .service_fn(|fail: bool| async move { if fail { Err("boom") } else { Ok("fresh") } });
+/// assert_eq!(svc.ready().await.unwrap().call(true).await, Ok("default"));
+/// assert_eq!(svc.ready().await.unwrap().call(false).await, Ok("fresh"));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FallbackLayer<F, C = AnyError, M = AnyResponse> {
+    fallback: F,
+    classifier: C,
+    triggers: Triggers,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<T> FallbackLayer<ValueFallback<T>> {
+    /// Falls back to a clone of `value`. Triggers: circuit open and timeouts, until
+    /// [`on`](Self::on) says otherwise.
+    pub fn value(value: T) -> Self {
+        FallbackLayer::with(ValueFallback(value))
+    }
+}
+
+impl<F> FallbackLayer<FnFallback<F>> {
+    /// Falls back to `f(cause)`. Triggers: circuit open and timeouts, until [`on`](Self::on)
+    /// says otherwise.
+    pub fn from_fn(f: F) -> Self {
+        FallbackLayer::with(FnFallback(f))
+    }
+}
+
+impl<S> FallbackLayer<ServiceFallback<S, CloneRequest>> {
+    /// Falls back to calling `service` with a clone of the request. Triggers: circuit open and
+    /// timeouts, until [`on`](Self::on) says otherwise.
+    pub fn service(service: S) -> Self {
+        FallbackLayer::with(ServiceFallback {
+            service,
+            replay: CloneRequest,
+        })
+    }
+}
+
+impl<S, R, C, M> FallbackLayer<ServiceFallback<S, R>, C, M> {
+    /// Copies requests for the fallback service with `replay` (e.g.
+    /// [`HttpReplay::any_method`](crate::retry::HttpReplay::any_method)).
+    pub fn replay<R2>(self, replay: R2) -> FallbackLayer<ServiceFallback<S, R2>, C, M> {
+        FallbackLayer {
+            fallback: ServiceFallback {
+                service: self.fallback.service,
+                replay,
+            },
+            classifier: self.classifier,
+            triggers: self.triggers,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<F> FallbackLayer<F> {
+    fn with(fallback: F) -> Self {
+        FallbackLayer {
+            fallback,
+            classifier: AnyError,
+            triggers: Triggers::from_list(&[Trigger::CircuitOpen, Trigger::Timeout]),
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<F, C, M> FallbackLayer<F, C, M> {
+    /// Exactly these triggers. Each outcome matches one trigger, the most specific: a
+    /// breaker's 503 is `CircuitOpen`, not `Failure`.
+    pub fn on(mut self, triggers: &[Trigger]) -> Self {
+        self.triggers = Triggers::from_list(triggers);
+        self
+    }
+
+    /// Decides which `Ok` responses are failures (for [`Trigger::Failure`]).
+    pub fn classify<C2>(self, classifier: C2) -> FallbackLayer<F, C2, M> {
+        FallbackLayer {
+            fallback: self.fallback,
+            classifier,
+            triggers: self.triggers,
+            _mode: PhantomData,
+        }
+    }
+
+    /// For `http::Response`s: recognise the breaker's 503 and the timeout's 504 / gRPC
+    /// responses as [`Trigger::CircuitOpen`] and [`Trigger::Timeout`].
+    pub fn http(self) -> FallbackLayer<F, C, HttpResponse> {
+        FallbackLayer {
+            fallback: self.fallback,
+            classifier: self.classifier,
+            triggers: self.triggers,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S, F: Clone, C: Clone, M> Layer<S> for FallbackLayer<F, C, M> {
+    type Service = FallbackService<S, F, C, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FallbackService {
+            inner,
+            fallback: self.fallback.clone(),
+            classifier: self.classifier.clone(),
+            triggers: self.triggers,
+            _mode: PhantomData,
+        }
+    }
+}
+
+/// The service of [`FallbackLayer`].
+#[derive(Debug)]
+pub struct FallbackService<S, F, C, M> {
+    inner: S,
+    fallback: F,
+    classifier: C,
+    triggers: Triggers,
+    _mode: PhantomData<fn() -> M>,
+}
+
+impl<S: Clone, F: Clone, C: Clone, M> Clone for FallbackService<S, F, C, M> {
+    fn clone(&self) -> Self {
+        FallbackService {
+            inner: self.inner.clone(),
+            fallback: self.fallback.clone(),
+            classifier: self.classifier.clone(),
+            triggers: self.triggers,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<S, F, C, M> FallbackService<S, F, C, M> {
+    fn start<Req>(
+        &mut self,
+        req: Req,
+        inspect: fn(&S::Response) -> Option<Trigger>,
+    ) -> ResponseFuture<S::Future, F, C, Req, S::Response, S::Error>
+    where
+        S: Service<Req>,
+        F: Fallback<Req, S::Response, S::Error> + Clone,
+        C: Clone,
+    {
+        let kept = self.fallback.keep(&req);
+        ResponseFuture::new(
+            self.inner.call(req),
+            self.fallback.clone(),
+            self.classifier.clone(),
+            self.triggers,
+            kept,
+            inspect,
+        )
+    }
+}
+
+impl<S, F, C, Req> Service<Req> for FallbackService<S, F, C, AnyResponse>
+where
+    S: Service<Req>,
+    S::Error: 'static,
+    S::Response: 'static,
+    F: Fallback<Req, S::Response, S::Error> + Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, F, C, Req, S::Response, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.start(req, no_response_trigger)
+    }
+}
+
+impl<S, F, C, Req, B> Service<Req> for FallbackService<S, F, C, HttpResponse>
+where
+    S: Service<Req, Response = http::Response<B>>,
+    S::Error: 'static,
+    B: 'static,
+    F: Fallback<Req, S::Response, S::Error> + Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, F, C, Req, S::Response, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.start(req, http_response_trigger::<B>)
+    }
+}

@@ -134,3 +134,20 @@ async fn respond_503_keeps_an_infallible_error_type() {
     let body = String::from_utf8(res.body().to_vec()).unwrap();
     assert!(body.contains("forced_open"), "{body}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_shares_one_breaker_too() {
+    let layer =
+        CircuitBreakerLayer::new(Config::builder().consecutive_failures(2).build().unwrap()).leak();
+    let handle = layer.handle();
+    let inner = service_fn(|fail: bool| async move { failing(fail) });
+    let mut a = layer.layer(inner);
+    let mut b = layer.clone().layer(inner);
+    a.ready().await.unwrap().call(true).await.unwrap_err();
+    b.ready().await.unwrap().call(true).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+    let err = a.ready().await.unwrap().call(false).await.unwrap_err();
+    assert!(err.downcast_ref::<CircuitOpen>().is_some());
+    handle.reset();
+    assert_eq!(b.ready().await.unwrap().call(false).await.unwrap(), "ok");
+}

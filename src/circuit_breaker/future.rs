@@ -2,6 +2,7 @@
 
 use std::{
     future::Future,
+    ops::Deref,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -16,13 +17,13 @@ use crate::{BoxError, classify::Classify};
 
 /// Holds a permit until the call ends; dropping it early (a cancelled call) gives the permit
 /// back, so a half-open breaker never waits for probes that will not come.
-pub(crate) struct Guard {
-    breaker: Arc<Breaker>,
+pub(crate) struct Guard<B: Deref<Target = Breaker>> {
+    breaker: B,
     permit: Option<Permit>,
 }
 
-impl Guard {
-    pub(crate) fn new(breaker: Arc<Breaker>, permit: Permit) -> Self {
+impl<B: Deref<Target = Breaker>> Guard<B> {
+    pub(crate) fn new(breaker: B, permit: Permit) -> Self {
         Guard {
             breaker,
             permit: Some(permit),
@@ -36,7 +37,7 @@ impl Guard {
     }
 }
 
-impl Drop for Guard {
+impl<B: Deref<Target = Breaker>> Drop for Guard<B> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.breaker.release(permit);
@@ -46,8 +47,11 @@ impl Drop for Guard {
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C, R> {
-        Called { #[pin] future: F, guard: Guard, classifier: C },
+    enum Kind<F, C, R, B>
+    where
+        B: Deref<Target = Breaker>,
+    {
+        Called { #[pin] future: F, guard: Guard<B>, classifier: C },
         Rejected { rejection: Option<R> },
     }
 }
@@ -57,14 +61,17 @@ pin_project! {
     ///
     /// `R` is what a rejected call yields: a [`CircuitOpen`] error (error mode) or a ready
     /// `503` response (HTTP mode).
-    pub struct ResponseFuture<F, C, R = CircuitOpen> {
+    pub struct ResponseFuture<F, C, R = CircuitOpen, B = Arc<Breaker>>
+    where
+        B: Deref<Target = Breaker>,
+    {
         #[pin]
-        kind: Kind<F, C, R>,
+        kind: Kind<F, C, R, B>,
     }
 }
 
-impl<F, C, R> ResponseFuture<F, C, R> {
-    pub(crate) fn called(future: F, guard: Guard, classifier: C) -> Self {
+impl<F, C, R, B: Deref<Target = Breaker>> ResponseFuture<F, C, R, B> {
+    pub(crate) fn called(future: F, guard: Guard<B>, classifier: C) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 future,
@@ -84,13 +91,14 @@ impl<F, C, R> ResponseFuture<F, C, R> {
 }
 
 /// Polls the inner call and records its outcome; `Err(r)` for a rejection.
-fn poll_call<F, C, R, T, E>(
-    kind: Pin<&mut Kind<F, C, R>>,
+fn poll_call<F, C, R, B, T, E>(
+    kind: Pin<&mut Kind<F, C, R, B>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Result<T, E>, R>>
 where
     F: Future<Output = Result<T, E>>,
     C: Classify<T, E>,
+    B: Deref<Target = Breaker>,
 {
     match kind.project() {
         KindProj::Called {
@@ -108,11 +116,12 @@ where
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C, CircuitOpen>
+impl<F, C, B, T, E> Future for ResponseFuture<F, C, CircuitOpen, B>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     C: Classify<T, E>,
+    B: Deref<Target = Breaker>,
 {
     type Output = Result<T, BoxError>;
 
@@ -125,12 +134,13 @@ where
     }
 }
 
-impl<F, C, B, E> Future for ResponseFuture<F, C, Response<B>>
+impl<F, C, Body, B, E> Future for ResponseFuture<F, C, Response<Body>, B>
 where
-    F: Future<Output = Result<Response<B>, E>>,
-    C: Classify<Response<B>, E>,
+    F: Future<Output = Result<Response<Body>, E>>,
+    C: Classify<Response<Body>, E>,
+    B: Deref<Target = Breaker>,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<Body>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -23,51 +23,72 @@ use super::{Breaker, Snapshot, State};
 /// ```
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerHandle {
-    breaker: Arc<Breaker>,
+    breaker: Held,
+}
+
+#[derive(Debug, Clone)]
+enum Held {
+    Shared(Arc<Breaker>),
+    Static(&'static Breaker),
 }
 
 impl CircuitBreakerHandle {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
-        CircuitBreakerHandle { breaker }
+        CircuitBreakerHandle {
+            breaker: Held::Shared(breaker),
+        }
+    }
+
+    pub(crate) fn new_static(breaker: &'static Breaker) -> Self {
+        CircuitBreakerHandle {
+            breaker: Held::Static(breaker),
+        }
+    }
+
+    fn get(&self) -> &Breaker {
+        match &self.breaker {
+            Held::Shared(b) => b,
+            Held::Static(b) => b,
+        }
     }
 
     /// The breaker's name.
     pub fn name(&self) -> &str {
-        self.breaker.name()
+        self.get().name()
     }
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.breaker.state()
+        self.get().state()
     }
 
     /// Rates, counts and time in state, now.
     pub fn snapshot(&self) -> Snapshot {
-        self.breaker.snapshot(Instant::now())
+        self.get().snapshot(Instant::now())
     }
 
     /// Reject every call until [`reset`](Self::reset).
     pub fn force_open(&self) {
-        self.breaker.force_open(Instant::now());
+        self.get().force_open(Instant::now());
     }
 
     /// Admit every call, record nothing.
     pub fn disable(&self) {
-        self.breaker.disable(Instant::now());
+        self.get().disable(Instant::now());
     }
 
     /// Admit and record every call, never change state.
     pub fn metrics_only(&self) {
-        self.breaker.metrics_only(Instant::now());
+        self.get().metrics_only(Instant::now());
     }
 
     /// Closed, with fresh metrics.
     pub fn reset(&self) {
-        self.breaker.reset(Instant::now());
+        self.get().reset(Instant::now());
     }
 
     /// The underlying state machine.
-    pub fn breaker(&self) -> &Arc<Breaker> {
-        &self.breaker
+    pub fn breaker(&self) -> &Breaker {
+        self.get()
     }
 }

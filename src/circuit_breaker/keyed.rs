@@ -249,6 +249,8 @@ where
     F: KeyFn<Req, Key = K>,
     K: Hash + Eq + Clone + fmt::Display,
 {
+    type Breaker = Arc<Breaker>;
+
     #[inline]
     fn select(&self, req: &Req) -> Arc<Breaker> {
         self.breakers

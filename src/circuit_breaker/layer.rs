@@ -8,7 +8,8 @@ use tower_layer::Layer;
 
 use super::{
     Breaker, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
-    KeyedBreakers, Respond503, select::Single,
+    KeyedBreakers, Respond503,
+    select::{Single, Static},
 };
 use crate::{ReturnError, classify::AnyError};
 
@@ -120,6 +121,34 @@ impl<C, M> CircuitBreakerLayer<C, M, Single> {
     /// A handle to read and steer the shared breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle::new(self.picker.0.clone())
+    }
+
+    /// Moves the breaker to static memory, never freed, so that calls hold it without
+    /// reference counting: two atomic read-modify-writes fewer per call, and no cache line
+    /// that every core writes. For layers built once for the life of the process (the usual
+    /// case); a program that builds layers again and again should not leak them.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
+    ///
+    /// let layer = CircuitBreakerLayer::new(Config::builder().name("static").build()?).leak();
+    /// assert_eq!(layer.handle().name(), "static");
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn leak(self) -> CircuitBreakerLayer<C, M, Static> {
+        let held: &'static Arc<Breaker> = Box::leak(Box::new(self.picker.0));
+        CircuitBreakerLayer {
+            picker: Static(held),
+            classifier: self.classifier,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<C, M> CircuitBreakerLayer<C, M, Static> {
+    /// A handle to read and steer the shared breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new_static(self.picker.0)
     }
 }
 

@@ -64,6 +64,6 @@ pub use future::ResponseFuture;
 pub use handle::CircuitBreakerHandle;
 pub use keyed::{ByAuthority, KeyFn, Keyed, KeyedBreakers};
 pub use layer::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
-pub use select::{SelectBreaker, Single};
+pub use select::{SelectBreaker, Single, Static};
 pub use service::{CircuitBreaker, Respond503};
 pub use state::State;

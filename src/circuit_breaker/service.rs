@@ -64,7 +64,7 @@ impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
         &mut self,
         req: Req,
         reject: impl FnOnce(CircuitOpen) -> R,
-    ) -> ResponseFuture<S::Future, C, R>
+    ) -> ResponseFuture<S::Future, C, R, P::Breaker>
     where
         S: Service<Req>,
         C: Clone,
@@ -94,7 +94,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, C, CircuitOpen, P::Breaker>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -116,7 +116,7 @@ where
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, C, Response<B>>;
+    type Future = ResponseFuture<S::Future, C, Response<B>, P::Breaker>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

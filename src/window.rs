@@ -18,12 +18,13 @@ pub(crate) struct Sample {
 /// The window's contents at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Reading {
-    pub(crate) calls: u32,
-    pub(crate) failures: u32,
-    pub(crate) slow: u32,
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
 }
 
-/// Three 21-bit fields (calls, failures, slow) in one u64, so one atomic add updates all three.
+/// Three 21-bit fields (calls, failures, slow) in one u64, so one atomic add updates all three
+/// (the count window holds at most a million calls, so they never fill).
 const FIELD: u32 = 21;
 const MASK: u64 = (1 << FIELD) - 1;
 
@@ -133,7 +134,7 @@ impl CountWindow {
 
     fn decode(&self, word: u64) -> Reading {
         let size = self.slots.len() as u64;
-        let f = |i| field(word, i).saturating_sub(BIAS).min(size) as u32;
+        let f = |i| field(word, i).saturating_sub(BIAS).min(size);
         Reading {
             calls: f(0),
             failures: f(1),
@@ -155,11 +156,21 @@ impl CountWindow {
 /// Outcomes of the last `buckets` fixed-length time buckets; memory is O(buckets).
 ///
 /// Bucket `seq` (time / bucket length) lives at index `seq % buckets`. Moving the clock forward
-/// clears the buckets that fell out of the window, whoever moves it: a record or a read.
+/// clears the buckets that fell out of the window, whoever moves it: a record or a read. Each
+/// count is a full 64-bit atomic, so no call rate can overflow a bucket into its neighbour.
 pub(crate) struct TimeWindow {
     bucket_nanos: u64,
     current: CachePadded<AtomicU64>,
-    buckets: Box<[AtomicU64]>,
+    modulo: FastMod,
+    buckets: Box<[Bucket]>,
+}
+
+/// One bucket's counts, side by side so a sum walks one array.
+#[derive(Default)]
+struct Bucket {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
 }
 
 impl TimeWindow {
@@ -167,7 +178,8 @@ impl TimeWindow {
         TimeWindow {
             bucket_nanos,
             current: CachePadded::new(AtomicU64::new(0)),
-            buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            modulo: FastMod::new(u64::from(buckets)),
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
         }
     }
 
@@ -187,12 +199,17 @@ impl TimeWindow {
     pub(crate) fn record(&self, now_nanos: u64, sample: Sample) -> Reading {
         let seq = self.seq(now_nanos);
         let current = self.advance(seq);
-        let n = self.buckets.len() as u64;
         // A clock read on another core can lag this one; a sample older than the whole window
         // has nowhere to go.
-        if seq + n > current {
-            let w = pack(1, u64::from(sample.failure), u64::from(sample.slow));
-            self.buckets[(seq % n) as usize].fetch_add(w, AcqRel);
+        if seq + self.buckets.len() as u64 > current {
+            let b = &self.buckets[self.modulo.rem(seq) as usize];
+            b.calls.fetch_add(1, AcqRel);
+            if sample.failure {
+                b.failures.fetch_add(1, AcqRel);
+            }
+            if sample.slow {
+                b.slow.fetch_add(1, AcqRel);
+            }
         }
         self.sum()
     }
@@ -203,9 +220,16 @@ impl TimeWindow {
     }
 
     pub(crate) fn reset(&self) {
-        for b in self.buckets.iter() {
-            b.store(0, Release);
+        for i in 0..self.buckets.len() {
+            self.clear(i);
         }
+    }
+
+    fn clear(&self, i: usize) {
+        let b = &self.buckets[i];
+        b.calls.store(0, Release);
+        b.failures.store(0, Release);
+        b.slow.store(0, Release);
     }
 
     /// Moves the window's head to `seq` if it is behind, clearing expired buckets; returns the
@@ -222,7 +246,7 @@ impl TimeWindow {
                     let n = self.buckets.len() as u64;
                     let first = (current + 1).max(seq.saturating_sub(n - 1));
                     for s in first..=seq {
-                        self.buckets[(s % n) as usize].store(0, Release);
+                        self.clear(self.modulo.rem(s) as usize);
                     }
                     return seq;
                 }
@@ -233,19 +257,13 @@ impl TimeWindow {
     }
 
     fn sum(&self) -> Reading {
-        let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
+        let mut r = Reading::default();
         for b in self.buckets.iter() {
-            let w = b.load(Acquire);
-            calls += field(w, 0);
-            failures += field(w, 1);
-            slow += field(w, 2);
+            r.calls += b.calls.load(Acquire);
+            r.failures += b.failures.load(Acquire);
+            r.slow += b.slow.load(Acquire);
         }
-        let c = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        Reading {
-            calls: c(calls),
-            failures: c(failures),
-            slow: c(slow),
-        }
+        r
     }
 }
 
@@ -262,9 +280,11 @@ impl Consecutive {
     }
 
     #[inline]
-    pub(crate) fn record(&self, failure: bool) -> Option<u32> {
+    pub(crate) fn record(&self, failure: bool) -> Option<u64> {
         if failure {
-            Some(self.failures.fetch_add(1, AcqRel).saturating_add(1))
+            Some(u64::from(
+                self.failures.fetch_add(1, AcqRel).saturating_add(1),
+            ))
         } else {
             // Only write when there is something to clear.
             if self.failures.load(Relaxed) != 0 {
@@ -274,8 +294,8 @@ impl Consecutive {
         }
     }
 
-    pub(crate) fn get(&self) -> u32 {
-        self.failures.load(Acquire)
+    pub(crate) fn get(&self) -> u64 {
+        u64::from(self.failures.load(Acquire))
     }
 
     pub(crate) fn reset(&self) {
@@ -331,7 +351,16 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         for d in [1u64, 2, 3, 7, 10, 100, 999, 65_536, 1_000_000] {
             let f = FastMod::new(d);
-            for n in [0, 1, d - 1, d, d + 1, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+            for n in [
+                0,
+                1,
+                d - 1,
+                d,
+                d + 1,
+                u64::from(u32::MAX),
+                u64::MAX - 1,
+                u64::MAX,
+            ] {
                 assert_eq!(f.rem(n), n % d, "{n} % {d}");
             }
             for _ in 0..10_000 {
@@ -355,6 +384,16 @@ mod tests {
         // A sample older than the window is dropped.
         w.record(10, FAIL);
         assert_eq!(w.reading(1_000_000).failures, 1);
+    }
+
+    #[test]
+    fn time_buckets_do_not_overflow() {
+        let w = TimeWindow::new(1_000_000_000, 2);
+        for _ in 0..3_000_000 {
+            w.record(10, OK);
+        }
+        let r = w.record(10, FAIL);
+        assert_eq!((r.calls, r.failures, r.slow), (3_000_001, 1, 0));
     }
 
     #[test]

@@ -45,17 +45,17 @@ fn outcome(failed: bool) -> Outcome {
 
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Counts {
-    calls: u32,
-    failures: u32,
-    slow: u32,
+    calls: u64,
+    failures: u64,
+    slow: u64,
 }
 
 fn counts<'a>(samples: impl Iterator<Item = &'a (bool, bool)>) -> Counts {
     let mut c = Counts::default();
     for (failed, slow) in samples {
         c.calls += 1;
-        c.failures += u32::from(*failed);
-        c.slow += u32::from(*slow);
+        c.failures += u64::from(*failed);
+        c.slow += u64::from(*slow);
     }
     c
 }

@@ -78,22 +78,61 @@ enum Window {
 #[must_use = "a permit must be recorded or released"]
 #[derive(Debug)]
 pub struct Permit {
-    generation: u64,
-    kind: PermitKind,
-    started: Option<Instant>,
+    /// Generation << 2 | kind. Two plain words, no padding and no niche: the permit is moved
+    /// into every response future, and odd-sized enum copies cost store-forwarding stalls.
+    tag: u64,
+    /// Nanoseconds since the breaker's epoch when the call started; `NOT_TIMED` unless slow
+    /// calls are detected.
+    started: u64,
 }
+
+const NOT_TIMED: u64 = u64::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PermitKind {
-    Record,
-    Probe,
-    Unrecorded,
+    Record = 0,
+    Probe = 1,
+    Unrecorded = 2,
+    /// Already recorded or released (kept by guards instead of an `Option`).
+    Spent = 3,
 }
 
 impl Permit {
+    fn new(generation: u64, kind: PermitKind, started: u64) -> Permit {
+        Permit {
+            tag: generation << 2 | kind as u64,
+            started,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.tag >> 2
+    }
+
+    fn kind(&self) -> PermitKind {
+        match self.tag & 3 {
+            0 => PermitKind::Record,
+            1 => PermitKind::Probe,
+            2 => PermitKind::Unrecorded,
+            _ => PermitKind::Spent,
+        }
+    }
+
     /// Whether this permit is one of the half-open probes.
     pub fn is_probe(&self) -> bool {
-        self.kind == PermitKind::Probe
+        self.kind() == PermitKind::Probe
+    }
+
+    /// Takes the permit out, leaving a spent one.
+    #[inline]
+    pub(crate) fn take(&mut self) -> Option<Permit> {
+        match self.kind() {
+            PermitKind::Spent => None,
+            _ => Some(std::mem::replace(
+                self,
+                Permit::new(0, PermitKind::Spent, NOT_TIMED),
+            )),
+        }
     }
 }
 
@@ -124,11 +163,11 @@ pub struct Snapshot {
     /// The current state.
     pub state: State,
     /// Calls in the window (failures in a row, in consecutive mode).
-    pub calls: u32,
+    pub calls: u64,
     /// Failures in the window.
-    pub failures: u32,
+    pub failures: u64,
     /// Slow calls in the window.
-    pub slow_calls: u32,
+    pub slow_calls: u64,
     /// Failure rate in [0, 1], once the window holds the minimum number of calls.
     pub failure_rate: Option<f64>,
     /// Slow-call rate in [0, 1], once the window holds the minimum number of calls and slow-call
@@ -238,19 +277,15 @@ impl Breaker {
             let w = self.load();
             match w.state() {
                 State::Closed | State::MetricsOnly => {
-                    let started = self.config.slow.map(|_| clock.now());
-                    return Ok(Permit {
-                        generation: w.generation(),
-                        kind: PermitKind::Record,
-                        started,
-                    });
+                    let started = self.start_time(&mut clock);
+                    return Ok(Permit::new(w.generation(), PermitKind::Record, started));
                 }
                 State::Disabled => {
-                    return Ok(Permit {
-                        generation: w.generation(),
-                        kind: PermitKind::Unrecorded,
-                        started: None,
-                    });
+                    return Ok(Permit::new(
+                        w.generation(),
+                        PermitKind::Unrecorded,
+                        NOT_TIMED,
+                    ));
                 }
                 State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
                 State::Open => {
@@ -279,15 +314,19 @@ impl Breaker {
                         .compare_exchange(w.0, next.0, AcqRel, Acquire)
                         .is_ok()
                     {
-                        let started = self.config.slow.map(|_| clock.now());
-                        return Ok(Permit {
-                            generation: w.generation(),
-                            kind: PermitKind::Probe,
-                            started,
-                        });
+                        let started = self.start_time(&mut clock);
+                        return Ok(Permit::new(w.generation(), PermitKind::Probe, started));
                     }
                 }
             }
+        }
+    }
+
+    #[inline]
+    fn start_time<F: FnOnce() -> Instant>(&self, clock: &mut Clock<F>) -> u64 {
+        match self.config.slow {
+            Some(_) => self.nanos(clock.now()),
+            None => NOT_TIMED,
         }
     }
 
@@ -300,7 +339,7 @@ impl Breaker {
     /// Records the outcome of a permitted call.
     #[inline]
     pub fn record(&self, permit: Permit, outcome: &Outcome, now: impl FnOnce() -> Instant) {
-        if permit.kind == PermitKind::Unrecorded {
+        if matches!(permit.kind(), PermitKind::Unrecorded | PermitKind::Spent) {
             return;
         }
         let (failure, hint) = match outcome {
@@ -312,18 +351,17 @@ impl Breaker {
             }
         };
         let mut clock = Clock::new(now);
-        let elapsed = permit
-            .started
-            .map(|s| clock.now().saturating_duration_since(s));
+        let elapsed = (permit.started != NOT_TIMED)
+            .then(|| Duration::from_nanos(self.nanos(clock.now()).saturating_sub(permit.started)));
         let slow = matches!((self.config.slow, elapsed), (Some((d, _)), Some(e)) if e >= d);
         self.observers.outcome(failure, slow, elapsed);
 
         let w = self.load();
         // A result from an earlier period says nothing about this one.
-        if w.generation() != permit.generation {
+        if w.generation() != permit.generation() {
             return;
         }
-        if permit.kind == PermitKind::Probe {
+        if permit.kind() == PermitKind::Probe {
             return self.record_probe(w, failure, slow, hint, &mut clock);
         }
         let sample = Sample { failure, slow };
@@ -372,12 +410,12 @@ impl Breaker {
             }
         };
         let r = Reading {
-            calls: ((now >> 32) & P16) as u32,
-            failures: ((now >> 16) & P16) as u32,
-            slow: (now & P16) as u32,
+            calls: (now >> 32) & P16,
+            failures: (now >> 16) & P16,
+            slow: now & P16,
         };
         let consecutive = matches!(self.window, Window::Consecutive(_));
-        if r.calls >= self.config.half_open_permits || (consecutive && r.failures > 0) {
+        if r.calls >= u64::from(self.config.half_open_permits) || (consecutive && r.failures > 0) {
             let to = if self.exceeded(r, false) {
                 State::Open
             } else {
@@ -390,11 +428,13 @@ impl Breaker {
     /// Gives back a permit whose call ended without an outcome (cancelled, or classified as
     /// ignored). A half-open probe permit becomes available again.
     pub fn release(&self, permit: Permit) {
-        if permit.kind != PermitKind::Probe {
+        if permit.kind() != PermitKind::Probe {
             return;
         }
         let mut w = self.load();
-        while w.state() == State::HalfOpen && w.generation() == permit.generation && w.issued() > 0
+        while w.state() == State::HalfOpen
+            && w.generation() == permit.generation()
+            && w.issued() > 0
         {
             let next = w.with_issued(w.issued() - 1);
             match self.word.compare_exchange(w.0, next.0, AcqRel, Acquire) {
@@ -407,16 +447,18 @@ impl Breaker {
     fn exceeded(&self, r: Reading, closed: bool) -> bool {
         if let WindowKind::Consecutive { failures } = self.config.window {
             return if closed {
-                r.failures >= failures
+                r.failures >= u64::from(failures)
             } else {
                 r.failures > 0
             };
         }
         // In half-open the probes are the minimum.
-        if r.calls == 0 || (closed && r.calls < self.config.minimum_calls) {
+        if r.calls == 0 || (closed && r.calls < u64::from(self.config.minimum_calls)) {
             return false;
         }
-        let over = |count: u32, ppm: u64| u64::from(count) * 1_000_000 >= ppm * u64::from(r.calls);
+        let over = |count: u64, ppm: u64| {
+            u128::from(count) * 1_000_000 >= u128::from(ppm) * u128::from(r.calls)
+        };
         over(r.failures, self.config.failure_ppm)
             || self.config.slow.is_some_and(|(_, ppm)| over(r.slow, ppm))
     }
@@ -513,9 +555,9 @@ impl Breaker {
             }
         };
         let known = !matches!(self.window, Window::Consecutive(_))
-            && r.calls >= self.config.minimum_calls
+            && r.calls >= u64::from(self.config.minimum_calls)
             && r.calls > 0;
-        let rate = |x: u32| f64::from(x) / f64::from(r.calls);
+        let rate = |x: u64| x as f64 / r.calls as f64;
         let until = self.open_until.load(Acquire);
         Snapshot {
             state: w.state(),

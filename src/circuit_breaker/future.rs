@@ -19,15 +19,12 @@ use crate::{BoxError, classify::Classify};
 /// back, so a half-open breaker never waits for probes that will not come.
 pub(crate) struct Guard<B: Deref<Target = Breaker>> {
     breaker: B,
-    permit: Option<Permit>,
+    permit: Permit,
 }
 
 impl<B: Deref<Target = Breaker>> Guard<B> {
     pub(crate) fn new(breaker: B, permit: Permit) -> Self {
-        Guard {
-            breaker,
-            permit: Some(permit),
-        }
+        Guard { breaker, permit }
     }
 
     fn finish(&mut self, outcome: &crate::classify::Outcome) {

@@ -177,8 +177,8 @@ impl Budget {
             } => {
                 let n = nanos_since(*epoch, now);
                 let r = window.reading(n);
-                let retries = u64::from(r.failures);
-                let requests = u64::from(r.calls) - retries;
+                let retries = r.failures;
+                let requests = r.calls - retries;
                 if retries * 1_000_000 >= reserve * 1_000_000 + percent_ppm * requests {
                     return false;
                 }
@@ -205,8 +205,8 @@ impl Budget {
                 window,
             } => {
                 let r = window.reading(nanos_since(*epoch, now));
-                let retries = f64::from(r.failures);
-                let requests = f64::from(r.calls) - retries;
+                let retries = r.failures as f64;
+                let requests = r.calls as f64 - retries;
                 (*reserve as f64 + *percent_ppm as f64 / 1e6 * requests - retries).max(0.0)
             }
         }

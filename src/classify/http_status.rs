@@ -163,11 +163,11 @@ impl<B, E> Classify<Response<B>, E> for HttpStatus {
 }
 
 #[cfg(feature = "reqwest")]
-impl Classify<reqwest::Response, reqwest::Error> for HttpStatus {
-    /// Statuses as for `http::Response`; every transport error (connect, timeout, body) is a
-    /// failure.
+impl<E> Classify<reqwest::Response, E> for HttpStatus {
+    /// Statuses as for `http::Response`; every error (connect, timeout, body, or a layer's
+    /// boxed error) is a failure.
     #[inline]
-    fn classify(&self, result: Result<&reqwest::Response, &reqwest::Error>) -> Outcome {
+    fn classify(&self, result: Result<&reqwest::Response, &E>) -> Outcome {
         match result {
             Ok(res) => self.classify_status(res.status(), res.headers()),
             Err(_) => Outcome::FAILURE,

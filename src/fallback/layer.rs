@@ -161,6 +161,16 @@ impl<S, R, C, M> FallbackLayer<ServiceFallback<S, R>, C, M> {
 }
 
 impl<F> FallbackLayer<F> {
+    /// A layer around any [`Fallback`]. Triggers: circuit open and timeouts, until
+    /// [`on`](Self::on) says otherwise.
+    pub fn with_fallback(fallback: F) -> Self {
+        FallbackLayer::with(fallback)
+    }
+
+    pub(crate) fn into_fallback(self) -> F {
+        self.fallback
+    }
+
     fn with(fallback: F) -> Self {
         FallbackLayer {
             fallback,

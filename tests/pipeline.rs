@@ -1,0 +1,398 @@
+//! The standard pipelines against real servers on 127.0.0.1: a reqwest client through the
+//! client pipeline, an axum router behind the server pipeline.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State as Shared,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_rampart::{
+    BoxError,
+    backoff::Backoff,
+    circuit_breaker::{CircuitOpen, Config, State},
+    fallback::Trigger,
+    pipeline::{StandardClientLayer, StandardServerLayer},
+    retry::{RetryEvent, RetryEventKind, RetryLayer},
+};
+
+/// Hits of the downstream, with their arrival times.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Instant>>>);
+
+impl Log {
+    fn hit(&self) -> usize {
+        let mut v = self.0.lock().unwrap();
+        v.push(Instant::now());
+        v.len()
+    }
+
+    fn times(&self) -> Vec<Instant> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// `/flaky/{n}` fails its first `n` hits with 503 (with `Retry-After` when asked), then 200.
+async fn flaky(
+    Shared(log): Shared<Log>,
+    axum::extract::Path(n): axum::extract::Path<usize>,
+    headers: HeaderMap,
+) -> Response {
+    let hit = log.hit();
+    if hit <= n {
+        let mut res = (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+        if let Some(ra) = headers.get("x-want-retry-after") {
+            res.headers_mut().insert("retry-after", ra.clone());
+        }
+        res
+    } else {
+        (StatusCode::OK, format!("ok after {hit}")).into_response()
+    }
+}
+
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn events() -> (
+    Arc<Mutex<Vec<RetryEventKind>>>,
+    impl Fn(&RetryEvent<'_>) + Send + Sync + 'static,
+) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    (log, move |e: &RetryEvent<'_>| {
+        l.lock().unwrap().push(e.kind)
+    })
+}
+
+fn pipeline(listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> StandardClientLayer {
+    StandardClientLayer::builder()
+        .name("test-client")
+        .total_timeout(Duration::from_secs(10))
+        .attempt_timeout(Duration::from_secs(2))
+        .retry(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .backoff(Backoff::constant(Duration::from_millis(20)))
+                .on_event(listener),
+        )
+        .build()
+        .unwrap()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test]
+async fn reqwest_through_the_pipeline_retries_and_counts() {
+    let log = Log::default();
+    let addr = serve(
+        Router::new()
+            .route("/flaky/{n}", any(flaky))
+            .with_state(log.clone()),
+    )
+    .await;
+    let (events, listener) = events();
+    let client = http();
+    let mut svc = ServiceBuilder::new()
+        .layer(pipeline(listener))
+        .service(client.clone());
+
+    let req = client
+        .get(format!("http://{addr}/flaky/2"))
+        .build()
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.text().await.unwrap(), "ok after 3");
+    assert_eq!(log.times().len(), 3);
+    let retries = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, RetryEventKind::Retry { .. }))
+        .count();
+    assert_eq!(retries, 2);
+}
+
+#[tokio::test]
+async fn retry_after_one_second_delays_the_next_attempt() {
+    let log = Log::default();
+    let addr = serve(
+        Router::new()
+            .route("/flaky/{n}", any(flaky))
+            .with_state(log.clone()),
+    )
+    .await;
+    let (_, listener) = events();
+    let client = http();
+    let mut svc = ServiceBuilder::new()
+        .layer(pipeline(listener))
+        .service(client.clone());
+    let req = client
+        .get(format!("http://{addr}/flaky/1"))
+        .header("x-want-retry-after", "1")
+        .build()
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let t = log.times();
+    let gap = t[1] - t[0];
+    assert!(
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(1900),
+        "{gap:?}"
+    );
+}
+
+#[tokio::test]
+async fn post_is_retried_only_with_a_key() {
+    let log = Log::default();
+    let addr = serve(
+        Router::new()
+            .route("/flaky/{n}", any(flaky))
+            .with_state(log.clone()),
+    )
+    .await;
+    let (_, listener) = events();
+    let client = http();
+    let mut svc = ServiceBuilder::new()
+        .layer(pipeline(listener))
+        .service(client.clone());
+
+    let req = client
+        .post(format!("http://{addr}/flaky/1"))
+        .body("{}")
+        .build()
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "POST without a key: once"
+    );
+    assert_eq!(log.times().len(), 1);
+
+    let req = client
+        .post(format!("http://{addr}/flaky/2"))
+        .header("idempotency-key", "\"order-42\"")
+        .body("{}")
+        .build()
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "POST with a key: retried");
+    assert_eq!(log.times().len(), 3);
+}
+
+#[tokio::test]
+async fn a_streaming_body_is_sent_once() {
+    let log = Log::default();
+    let addr = serve(
+        Router::new()
+            .route("/flaky/{n}", any(flaky))
+            .with_state(log.clone()),
+    )
+    .await;
+    let (events, listener) = events();
+    let client = http();
+    let mut svc = ServiceBuilder::new()
+        .layer(pipeline(listener))
+        .service(client.clone());
+    let chunks: Vec<Result<&'static [u8], Infallible>> = vec![Ok(b"a"), Ok(b"b")];
+    let req = client
+        .put(format!("http://{addr}/flaky/1"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .build()
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(log.times().len(), 1);
+    assert!(matches!(
+        events.lock().unwrap().last(),
+        Some(RetryEventKind::GaveUp {
+            reason: tower_rampart::retry::GiveUp::NotRetryable,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn the_per_host_breaker_opens_for_the_failing_host_only() {
+    let (bad_hits, good_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let b = bad_hits.clone();
+    let bad = serve(Router::new().route(
+        "/",
+        get(move || {
+            b.fetch_add(1, SeqCst);
+            async { StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    ))
+    .await;
+    let g = good_hits.clone();
+    let good = serve(Router::new().route(
+        "/",
+        get(move || {
+            g.fetch_add(1, SeqCst);
+            async { "fine" }
+        }),
+    ))
+    .await;
+    let layer = StandardClientLayer::builder()
+        .attempt_timeout(Duration::from_secs(2))
+        .retry(RetryLayer::builder().max_attempts(1))
+        .circuit_breaker(
+            Config::builder()
+                .consecutive_failures(3)
+                .open_duration(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    let breakers = layer.breakers();
+    let client = http();
+    let mut svc = ServiceBuilder::new().layer(layer).service(client.clone());
+    for _ in 0..6 {
+        let req = client.get(format!("http://{bad}/")).build().unwrap();
+        let out = svc.ready().await.unwrap().call(req).await;
+        if let Err(e) = out {
+            assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}");
+        }
+        let req = client.get(format!("http://{good}/")).build().unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(bad_hits.load(SeqCst), 3, "open after three failures");
+    assert_eq!(good_hits.load(SeqCst), 6);
+    let key =
+        |a: std::net::SocketAddr| http::uri::Authority::try_from(a.to_string().as_str()).unwrap();
+    assert_eq!(breakers.get(&key(bad)).unwrap().state(), State::Open);
+    assert_eq!(breakers.get(&key(good)).unwrap().state(), State::Closed);
+}
+
+#[tokio::test]
+async fn the_total_timeout_bounds_retries() {
+    let slow = serve(Router::new().route(
+        "/",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        }),
+    ))
+    .await;
+    let layer = StandardClientLayer::builder()
+        .total_timeout(Duration::from_millis(300))
+        .attempt_timeout(Duration::from_millis(100))
+        .retry(
+            RetryLayer::builder()
+                .max_attempts(10)
+                .backoff(Backoff::constant(Duration::from_millis(1))),
+        )
+        .build()
+        .unwrap();
+    let client = http();
+    let mut svc = ServiceBuilder::new().layer(layer).service(client.clone());
+    let start = Instant::now();
+    let err: BoxError = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(client.get(format!("http://{slow}/")).build().unwrap())
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    let elapsed = err
+        .downcast_ref::<tower_rampart::timeout::Elapsed>()
+        .expect("the total timeout");
+    assert_eq!(elapsed.after(), Duration::from_millis(300));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test]
+async fn the_server_pipeline_answers_504_503_and_fallbacks() {
+    let resilience = StandardServerLayer::builder()
+        .timeout(Duration::from_millis(100))
+        .circuit_breaker(
+            Config::builder()
+                .name("server")
+                .consecutive_failures(2)
+                .open_duration(Duration::from_secs(60)),
+        )
+        .fallback(
+            |_| (StatusCode::OK, "cached").into_response(),
+            &[Trigger::CircuitOpen],
+        )
+        .build()
+        .unwrap();
+    let breaker = resilience.breaker();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        )
+        .route("/ok", get(|| async { "live" }))
+        .layer(resilience);
+    let addr = serve(app).await;
+    let client = http();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/ok").await, (StatusCode::OK, "live".into()));
+    let (status, body) = get("/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(get("/slow").await.0, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(breaker.state(), State::Open, "two timeouts in a row");
+    assert_eq!(
+        get("/ok").await,
+        (StatusCode::OK, "cached".into()),
+        "open: the fallback answers"
+    );
+}
+
+#[tokio::test]
+async fn the_server_pipeline_without_breaker_never_refuses() {
+    let resilience = StandardServerLayer::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let breaker = resilience.breaker();
+    let app = Router::new()
+        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .layer(resilience);
+    let addr = serve(app).await;
+    let client = http();
+    for _ in 0..50 {
+        let res = client
+            .get(format!("http://{addr}/fail"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(breaker.state(), State::Disabled);
+}

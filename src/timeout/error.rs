@@ -42,8 +42,8 @@ impl Elapsed {
 
     /// A gRPC trailers-only response: HTTP 200, `grpc-status: 4` (DEADLINE_EXCEEDED) and a
     /// `grpc-message`, with an empty body.
-    pub fn to_grpc_response<B: From<Bytes>>(&self) -> Response<B> {
-        let mut res = Response::new(B::from(Bytes::new()));
+    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
+        let mut res = Response::new(B::default());
         let h = res.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

@@ -91,7 +91,7 @@ where
 impl<F, B, E> Future for ResponseFuture<F, RespondGrpc>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: From<Bytes>,
+    B: Default,
 {
     type Output = Result<Response<B>, E>;
 

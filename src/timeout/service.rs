@@ -82,7 +82,7 @@ where
 impl<S, ReqB, B> Service<Request<ReqB>> for Timeout<S, RespondGrpc>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
-    B: From<Bytes>,
+    B: Default,
 {
     type Response = Response<B>;
     type Error = S::Error;

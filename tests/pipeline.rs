@@ -396,3 +396,34 @@ async fn the_server_pipeline_without_breaker_never_refuses() {
     }
     assert_eq!(breaker.state(), State::Disabled);
 }
+
+#[tokio::test]
+async fn a_hyper_util_client_through_the_pipeline() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+    let log = Log::default();
+    let addr = serve(
+        Router::new()
+            .route("/flaky/{n}", any(flaky))
+            .with_state(log.clone()),
+    )
+    .await;
+    let (_, listener) = events();
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut svc = ServiceBuilder::new()
+        .layer(pipeline(listener))
+        .service(client);
+    let req = http::Request::put(format!("http://{addr}/flaky/2"))
+        .body(Full::new(bytes::Bytes::from_static(b"{\"v\":1}")))
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok after 3");
+    assert_eq!(
+        log.times().len(),
+        3,
+        "PUT with an in-memory body is retried"
+    );
+}

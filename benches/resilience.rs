@@ -5,7 +5,8 @@
 //! with an inner `service_fn` that answers at once, so the figures are the layers' own cost.
 //!
 //! - `retry_success`: 3 attempts allowed, none needed. Ours (`RetryLayer`, `AnyError`,
-//!   `CloneRequest`, constant 1 ms backoff); `tower::retry` with a policy that allows two
+//!   `CloneRequest`, constant 1 ms backoff; `rampart_leaked` after `RetryLayer::leak()`);
+//!   `tower::retry` with a policy that allows two
 //!   retries of an `Err` and clones the request; tower-resilience `RetryLayer` with
 //!   `max_attempts(3)` and a fixed 1 ms backoff.
 //! - `timeout_success`: 1 s timeout. Ours (`TimeoutLayer`, error mode); `tower::timeout`;
@@ -121,6 +122,14 @@ fn retry_success(c: &mut Criterion) {
         "rampart",
         &rt,
         ours.layer(leaf_fallible()),
+    );
+    let leaked = ours.leak();
+    bench(
+        c,
+        "retry_success",
+        "rampart_leaked",
+        &rt,
+        leaked.layer(leaf_fallible()),
     );
     let tower_retry = tower::retry::RetryLayer::new(TwoRetries(2));
     bench(

@@ -485,3 +485,30 @@ async fn buffered_bodies_are_replayed_and_large_ones_sent_once() {
         "the part read for buffering is sent first, nothing lost"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_retry_layer_behaves_the_same() {
+    let (calls, inner) = flaky(2);
+    let (log, listener) = events();
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .max_elapsed(Duration::from_secs(1))
+        .backoff(constant(100))
+        .budget(Budget::token_bucket(10, 0.5).unwrap())
+        .on_event(listener)
+        .build()
+        .unwrap()
+        .leak();
+    let mut a = layer.layer(inner.clone());
+    let mut b = layer.clone().layer(inner);
+    let start = Instant::now();
+    assert_eq!(a.ready().await.unwrap().call(5).await.unwrap(), 5);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(b.ready().await.unwrap().call(6).await.unwrap(), 6);
+    assert_eq!(calls.load(SeqCst), 4);
+    assert_eq!(
+        log.lock().unwrap().len(),
+        2,
+        "two retries, reported by the shared listener"
+    );
+}

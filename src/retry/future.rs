@@ -3,7 +3,6 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -13,7 +12,7 @@ use tower_service::Service;
 
 use super::{
     Replay,
-    policy::{Next, Policy},
+    policy::{Held, Next, Policy},
 };
 use crate::{BoxError, backoff::Delays, classify::Classify};
 
@@ -29,10 +28,16 @@ pin_project! {
         kept: Option<Req>,
         classifier: C,
         replay: R,
-        policy: Arc<Policy>,
-        attempts: u32,
-        started: Option<tokio::time::Instant>,
-        delays: Option<Delays>,
+        policy: Held,
+        // A full word: the caller copies the future out with 8-byte loads, and a 4-byte store
+        // here would stall them (store forwarding fails on partial overlaps).
+        attempts: u64,
+        // Nanoseconds since the policy's epoch, `NOT_TIMED` unless an elapsed limit is set: a
+        // plain word, for the same store-forwarding reason as `attempts`.
+        started: u64,
+        // Boxed, like the sleep below: both exist only once a retry happens, and keeping them
+        // out of line keeps the future small (it is moved on every call).
+        delays: Option<Box<Delays>>,
     }
 }
 
@@ -40,7 +45,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        Waiting { sleep: Pin<Box<Sleep>> },
         Readying,
     }
 }
@@ -49,14 +54,15 @@ impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
 where
     S: Service<Req>,
 {
+    #[inline]
     pub(crate) fn new(
         future: S::Future,
         service: S,
         kept: Option<Req>,
         classifier: C,
         replay: R,
-        policy: Arc<Policy>,
-        started: Option<tokio::time::Instant>,
+        policy: Held,
+        started: u64,
     ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
@@ -88,14 +94,18 @@ where
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
                     *this.attempts += 1;
+                    let attempts = u32::try_from(*this.attempts).unwrap_or(u32::MAX);
                     let outcome = this.classifier.classify(result.as_ref());
                     let policy = &**this.policy;
                     if let Some(budget) = &policy.budget {
                         budget.record_outcome(!outcome.is_failure());
                     }
+                    if !outcome.is_failure() {
+                        return Poll::Ready(result.map_err(Into::into));
+                    }
                     let open = matches!(&result, Err(e) if Policy::is_circuit_open(e));
                     match policy.next(
-                        *this.attempts,
+                        attempts,
                         &outcome,
                         open,
                         this.kept.is_some(),
@@ -104,27 +114,27 @@ where
                     ) {
                         Next::Stop(reason) => {
                             if let Some(reason) = reason {
-                                policy.gave_up(*this.attempts, reason);
+                                policy.gave_up(attempts, reason);
                             }
                             return Poll::Ready(result.map_err(Into::into));
                         }
                         Next::Wait(delay) => {
-                            policy.retrying(*this.attempts, delay, result.is_err());
+                            policy.retrying(attempts, delay, result.is_err());
                             this.state.set(State::Waiting {
-                                sleep: tokio::time::sleep(delay),
+                                sleep: Box::pin(tokio::time::sleep(delay)),
                             });
                         }
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    let last = *this.attempts + 1 >= this.policy.max_attempts;
+                    let last = *this.attempts + 1 >= u64::from(this.policy.max_attempts);
                     // The final attempt sends the kept request itself: one copy fewer.
                     let copy = if last {
                         None

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use tower_layer::Layer;
 
-use super::{Builder, CloneRequest, Retry, policy::Policy};
+use super::{Builder, CloneRequest, Retry, policy::Held};
 use crate::{ConfigError, classify::AnyError};
 
 /// Retries failed calls with backoff, within attempt, time and budget limits.
@@ -35,7 +35,7 @@ use crate::{ConfigError, classify::AnyError};
 /// # }
 /// ```
 pub struct RetryLayer<C = AnyError, R = CloneRequest> {
-    policy: Arc<Policy>,
+    policy: Held,
     classifier: C,
     replay: R,
 }
@@ -51,7 +51,7 @@ impl Builder {
     /// Checks every value and returns the layer.
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         Ok(RetryLayer {
-            policy: Arc::new(self.build_policy()?),
+            policy: Held::Shared(Arc::new(self.build_policy()?)),
             classifier: AnyError,
             replay: CloneRequest,
         })
@@ -80,6 +80,24 @@ impl<C, R> RetryLayer<C, R> {
     /// The layer's name.
     pub fn name(&self) -> &str {
         &self.policy.name
+    }
+
+    /// Moves the policy (and so the budget's handle) to static memory, never freed, so that
+    /// calls hold it without reference counting. For layers built once for the life of the
+    /// process; a program that builds layers again and again should not leak them.
+    pub fn leak(self) -> Self {
+        let policy = match self.policy {
+            Held::Shared(arc) => {
+                let held: &'static Arc<_> = Box::leak(Box::new(arc));
+                Held::Static(held)
+            }
+            held @ Held::Static(_) => held,
+        };
+        RetryLayer {
+            policy,
+            classifier: self.classifier,
+            replay: self.replay,
+        }
     }
 }
 

@@ -50,6 +50,28 @@ impl fmt::Display for GiveUp {
     }
 }
 
+/// How layers, services and futures hold the policy: shared with a reference count, or in
+/// static memory after [`RetryLayer::leak`](super::RetryLayer::leak) (no count per call).
+#[derive(Clone)]
+pub(crate) enum Held {
+    Shared(Arc<Policy>),
+    Static(&'static Policy),
+}
+
+impl std::ops::Deref for Held {
+    type Target = Policy;
+
+    #[inline]
+    fn deref(&self) -> &Policy {
+        match self {
+            Held::Shared(p) => p,
+            Held::Static(p) => p,
+        }
+    }
+}
+
+pub(crate) const NOT_TIMED: u64 = u64::MAX;
+
 pub(crate) enum Next {
     Stop(Option<GiveUp>),
     Wait(Duration),
@@ -60,6 +82,7 @@ type Listener = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 /// Shared by every service the layer makes.
 pub(crate) struct Policy {
     pub(crate) name: Arc<str>,
+    epoch: Instant,
     pub(crate) max_attempts: u32,
     pub(crate) max_elapsed: Option<Duration>,
     pub(crate) backoff: Backoff,
@@ -107,8 +130,8 @@ impl Policy {
         outcome: &Outcome,
         circuit_open: bool,
         replayable: bool,
-        started: Option<Instant>,
-        delays: &mut Option<Delays>,
+        started: u64,
+        delays: &mut Option<Box<Delays>>,
     ) -> Next {
         if !outcome.is_failure() {
             return Next::Stop(None);
@@ -123,7 +146,7 @@ impl Policy {
             return Next::Stop(Some(GiveUp::NotRetryable));
         }
         let backoff = delays
-            .get_or_insert_with(|| self.backoff.delays())
+            .get_or_insert_with(|| Box::new(self.backoff.delays()))
             .next()
             .unwrap_or_default();
         let delay = match (outcome.retry_after(), self.retry_after_cap) {
@@ -134,8 +157,9 @@ impl Policy {
         };
         let needs_clock = self.max_elapsed.is_some() || self.budget.is_some();
         let now = needs_clock.then(Instant::now);
-        if let (Some(max), Some(start), Some(now)) = (self.max_elapsed, started, now)
-            && now.saturating_duration_since(start) + delay > max
+        if let (Some(max), Some(now)) = (self.max_elapsed, now)
+            && started != NOT_TIMED
+            && Duration::from_nanos(self.nanos(now).saturating_sub(started)) + delay > max
         {
             return Next::Stop(Some(GiveUp::Elapsed));
         }
@@ -145,6 +169,19 @@ impl Policy {
             return Next::Stop(Some(GiveUp::Budget));
         }
         Next::Wait(delay)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// When a call starts, for the elapsed limit; `NOT_TIMED` (no clock read) without one.
+    #[inline]
+    pub(crate) fn start_time(&self) -> u64 {
+        match self.max_elapsed {
+            Some(_) => self.nanos(Instant::now()),
+            None => NOT_TIMED,
+        }
     }
 
     #[inline]
@@ -326,6 +363,7 @@ impl Builder {
         };
         Ok(Policy {
             name: self.name,
+            epoch: Instant::now(),
             max_attempts: self.max_attempts,
             max_elapsed: self.max_elapsed,
             backoff: self.backoff,

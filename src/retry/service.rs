@@ -1,20 +1,17 @@
 //! The retry service.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Replay, future::ResponseFuture, policy::Policy};
+use super::{Replay, future::ResponseFuture, policy::Held};
 use crate::{BoxError, classify::Classify};
 
 /// A service whose failed calls are retried. Made by [`RetryLayer`](super::RetryLayer).
 pub struct Retry<S, C, R> {
     pub(crate) inner: S,
-    pub(crate) policy: Arc<Policy>,
+    pub(crate) policy: Held,
     pub(crate) classifier: C,
     pub(crate) replay: R,
 }
@@ -55,6 +52,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         // The ready service makes this call; a clone stays behind for the next one.
         let clone = self.inner.clone();
@@ -69,7 +67,7 @@ where
         if let Some(budget) = &policy.budget {
             budget.record_request(Instant::now);
         }
-        let started = policy.max_elapsed.map(|_| Instant::now());
+        let started = policy.start_time();
         policy.attempted();
         let future = service.call(req);
         ResponseFuture::new(

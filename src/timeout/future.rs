@@ -2,6 +2,7 @@
 
 use std::{
     future::Future,
+    marker::PhantomData,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -22,18 +23,23 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Sleep,
-        after: Duration,
-        mode: M,
+        // Whole words only: the future is built in the caller's `call` and copied out with wide
+        // loads, which stall on the partial stores a `Duration`'s u32 or a u16 status needs.
+        after_nanos: u64,
+        // The HTTP status to answer in `RespondHttp` mode (unused otherwise).
+        code: u64,
+        _mode: PhantomData<fn() -> M>,
     }
 }
 
 impl<F, M> ResponseFuture<F, M> {
-    pub(crate) fn new(inner: F, after: Duration, mode: M) -> Self {
+    pub(crate) fn new(inner: F, after: Duration, code: u64) -> Self {
         ResponseFuture {
             inner,
             sleep: tokio::time::sleep(after),
-            after,
-            mode,
+            after_nanos: u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
+            code,
+            _mode: PhantomData,
         }
     }
 }
@@ -42,16 +48,16 @@ impl<F, M> ResponseFuture<F, M> {
 fn race<F: Future, M>(
     this: Pin<&mut ResponseFuture<F, M>>,
     cx: &mut Context<'_>,
-) -> Poll<Result<F::Output, (Elapsed, M)>>
-where
-    M: Copy,
-{
+) -> Poll<Result<F::Output, (Elapsed, u64)>> {
     let this = this.project();
     if let Poll::Ready(out) = this.inner.poll(cx) {
         return Poll::Ready(Ok(out));
     }
     match this.sleep.poll(cx) {
-        Poll::Ready(()) => Poll::Ready(Err((Elapsed::new(*this.after), *this.mode))),
+        Poll::Ready(()) => Poll::Ready(Err((
+            Elapsed::new(Duration::from_nanos(*this.after_nanos)),
+            *this.code,
+        ))),
         Poll::Pending => Poll::Pending,
     }
 }
@@ -83,7 +89,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         race(self, cx).map(|r| match r {
             Ok(out) => out,
-            Err((elapsed, mode)) => Ok(elapsed.to_http_response(mode.status)),
+            Err((elapsed, code)) => Ok(elapsed.to_http_response(RespondHttp::status_of(code))),
         })
     }
 }

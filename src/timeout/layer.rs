@@ -55,7 +55,7 @@ impl<M> TimeoutLayer<M> {
     pub fn respond_http_with(self, status: StatusCode) -> TimeoutLayer<RespondHttp> {
         TimeoutLayer {
             timeout: self.timeout,
-            mode: RespondHttp { status },
+            mode: RespondHttp::new(status),
         }
     }
 

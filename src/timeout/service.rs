@@ -15,7 +15,23 @@ use crate::{BoxError, ReturnError};
 /// Mode: answer an HTTP response with this status and a problem+json body.
 #[derive(Debug, Clone, Copy)]
 pub struct RespondHttp {
-    pub(crate) status: StatusCode,
+    // The status code as a whole word (see the future's fields).
+    status: u64,
+}
+
+impl RespondHttp {
+    pub(crate) fn new(status: StatusCode) -> Self {
+        RespondHttp {
+            status: u64::from(status.as_u16()),
+        }
+    }
+
+    pub(crate) fn status_of(code: u64) -> StatusCode {
+        u16::try_from(code)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::GATEWAY_TIMEOUT)
+    }
 }
 
 /// Mode: answer a gRPC trailers-only DEADLINE_EXCEEDED.
@@ -55,7 +71,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.timeout, ReturnError)
+        ResponseFuture::new(self.inner.call(req), self.timeout, 0)
     }
 }
 
@@ -75,7 +91,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.timeout, self.mode)
+        ResponseFuture::new(self.inner.call(req), self.timeout, self.mode.status)
     }
 }
 
@@ -104,6 +120,6 @@ where
             })
             .flatten();
         let timeout = client.map_or(self.timeout, |c| c.min(self.timeout));
-        ResponseFuture::new(self.inner.call(req), timeout, self.mode)
+        ResponseFuture::new(self.inner.call(req), timeout, 0)
     }
 }

@@ -270,13 +270,33 @@ impl<S, F, C, M> FallbackService<S, F, C, M> {
     }
 }
 
-impl<S, F, C, Req> Service<Req> for FallbackService<S, F, C, AnyResponse>
+/// How a fallback mode recognises the responses our own layers made (a breaker's 503, a
+/// timeout's 504): [`AnyResponse`] never does, [`HttpResponse`] reads their marks.
+pub trait ResponseMarks<Res> {
+    /// The trigger a response made by one of our layers matches, if it is one.
+    fn trigger(res: &Res) -> Option<Trigger>;
+}
+
+impl<Res> ResponseMarks<Res> for AnyResponse {
+    fn trigger(res: &Res) -> Option<Trigger> {
+        no_response_trigger(res)
+    }
+}
+
+impl<B> ResponseMarks<http::Response<B>> for HttpResponse {
+    fn trigger(res: &http::Response<B>) -> Option<Trigger> {
+        http_response_trigger(res)
+    }
+}
+
+impl<S, F, C, M, Req> Service<Req> for FallbackService<S, F, C, M>
 where
     S: Service<Req>,
     S::Error: 'static,
     S::Response: 'static,
     F: Fallback<Req, S::Response, S::Error> + Clone,
     C: Classify<S::Response, S::Error> + Clone,
+    M: ResponseMarks<S::Response>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -289,29 +309,6 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        self.start(req, no_response_trigger)
-    }
-}
-
-impl<S, F, C, Req, B> Service<Req> for FallbackService<S, F, C, HttpResponse>
-where
-    S: Service<Req, Response = http::Response<B>>,
-    S::Error: 'static,
-    B: 'static,
-    F: Fallback<Req, S::Response, S::Error> + Clone,
-    C: Classify<S::Response, S::Error> + Clone,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, F, C, Req, S::Response, S::Error>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.start(req, http_response_trigger::<B>)
+        self.start(req, M::trigger)
     }
 }

@@ -42,7 +42,7 @@ use std::any::Any;
 pub use future::ResponseFuture;
 pub use future::ServiceCall;
 pub use layer::{
-    AnyResponse, Fallback, FallbackLayer, FallbackService, FnFallback, HttpResponse,
+    AnyResponse, Fallback, FallbackLayer, FallbackService, FnFallback, HttpResponse, ResponseMarks,
     ServiceFallback, ValueFallback,
 };
 

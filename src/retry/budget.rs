@@ -176,10 +176,7 @@ impl Budget {
                 window,
             } => {
                 let n = nanos_since(*epoch, now);
-                let r = window.reading(n);
-                let retries = r.failures;
-                let requests = r.calls - retries;
-                if retries * 1_000_000 >= reserve * 1_000_000 + percent_ppm * requests {
+                if millionths_left(window.reading(n), *percent_ppm, *reserve) <= 0 {
                     return false;
                 }
                 window.record(
@@ -205,12 +202,19 @@ impl Budget {
                 window,
             } => {
                 let r = window.reading(nanos_since(*epoch, now));
-                let retries = r.failures as f64;
-                let requests = r.calls as f64 - retries;
-                (*reserve as f64 + *percent_ppm as f64 / 1e6 * requests - retries).max(0.0)
+                millionths_left(r, *percent_ppm, *reserve).max(0) as f64 / 1e6
             }
         }
     }
+}
+
+/// Retries still allowed by a percent budget, in millionths of a retry: the floor plus the share
+/// of requests, less the retries made (requests and retries are the window's successes and
+/// failures).
+fn millionths_left(r: crate::window::Reading, percent_ppm: u64, reserve: u64) -> i128 {
+    let retries = i128::from(r.failures);
+    let requests = i128::from(r.calls) - retries;
+    i128::from(reserve) * 1_000_000 + i128::from(percent_ppm) * requests - retries * 1_000_000
 }
 
 fn nanos_since(epoch: Instant, now: Instant) -> u64 {

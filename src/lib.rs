@@ -57,6 +57,7 @@ pub mod circuit_breaker;
 pub mod classify;
 mod error;
 pub mod fallback;
+pub mod idempotency;
 pub mod pipeline;
 pub mod retry;
 pub mod timeout;

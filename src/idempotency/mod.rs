@@ -1,6 +1,9 @@
-//! Idempotency-Key support for HTTP handlers (IETF draft-ietf-httpapi-idempotency-key-header):
-//! the building blocks, first. A retried POST must never run twice.
+//! Idempotency-Key for HTTP handlers (IETF draft-ietf-httpapi-idempotency-key-header): a retried
+//! POST never runs twice.
 //!
+//! - [`IdempotencyLayer`]: on an axum `Router` or any `http` service; replays completed
+//!   requests, answers 409 / 422 / 400 / 413 as problem+json, runs handlers detached from the
+//!   client connection and renews their lease while they run.
 //! - [`IdempotencyKey`]: the header, as a Structured Field String or a bare token.
 //! - [`Fingerprint`]: what makes a request the same request (method, path, query, body, chosen
 //!   headers), hashed with SHA-256.
@@ -8,15 +11,20 @@
 //!   and [`MemoryStore`], the embedded default.
 //! - [`Completion`]: what a completed key replays, with a compact versioned binary form.
 //!
-//! The tower layer that puts these together (replay, 409 / 422 answers, detached handlers,
-//! lease heartbeats) and the Redis store come next.
+//! The Redis store (and Redis Cluster) comes next.
 
 mod fingerprint;
 mod key;
+mod layer;
+mod problem;
 mod record;
+mod service;
 mod store;
 
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
+pub use layer::{Builder, IdempotencyLayer, OnStoreError};
+pub use problem::problem_types;
 pub use record::{Completion, DecodeError, StoredResponse};
+pub use service::{DoNotStore, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext};
 pub use store::{Claim, MemoryStore, OwnerToken, Store, StoreError};

@@ -48,6 +48,13 @@ impl<B> Buffered<B> {
         }
     }
 
+    /// A body that streams from `rest`, after `prefix` (already read from it) when given.
+    pub fn streaming(prefix: Option<Bytes>, rest: B) -> Self {
+        Buffered {
+            inner: Inner::Streaming { prefix, rest },
+        }
+    }
+
     /// Whether the whole body is in memory.
     pub fn is_full(&self) -> bool {
         matches!(self.inner, Inner::Full { .. })

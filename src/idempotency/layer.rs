@@ -1,0 +1,265 @@
+//! The Idempotency-Key layer and its builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderName, Method, request, response};
+use tower_layer::Layer;
+
+use super::{Idempotency, MemoryStore, Store};
+use crate::ConfigError;
+
+type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
+type KeepFn = Arc<dyn Fn(&response::Parts) -> bool + Send + Sync>;
+
+/// What to do when the store fails or does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Answer 503 with `Retry-After` (the default: the safe choice for payments).
+    FailClosed,
+    /// Run the handler without protection, with a warning event and a metric.
+    FailOpen,
+}
+
+pub(crate) struct Settings<St> {
+    pub(crate) store: St,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) required: bool,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) on_store_error: OnStoreError,
+    pub(crate) scope: Option<ScopeFn>,
+    pub(crate) keep: Option<KeepFn>,
+}
+
+/// Makes POST and PATCH handlers idempotent under an `Idempotency-Key` header: the first request
+/// runs, later ones with the same key and the same request get the stored response (marked
+/// `Idempotent-Replayed: true`), concurrent ones 409, a different request under the key 422.
+///
+/// Defaults: POST and PATCH, key required (400 without one), request bodies up to 1 MiB (413
+/// above), stored responses up to 1 MiB, completed keys kept 24 h, a 10 s lease renewed every
+/// third of it while the handler runs, 1 s per store call, fail closed, [`MemoryStore`] of
+/// 100,000 keys.
+///
+/// ```
+/// use tower_rampart::idempotency::IdempotencyLayer;
+///
+/// # fn main() -> Result<(), tower_rampart::ConfigError> {
+/// let app: axum::Router = axum::Router::new()
+///     .route("/payments", axum::routing::post(|| async { (axum::http::StatusCode::CREATED, "{}") }))
+///     .layer(IdempotencyLayer::builder().build()?);
+/// # let _ = app;
+/// # Ok(())
+/// # }
+/// ```
+pub struct IdempotencyLayer<St = MemoryStore> {
+    settings: Arc<Settings<St>>,
+}
+
+impl<St> Clone for IdempotencyLayer<St> {
+    fn clone(&self) -> Self {
+        IdempotencyLayer {
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<St> fmt::Debug for IdempotencyLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("methods", &self.settings.methods)
+            .field("required", &self.settings.required)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayer {
+    /// A builder with the defaults above.
+    pub fn builder() -> Builder<MemoryStore> {
+        Builder {
+            store: MemoryStore::new(100_000),
+            methods: vec![Method::POST, Method::PATCH],
+            required: true,
+            fingerprint_headers: Vec::new(),
+            max_request_body: 1 << 20,
+            max_response_body: 1 << 20,
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(10),
+            store_timeout: Duration::from_secs(1),
+            on_store_error: OnStoreError::FailClosed,
+            scope: None,
+            keep: None,
+        }
+    }
+}
+
+/// Builds an [`IdempotencyLayer`].
+#[must_use]
+pub struct Builder<St> {
+    store: St,
+    methods: Vec<Method>,
+    required: bool,
+    fingerprint_headers: Vec<HeaderName>,
+    max_request_body: usize,
+    max_response_body: usize,
+    ttl: Duration,
+    lease: Duration,
+    store_timeout: Duration,
+    on_store_error: OnStoreError,
+    scope: Option<ScopeFn>,
+    keep: Option<KeepFn>,
+}
+
+impl<St> fmt::Debug for Builder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("methods", &self.methods)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: Store> Builder<St> {
+    /// Where keys live.
+    pub fn store<St2: Store>(self, store: St2) -> Builder<St2> {
+        Builder {
+            store,
+            methods: self.methods,
+            required: self.required,
+            fingerprint_headers: self.fingerprint_headers,
+            max_request_body: self.max_request_body,
+            max_response_body: self.max_response_body,
+            ttl: self.ttl,
+            lease: self.lease,
+            store_timeout: self.store_timeout,
+            on_store_error: self.on_store_error,
+            scope: self.scope,
+            keep: self.keep,
+        }
+    }
+
+    /// The methods the layer applies to; others pass through untouched.
+    pub fn methods(mut self, methods: &[Method]) -> Self {
+        self.methods = methods.to_vec();
+        self
+    }
+
+    /// Whether a request without a key is refused (400) or passes through unprotected.
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// Headers whose values are part of the request's fingerprint.
+    pub fn fingerprint_headers(mut self, headers: &[HeaderName]) -> Self {
+        self.fingerprint_headers = headers.to_vec();
+        self
+    }
+
+    /// The largest request body (413 above).
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response kept for replay; a larger one reaches the first caller and later
+    /// ones get a 409 that says so.
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
+    /// How long completed keys are kept.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The in-flight lease, renewed every third of it while the handler runs.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The time allowed for each store call.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// What to do when the store is down.
+    pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
+        self.on_store_error = choice;
+        self
+    }
+
+    /// Namespaces keys by principal (e.g. a tenant or user set by auth middleware in the
+    /// extensions): two principals never share or see each other's keys.
+    pub fn scope(
+        mut self,
+        scope: impl Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.scope = Some(Arc::new(scope));
+        self
+    }
+
+    /// Which responses are kept for replay (all of them by default, errors included, as the
+    /// draft and Stripe do). A response not kept releases its key.
+    pub fn keep_response_if(
+        mut self,
+        keep: impl Fn(&response::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.keep = Some(Arc::new(keep));
+        self
+    }
+
+    /// Checks the values.
+    pub fn build(self) -> Result<IdempotencyLayer<St>, ConfigError> {
+        let err = |m: &str| Err(ConfigError::new("idempotency", m));
+        if self.methods.is_empty() {
+            return err("methods must not be empty");
+        }
+        if self.lease < Duration::from_millis(30) {
+            return err("lease must be at least 30 ms (it is renewed every third of it)");
+        }
+        if self.ttl <= self.lease {
+            return err("ttl must be longer than the lease");
+        }
+        if self.store_timeout.is_zero() || self.store_timeout >= self.lease {
+            return err("store_timeout must be above zero and shorter than the lease");
+        }
+        if self.max_request_body == 0 {
+            return err("max_request_body must be above zero");
+        }
+        Ok(IdempotencyLayer {
+            settings: Arc::new(Settings {
+                store: self.store,
+                methods: self.methods,
+                required: self.required,
+                fingerprint_headers: self.fingerprint_headers,
+                max_request_body: self.max_request_body,
+                max_response_body: self.max_response_body,
+                ttl: self.ttl,
+                lease: self.lease,
+                store_timeout: self.store_timeout,
+                on_store_error: self.on_store_error,
+                scope: self.scope,
+                keep: self.keep,
+            }),
+        })
+    }
+}
+
+impl<S, St> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotency<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //!   and [`MemoryStore`], the embedded default.
 //! - [`Completion`]: what a completed key replays, with a compact versioned binary form.
 //!
-//! The Redis store (and Redis Cluster) comes next.
+//! - `RedisStore` (feature `redis`): Redis and Redis Cluster, one Lua script per operation.
 
 mod fingerprint;
 mod key;
@@ -27,4 +27,6 @@ pub use layer::{Builder, IdempotencyLayer, OnStoreError};
 pub use problem::problem_types;
 pub use record::{Completion, DecodeError, StoredResponse};
 pub use service::{DoNotStore, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext};
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
 pub use store::{Claim, MemoryStore, OwnerToken, Store, StoreError};

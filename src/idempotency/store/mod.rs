@@ -9,10 +9,14 @@
 //! [`MemoryStore`] is the reference for the semantics.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::{fmt, future::Future, time::Duration};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 
 use super::{Completion, Fingerprint};
 
@@ -123,4 +127,9 @@ pub trait Store: Send + Sync + 'static {
         token: OwnerToken,
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether the store answers (for readiness probes). Always yes by default.
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

@@ -31,7 +31,9 @@ use axum::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use tower_rampart::idempotency::{IDEMPOTENT_REPLAYED, IdempotencyLayer, MemoryStore, RedisStore, Store};
+use tower_rampart::idempotency::{
+    IDEMPOTENT_REPLAYED, IdempotencyLayer, MemoryStore, RedisStore, Store,
+};
 
 #[derive(Deserialize)]
 struct NewPayment {
@@ -61,7 +63,10 @@ async fn create<St>(State(app): State<App<St>>, Json(new): Json<NewPayment>) -> 
         amount: new.amount,
         currency: new.currency,
     };
-    app.payments.lock().expect("not poisoned").push(payment.clone());
+    app.payments
+        .lock()
+        .expect("not poisoned")
+        .push(payment.clone());
     (StatusCode::CREATED, Json(payment)).into_response()
 }
 
@@ -88,7 +93,11 @@ async fn log(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let outcome = if res.headers().contains_key(IDEMPOTENT_REPLAYED) {
         "replayed"
-    } else if res.headers().get("content-type").is_some_and(|v| v == "application/problem+json") {
+    } else if res
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/problem+json")
+    {
         match res.status() {
             StatusCode::CONFLICT => "conflict",
             StatusCode::UNPROCESSABLE_ENTITY => "mismatch",
@@ -111,14 +120,15 @@ async fn log(req: Request, next: Next) -> Response {
     res
 }
 
-fn router<St: Store + Clone>(store: St, metrics: PrometheusHandle) -> Result<Router, tower_rampart::ConfigError> {
+fn router<St: Store + Clone>(
+    store: St,
+    metrics: PrometheusHandle,
+) -> Result<Router, tower_rampart::ConfigError> {
     let idempotency = IdempotencyLayer::builder()
         .store(store.clone())
         // A body the handler rejects before doing anything (bad JSON) is not kept: the client
         // may fix it and retry with the same key.
-        .keep_response_if(|parts| {
-            !matches!(parts.status.as_u16(), 400 | 415 | 422)
-        })
+        .keep_response_if(|parts| !matches!(parts.status.as_u16(), 400 | 415 | 422))
         .build()?;
     let app = App {
         payments: Arc::default(),
@@ -143,7 +153,10 @@ fn router<St: Store + Clone>(store: St, metrics: PrometheusHandle) -> Result<Rou
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Before any layer is built: layers register their metric handles once.
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
     let app = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("store: Redis at {url}");

@@ -6,7 +6,7 @@
 //!   client connection and renews their lease while they run.
 //! - [`IdempotencyKey`]: the header, as a Structured Field String or a bare token.
 //! - [`Fingerprint`]: what makes a request the same request (method, path, query, body, chosen
-//!   headers), hashed with SHA-256.
+//!   headers), hashed with BLAKE3.
 //! - [`Store`]: claim / complete / release / renew with owner tokens and short renewed leases,
 //!   and [`MemoryStore`], the embedded default.
 //! - [`Completion`]: what a completed key replays, with a compact versioned binary form.

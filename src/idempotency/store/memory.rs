@@ -38,7 +38,7 @@ use crate::idempotency::{Completion, Fingerprint};
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<Box<str>, Slot>,
+    cache: Cache<String, Slot>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -85,10 +85,10 @@ impl Slot {
 
 struct Keep;
 
-impl Expiry<Box<str>, Slot> for Keep {
+impl Expiry<String, Slot> for Keep {
     fn expire_after_create(
         &self,
-        _: &Box<str>,
+        _: &String,
         slot: &Slot,
         _: std::time::Instant,
     ) -> Option<Duration> {
@@ -97,7 +97,7 @@ impl Expiry<Box<str>, Slot> for Keep {
 
     fn expire_after_update(
         &self,
-        _: &Box<str>,
+        _: &String,
         slot: &Slot,
         _: std::time::Instant,
         _: Option<Duration>,
@@ -131,49 +131,48 @@ impl MemoryStore {
     fn claim_now(&self, key: &str, fingerprint: &Fingerprint, lease: Duration) -> Claim {
         let now = Instant::now();
         let mut answer = None;
-        self.cache
-            .entry(Box::from(key))
-            .and_compute_with(|current| {
-                let live = current.map(|e| e.into_value()).filter(|s| s.until() > now);
-                match live {
-                    Some(Slot::InFlight {
-                        fingerprint: f,
-                        until,
-                        ..
-                    }) => {
-                        answer = Some(if f == *fingerprint {
-                            Claim::InFlight {
-                                retry_after: until - now,
-                            }
-                        } else {
-                            Claim::Mismatch
-                        });
-                        Op::Nop
-                    }
-                    Some(Slot::Done {
-                        fingerprint: f,
-                        completion,
-                        ..
-                    }) => {
-                        answer = Some(if f == *fingerprint {
-                            Claim::Completed((*completion).clone())
-                        } else {
-                            Claim::Mismatch
-                        });
-                        Op::Nop
-                    }
-                    None => {
-                        let token = OwnerToken::new();
-                        answer = Some(Claim::New(token));
-                        Op::Put(Slot::InFlight {
-                            fingerprint: *fingerprint,
-                            token,
-                            until: now + lease,
-                            lease,
-                        })
-                    }
+        // By reference: the key is copied only when a new entry is stored.
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            let live = current.map(|e| e.into_value()).filter(|s| s.until() > now);
+            match live {
+                Some(Slot::InFlight {
+                    fingerprint: f,
+                    until,
+                    ..
+                }) => {
+                    answer = Some(if f == *fingerprint {
+                        Claim::InFlight {
+                            retry_after: until - now,
+                        }
+                    } else {
+                        Claim::Mismatch
+                    });
+                    Op::Nop
                 }
-            });
+                Some(Slot::Done {
+                    fingerprint: f,
+                    completion,
+                    ..
+                }) => {
+                    answer = Some(if f == *fingerprint {
+                        Claim::Completed((*completion).clone())
+                    } else {
+                        Claim::Mismatch
+                    });
+                    Op::Nop
+                }
+                None => {
+                    let token = OwnerToken::new();
+                    answer = Some(Claim::New(token));
+                    Op::Put(Slot::InFlight {
+                        fingerprint: *fingerprint,
+                        token,
+                        until: now + lease,
+                        lease,
+                    })
+                }
+            }
+        });
         answer.expect("the compute closure always answers")
     }
 
@@ -181,9 +180,8 @@ impl MemoryStore {
     fn if_owner(&self, key: &str, token: OwnerToken, f: impl FnOnce(&Slot) -> Op<Slot>) -> bool {
         let now = Instant::now();
         let mut owned = false;
-        self.cache
-            .entry(Box::from(key))
-            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            match current.map(|e| e.into_value()) {
                 Some(
                     slot @ Slot::InFlight {
                         token: t, until, ..
@@ -193,7 +191,8 @@ impl MemoryStore {
                     f(&slot)
                 }
                 _ => Op::Nop,
-            });
+            }
+        });
         owned
     }
 }

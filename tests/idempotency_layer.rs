@@ -400,3 +400,33 @@ async fn a_store_outage_fails_closed_or_open_as_chosen() {
         assert_eq!(runs.load(SeqCst), 1, "fail open: run without protection");
     }
 }
+
+#[tokio::test]
+async fn a_duplicate_may_wait_for_the_first_and_get_its_replay() {
+    let layer = IdempotencyLayer::builder()
+        .wait_for_in_flight(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (base, runs) = serve(layer, Duration::from_millis(200)).await;
+    let url = format!("{base}/payments");
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move {
+            post_with(&url, Some("wait"), "{}", &[])
+                .await
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = post_with(&url, Some("wait"), "{}", &[]).await;
+    assert_eq!(
+        second.status(),
+        StatusCode::CREATED,
+        "waited instead of 409"
+    );
+    assert_eq!(second.headers()[IDEMPOTENT_REPLAYED], "true");
+    assert_eq!(second.text().await.unwrap(), first.await.unwrap());
+    assert_eq!(runs.load(SeqCst), 1);
+}

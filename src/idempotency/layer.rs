@@ -33,6 +33,7 @@ pub(crate) struct Settings<St> {
     pub(crate) on_store_error: OnStoreError,
     pub(crate) scope: Option<ScopeFn>,
     pub(crate) keep: Option<KeepFn>,
+    pub(crate) wait_for_in_flight: Option<Duration>,
 }
 
 /// Makes POST and PATCH handlers idempotent under an `Idempotency-Key` header: the first request
@@ -92,6 +93,7 @@ impl IdempotencyLayer {
             on_store_error: OnStoreError::FailClosed,
             scope: None,
             keep: None,
+            wait_for_in_flight: None,
         }
     }
 }
@@ -111,6 +113,7 @@ pub struct Builder<St> {
     on_store_error: OnStoreError,
     scope: Option<ScopeFn>,
     keep: Option<KeepFn>,
+    wait_for_in_flight: Option<Duration>,
 }
 
 impl<St> fmt::Debug for Builder<St> {
@@ -138,6 +141,7 @@ impl<St: Store> Builder<St> {
             on_store_error: self.on_store_error,
             scope: self.scope,
             keep: self.keep,
+            wait_for_in_flight: self.wait_for_in_flight,
         }
     }
 
@@ -216,6 +220,14 @@ impl<St: Store> Builder<St> {
         self
     }
 
+    /// Let a duplicate of a running request wait up to `wait` for it to finish and get its
+    /// replay (or run, if the first one released its key), instead of an immediate 409. Off by
+    /// default.
+    pub fn wait_for_in_flight(mut self, wait: Duration) -> Self {
+        self.wait_for_in_flight = Some(wait);
+        self
+    }
+
     /// Checks the values.
     pub fn build(self) -> Result<IdempotencyLayer<St>, ConfigError> {
         let err = |m: &str| Err(ConfigError::new("idempotency", m));
@@ -248,6 +260,7 @@ impl<St: Store> Builder<St> {
                 on_store_error: self.on_store_error,
                 scope: self.scope,
                 keep: self.keep,
+                wait_for_in_flight: self.wait_for_in_flight,
             }),
         })
     }

@@ -112,11 +112,20 @@ where
         .map(|b| Buffered::streaming(None, b)))
 }
 
+/// One store call, bounded by the store timeout, its latency recorded.
 async fn within<T>(
+    op: &'static str,
     limit: Duration,
     f: impl Future<Output = Result<T, super::StoreError>>,
 ) -> Result<T, BoxError> {
-    match tokio::time::timeout(limit, f).await {
+    #[cfg(feature = "metrics")]
+    let start = tokio::time::Instant::now();
+    let out = tokio::time::timeout(limit, f).await;
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("rampart_idempotency_store_seconds", "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    let _ = op;
+    match out {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err("the idempotency store did not answer in time".into()),
@@ -209,6 +218,7 @@ where
     let scoped: Arc<str> = Arc::from(format!("{}:{scope}:{key}", scope.len()));
 
     let claim = within(
+        "claim",
         settings.store_timeout,
         settings.store.claim(&scoped, &fingerprint, settings.lease),
     )
@@ -236,6 +246,24 @@ where
             };
         }
     };
+
+    let mut claim = claim;
+    // With a bounded wait configured, a duplicate polls until the first request completes.
+    if let (Claim::InFlight { .. }, Some(wait)) = (&claim, settings.wait_for_in_flight) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Claim::InFlight { .. } = claim {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep((deadline - now).min(Duration::from_millis(25))).await;
+            let again = settings.store.claim(&scoped, &fingerprint, settings.lease);
+            match within("claim", settings.store_timeout, again).await {
+                Ok(next) => claim = next,
+                Err(_) => break,
+            }
+        }
+    }
 
     match claim {
         Claim::Completed(Completion::Response(stored)) => {
@@ -294,6 +322,7 @@ where
                 Ok(result) => result,
                 Err(_) => {
                     let _ = within(
+                        "release",
                         settings.store_timeout,
                         settings.store.release(&scoped, token),
                     )
@@ -328,7 +357,7 @@ where
     ResB::Error: Into<BoxError>,
 {
     let st = &settings;
-    let release = || within(st.store_timeout, st.store.release(&key, token));
+    let release = || within("release", st.store_timeout, st.store.release(&key, token));
     let call = service.call(req);
     tokio::pin!(call);
     let every = st.lease / 3;
@@ -337,7 +366,7 @@ where
         tokio::select! {
             r = &mut call => break r,
             _ = beat.tick() => {
-                let _ = within(st.store_timeout, st.store.renew(&key, token, st.lease)).await;
+                let _ = within("renew", st.store_timeout, st.store.renew(&key, token, st.lease)).await;
             }
         }
     };
@@ -379,6 +408,7 @@ where
         },
     };
     let _ = within(
+        "complete",
         st.store_timeout,
         st.store.complete(&key, token, &completion, st.ttl),
     )

@@ -1,4 +1,7 @@
-//! The Idempotency-Key layer on a real axum server over loopback, with a real HTTP client.
+//! The Idempotency-Key layer on a real axum server over loopback, with a real HTTP client: every
+//! rule runs twice, on the memory store and on a real redis-server started by the test.
+
+mod common;
 
 use std::{
     sync::{
@@ -109,13 +112,12 @@ async fn problem_type(res: reqwest::Response) -> String {
     body[start..start + body[start..].find('"').unwrap()].to_owned()
 }
 
-fn layer() -> IdempotencyLayer {
-    IdempotencyLayer::builder().build().unwrap()
+fn layer<St: Store>(store: St) -> IdempotencyLayer<St> {
+    IdempotencyLayer::builder().store(store).build().unwrap()
 }
 
-#[tokio::test]
-async fn replays_byte_for_byte_without_cookies() {
-    let (base, runs) = serve(layer(), Duration::from_millis(10)).await;
+async fn replays_byte_for_byte_without_cookies<St: Store + Clone>(store: St) {
+    let (base, runs) = serve(layer(store.clone()), Duration::from_millis(10)).await;
     let url = format!("{base}/payments");
     let first = post_with(&url, Some("k-1"), "{\"amount\":10}", &[]).await;
     assert_eq!(first.status(), StatusCode::CREATED);
@@ -140,10 +142,10 @@ async fn replays_byte_for_byte_without_cookies() {
     assert_eq!(runs.load(SeqCst), 1);
 }
 
-#[tokio::test]
-async fn refuses_bad_requests_with_problem_details() {
+async fn refuses_bad_requests_with_problem_details<St: Store + Clone>(store: St) {
     let (base, runs) = serve(
         IdempotencyLayer::builder()
+            .store(store.clone())
             .max_request_body(64)
             .build()
             .unwrap(),
@@ -194,9 +196,8 @@ async fn refuses_bad_requests_with_problem_details() {
     assert_eq!(res.text().await.unwrap(), "list");
 }
 
-#[tokio::test]
-async fn fifty_concurrent_duplicates_run_once() {
-    let (base, runs) = serve(layer(), Duration::from_millis(100)).await;
+async fn fifty_concurrent_duplicates_run_once<St: Store + Clone>(store: St) {
+    let (base, runs) = serve(layer(store.clone()), Duration::from_millis(100)).await;
     let url = format!("{base}/payments");
     let calls: Vec<_> = (0..50)
         .map(|_| {
@@ -222,9 +223,8 @@ async fn fifty_concurrent_duplicates_run_once() {
     assert_eq!(runs.load(SeqCst), 1, "the handler ran exactly once");
 }
 
-#[tokio::test]
-async fn a_client_that_disconnects_does_not_cancel_the_handler() {
-    let (base, runs) = serve(layer(), Duration::from_millis(300)).await;
+async fn a_client_that_disconnects_does_not_cancel_the_handler<St: Store + Clone>(store: St) {
+    let (base, runs) = serve(layer(store.clone()), Duration::from_millis(300)).await;
     let url = format!("{base}/payments");
     let impatient = reqwest::Client::builder()
         .no_proxy()
@@ -245,10 +245,10 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
     assert_eq!(runs.load(SeqCst), 1);
 }
 
-#[tokio::test]
-async fn a_slow_handler_keeps_its_key_through_many_leases() {
+async fn a_slow_handler_keeps_its_key_through_many_leases<St: Store + Clone>(store: St) {
     let lease = Duration::from_millis(90);
     let layer = IdempotencyLayer::builder()
+        .store(store.clone())
         .lease(lease)
         .store_timeout(Duration::from_millis(20))
         .build()
@@ -270,9 +270,11 @@ async fn a_slow_handler_keeps_its_key_through_many_leases() {
     assert_eq!(runs.load(SeqCst), 1);
 }
 
-#[tokio::test]
-async fn too_large_responses_reach_the_first_caller_and_are_never_rerun() {
+async fn too_large_responses_reach_the_first_caller_and_are_never_rerun<St: Store + Clone>(
+    store: St,
+) {
     let layer = IdempotencyLayer::builder()
+        .store(store.clone())
         .max_response_body(1024)
         .build()
         .unwrap();
@@ -286,9 +288,9 @@ async fn too_large_responses_reach_the_first_caller_and_are_never_rerun() {
     assert_eq!(runs.load(SeqCst), 1);
 }
 
-#[tokio::test]
-async fn scopes_keep_principals_apart_and_unkept_responses_rerun() {
+async fn scopes_keep_principals_apart_and_unkept_responses_rerun<St: Store + Clone>(store: St) {
     let layer = IdempotencyLayer::builder()
+        .store(store.clone())
         .scope(|parts| {
             parts
                 .headers
@@ -401,9 +403,9 @@ async fn a_store_outage_fails_closed_or_open_as_chosen() {
     }
 }
 
-#[tokio::test]
-async fn a_duplicate_may_wait_for_the_first_and_get_its_replay() {
+async fn a_duplicate_may_wait_for_the_first_and_get_its_replay<St: Store + Clone>(store: St) {
     let layer = IdempotencyLayer::builder()
+        .store(store.clone())
         .wait_for_in_flight(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -430,3 +432,37 @@ async fn a_duplicate_may_wait_for_the_first_and_get_its_replay() {
     assert_eq!(second.text().await.unwrap(), first.await.unwrap());
     assert_eq!(runs.load(SeqCst), 1);
 }
+
+/// Runs each rule on the memory store and on Redis.
+macro_rules! on_both_stores {
+    ($($rule:ident),* $(,)?) => {$(
+        mod $rule {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                super::$rule(tower_rampart::idempotency::MemoryStore::new(100_000)).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let server = common::redis_server::RedisServer::start();
+                let store = tower_rampart::idempotency::RedisStore::connect(&server.url())
+                    .await
+                    .unwrap();
+                super::$rule(store).await;
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    replays_byte_for_byte_without_cookies,
+    refuses_bad_requests_with_problem_details,
+    fifty_concurrent_duplicates_run_once,
+    a_client_that_disconnects_does_not_cancel_the_handler,
+    a_slow_handler_keeps_its_key_through_many_leases,
+    too_large_responses_reach_the_first_caller_and_are_never_rerun,
+    scopes_keep_principals_apart_and_unkept_responses_rerun,
+    a_duplicate_may_wait_for_the_first_and_get_its_replay,
+);

@@ -125,7 +125,7 @@ fn benches(c: &mut Criterion) {
     let redis = redis_server();
     let url = format!("redis://127.0.0.1:{}", redis.1);
     let store = rt.block_on(RedisStore::connect(&url)).unwrap();
-    bench_store(c, &rt, "redis", store);
+    bench_store(c, &rt, "redis", store.clone());
 
     let client = redis::Client::open(url.as_str()).unwrap();
     let conn = rt

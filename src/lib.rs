@@ -6,9 +6,12 @@
 //! | layer | what it does | module |
 //! |---|---|---|
 //! | circuit breaker | stops calling a failing downstream, probes, recovers; count or time windows, slow calls, keyed per host/route | [`circuit_breaker`] |
+//! | retry | jittered backoff, attempt and elapsed limits, `Retry-After`, budgets, HTTP method safety | [`retry`], [`backoff`] |
+//! | timeout | per attempt or total; an error, a 504 or a gRPC DEADLINE_EXCEEDED | [`timeout`] |
+//! | fallback | degraded responses for the failures you choose | [`fallback`] |
+//! | pipelines | the standard client and server stacks in one line | [`pipeline`] |
+//! | Idempotency-Key | a retried POST never runs twice; memory, Redis and Redis Cluster stores | [`idempotency`] |
 //! | classification | one success/failure/ignore vocabulary for HTTP, gRPC and errors, shared by every layer | [`classify`] |
-//!
-//! Retry, timeouts, fallbacks and the Idempotency-Key layer follow (see the README's roadmap).
 //!
 //! ## Quick start
 //!
@@ -49,6 +52,9 @@
 //!   facade.
 //! - `tracing`: a `tracing` event on every state transition.
 //! - `tonic`: classify `tonic::Status` errors by gRPC code.
+//! - `reqwest`: classify `reqwest::Response`s, retry `reqwest::Request`s, key breakers by their
+//!   authority.
+//! - `redis`: `RedisStore` for the Idempotency-Key layer.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

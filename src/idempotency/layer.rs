@@ -20,8 +20,9 @@ pub enum OnStoreError {
     FailOpen,
 }
 
-pub(crate) struct Settings<St> {
-    pub(crate) store: St,
+/// Everything but the store, shared by the builder and the running layer.
+#[derive(Clone)]
+pub(crate) struct Options {
     pub(crate) methods: Vec<Method>,
     pub(crate) required: bool,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
@@ -34,6 +35,19 @@ pub(crate) struct Settings<St> {
     pub(crate) scope: Option<ScopeFn>,
     pub(crate) keep: Option<KeepFn>,
     pub(crate) wait_for_in_flight: Option<Duration>,
+}
+
+pub(crate) struct Settings<St> {
+    pub(crate) store: St,
+    options: Options,
+}
+
+impl<St> std::ops::Deref for Settings<St> {
+    type Target = Options;
+
+    fn deref(&self) -> &Options {
+        &self.options
+    }
 }
 
 /// Makes POST and PATCH handlers idempotent under an `Idempotency-Key` header: the first request
@@ -82,18 +96,20 @@ impl IdempotencyLayer {
     pub fn builder() -> Builder<MemoryStore> {
         Builder {
             store: MemoryStore::new(100_000),
-            methods: vec![Method::POST, Method::PATCH],
-            required: true,
-            fingerprint_headers: Vec::new(),
-            max_request_body: 1 << 20,
-            max_response_body: 1 << 20,
-            ttl: Duration::from_secs(24 * 3600),
-            lease: Duration::from_secs(10),
-            store_timeout: Duration::from_secs(1),
-            on_store_error: OnStoreError::FailClosed,
-            scope: None,
-            keep: None,
-            wait_for_in_flight: None,
+            options: Options {
+                methods: vec![Method::POST, Method::PATCH],
+                required: true,
+                fingerprint_headers: Vec::new(),
+                max_request_body: 1 << 20,
+                max_response_body: 1 << 20,
+                ttl: Duration::from_secs(24 * 3600),
+                lease: Duration::from_secs(10),
+                store_timeout: Duration::from_secs(1),
+                on_store_error: OnStoreError::FailClosed,
+                scope: None,
+                keep: None,
+                wait_for_in_flight: None,
+            },
         }
     }
 }
@@ -102,25 +118,14 @@ impl IdempotencyLayer {
 #[must_use]
 pub struct Builder<St> {
     store: St,
-    methods: Vec<Method>,
-    required: bool,
-    fingerprint_headers: Vec<HeaderName>,
-    max_request_body: usize,
-    max_response_body: usize,
-    ttl: Duration,
-    lease: Duration,
-    store_timeout: Duration,
-    on_store_error: OnStoreError,
-    scope: Option<ScopeFn>,
-    keep: Option<KeepFn>,
-    wait_for_in_flight: Option<Duration>,
+    options: Options,
 }
 
 impl<St> fmt::Debug for Builder<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("methods", &self.methods)
-            .field("required", &self.required)
+            .field("methods", &self.options.methods)
+            .field("required", &self.options.required)
             .finish_non_exhaustive()
     }
 }
@@ -130,73 +135,62 @@ impl<St: Store> Builder<St> {
     pub fn store<St2: Store>(self, store: St2) -> Builder<St2> {
         Builder {
             store,
-            methods: self.methods,
-            required: self.required,
-            fingerprint_headers: self.fingerprint_headers,
-            max_request_body: self.max_request_body,
-            max_response_body: self.max_response_body,
-            ttl: self.ttl,
-            lease: self.lease,
-            store_timeout: self.store_timeout,
-            on_store_error: self.on_store_error,
-            scope: self.scope,
-            keep: self.keep,
-            wait_for_in_flight: self.wait_for_in_flight,
+            options: self.options,
         }
     }
 
     /// The methods the layer applies to; others pass through untouched.
     pub fn methods(mut self, methods: &[Method]) -> Self {
-        self.methods = methods.to_vec();
+        self.options.methods = methods.to_vec();
         self
     }
 
     /// Whether a request without a key is refused (400) or passes through unprotected.
     pub fn required(mut self, required: bool) -> Self {
-        self.required = required;
+        self.options.required = required;
         self
     }
 
     /// Headers whose values are part of the request's fingerprint.
     pub fn fingerprint_headers(mut self, headers: &[HeaderName]) -> Self {
-        self.fingerprint_headers = headers.to_vec();
+        self.options.fingerprint_headers = headers.to_vec();
         self
     }
 
     /// The largest request body (413 above).
     pub fn max_request_body(mut self, bytes: usize) -> Self {
-        self.max_request_body = bytes;
+        self.options.max_request_body = bytes;
         self
     }
 
     /// The largest response kept for replay; a larger one reaches the first caller and later
     /// ones get a 409 that says so.
     pub fn max_response_body(mut self, bytes: usize) -> Self {
-        self.max_response_body = bytes;
+        self.options.max_response_body = bytes;
         self
     }
 
     /// How long completed keys are kept.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.options.ttl = ttl;
         self
     }
 
     /// The in-flight lease, renewed every third of it while the handler runs.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.options.lease = lease;
         self
     }
 
     /// The time allowed for each store call.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
+        self.options.store_timeout = timeout;
         self
     }
 
     /// What to do when the store is down.
     pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.on_store_error = choice;
+        self.options.on_store_error = choice;
         self
     }
 
@@ -206,7 +200,7 @@ impl<St: Store> Builder<St> {
         mut self,
         scope: impl Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.scope = Some(Arc::new(scope));
+        self.options.scope = Some(Arc::new(scope));
         self
     }
 
@@ -216,7 +210,7 @@ impl<St: Store> Builder<St> {
         mut self,
         keep: impl Fn(&response::Parts) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.keep = Some(Arc::new(keep));
+        self.options.keep = Some(Arc::new(keep));
         self
     }
 
@@ -224,43 +218,33 @@ impl<St: Store> Builder<St> {
     /// replay (or run, if the first one released its key), instead of an immediate 409. Off by
     /// default.
     pub fn wait_for_in_flight(mut self, wait: Duration) -> Self {
-        self.wait_for_in_flight = Some(wait);
+        self.options.wait_for_in_flight = Some(wait);
         self
     }
 
     /// Checks the values.
     pub fn build(self) -> Result<IdempotencyLayer<St>, ConfigError> {
         let err = |m: &str| Err(ConfigError::new("idempotency", m));
-        if self.methods.is_empty() {
+        let o = &self.options;
+        if o.methods.is_empty() {
             return err("methods must not be empty");
         }
-        if self.lease < Duration::from_millis(30) {
+        if o.lease < Duration::from_millis(30) {
             return err("lease must be at least 30 ms (it is renewed every third of it)");
         }
-        if self.ttl <= self.lease {
+        if o.ttl <= o.lease {
             return err("ttl must be longer than the lease");
         }
-        if self.store_timeout.is_zero() || self.store_timeout >= self.lease {
+        if o.store_timeout.is_zero() || o.store_timeout >= o.lease {
             return err("store_timeout must be above zero and shorter than the lease");
         }
-        if self.max_request_body == 0 {
+        if o.max_request_body == 0 {
             return err("max_request_body must be above zero");
         }
         Ok(IdempotencyLayer {
             settings: Arc::new(Settings {
                 store: self.store,
-                methods: self.methods,
-                required: self.required,
-                fingerprint_headers: self.fingerprint_headers,
-                max_request_body: self.max_request_body,
-                max_response_body: self.max_response_body,
-                ttl: self.ttl,
-                lease: self.lease,
-                store_timeout: self.store_timeout,
-                on_store_error: self.on_store_error,
-                scope: self.scope,
-                keep: self.keep,
-                wait_for_in_flight: self.wait_for_in_flight,
+                options: self.options,
             }),
         })
     }

@@ -16,7 +16,9 @@ use axum::{Router, body::Body, http::Request, http::StatusCode, routing::post};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
-use tower_rampart::idempotency::{IdempotencyLayer, MemoryStore, RedisStore, Store};
+use tower_rampart::idempotency::{
+    Claim, Completion, Fingerprint, IdempotencyLayer, MemoryStore, RedisStore, Store,
+};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -144,6 +146,33 @@ fn benches(c: &mut Criterion) {
                     .await
                     .unwrap();
             }
+        })
+    });
+    // The store's own claim on a completed key, without the HTTP layer: separates the Redis
+    // client path (EVALSHA through a ConnectionManager) from the layer's work.
+    let fp = Fingerprint::from_bytes([1; 32]);
+    rt.block_on(async {
+        if let Claim::New(t) = store
+            .claim("bench", &fp, Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            let done = Completion::NotReplayable {
+                status: StatusCode::OK,
+            };
+            store
+                .complete("bench", t, &done, Duration::from_secs(600))
+                .await
+                .unwrap();
+        }
+    });
+    g.bench_function("store_claim_completed", |b| {
+        b.to_async(&rt).iter(|| async {
+            let claim = store
+                .claim("bench", &fp, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(matches!(claim, Claim::Completed(_)));
         })
     });
     g.finish();

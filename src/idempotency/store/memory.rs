@@ -66,12 +66,6 @@ enum Slot {
 }
 
 impl Slot {
-    fn until(&self) -> Instant {
-        match self {
-            Slot::InFlight { until, .. } | Slot::Done { until, .. } => *until,
-        }
-    }
-
     /// How long moka keeps it: the lease or TTL, plus a margin so that reads on tokio's clock,
     /// not moka's, decide.
     fn keep(&self) -> Duration {
@@ -128,50 +122,59 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// The answer a live entry gives, if there is one.
+    fn answer(slot: &Slot, fingerprint: &Fingerprint, now: Instant) -> Option<Claim> {
+        match slot {
+            Slot::InFlight { until, .. } | Slot::Done { until, .. } if *until <= now => None,
+            Slot::InFlight {
+                fingerprint: f,
+                until,
+                ..
+            } => Some(if f == fingerprint {
+                Claim::InFlight {
+                    retry_after: *until - now,
+                }
+            } else {
+                Claim::Mismatch
+            }),
+            Slot::Done {
+                fingerprint: f,
+                completion,
+                ..
+            } => Some(if f == fingerprint {
+                Claim::Completed((**completion).clone())
+            } else {
+                Claim::Mismatch
+            }),
+        }
+    }
+
     fn claim_now(&self, key: &str, fingerprint: &Fingerprint, lease: Duration) -> Claim {
         let now = Instant::now();
+        // Replays and conflicts only read: answer them from a plain lookup, and take the
+        // per-key compute (which copies the key and locks it) only to claim a free key.
+        if let Some(answer) = self
+            .cache
+            .get(key)
+            .and_then(|slot| Self::answer(&slot, fingerprint, now))
+        {
+            return answer;
+        }
         let mut answer = None;
-        // By reference: the key is copied only when a new entry is stored.
         self.cache.entry_by_ref(key).and_compute_with(|current| {
-            let live = current.map(|e| e.into_value()).filter(|s| s.until() > now);
-            match live {
-                Some(Slot::InFlight {
-                    fingerprint: f,
-                    until,
-                    ..
-                }) => {
-                    answer = Some(if f == *fingerprint {
-                        Claim::InFlight {
-                            retry_after: until - now,
-                        }
-                    } else {
-                        Claim::Mismatch
-                    });
-                    Op::Nop
-                }
-                Some(Slot::Done {
-                    fingerprint: f,
-                    completion,
-                    ..
-                }) => {
-                    answer = Some(if f == *fingerprint {
-                        Claim::Completed((*completion).clone())
-                    } else {
-                        Claim::Mismatch
-                    });
-                    Op::Nop
-                }
-                None => {
-                    let token = OwnerToken::new();
-                    answer = Some(Claim::New(token));
-                    Op::Put(Slot::InFlight {
-                        fingerprint: *fingerprint,
-                        token,
-                        until: now + lease,
-                        lease,
-                    })
-                }
+            // Checked again under the key's lock: another claim may have won meanwhile.
+            if let Some(a) = current.and_then(|e| Self::answer(e.value(), fingerprint, now)) {
+                answer = Some(a);
+                return Op::Nop;
             }
+            let token = OwnerToken::new();
+            answer = Some(Claim::New(token));
+            Op::Put(Slot::InFlight {
+                fingerprint: *fingerprint,
+                token,
+                until: now + lease,
+                lease,
+            })
         });
         answer.expect("the compute closure always answers")
     }

@@ -98,20 +98,50 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+type Events = Arc<Mutex<Vec<RetryEventKind>>>;
+
+/// A flaky server, a reqwest client and the client through the standard pipeline.
+struct Flaky {
+    log: Log,
+    addr: std::net::SocketAddr,
+    events: Events,
+    client: reqwest::Client,
+    svc: tower_rampart::pipeline::StandardClient<reqwest::Client>,
+}
+
+impl Flaky {
+    async fn start() -> Flaky {
+        let log = Log::default();
+        let addr = serve(
+            Router::new()
+                .route("/flaky/{n}", any(flaky))
+                .with_state(log.clone()),
+        )
+        .await;
+        let (events, listener) = events();
+        let client = http();
+        let svc = ServiceBuilder::new()
+            .layer(pipeline(listener))
+            .service(client.clone());
+        Flaky {
+            log,
+            addr,
+            events,
+            client,
+            svc,
+        }
+    }
+}
+
 #[tokio::test]
 async fn reqwest_through_the_pipeline_retries_and_counts() {
-    let log = Log::default();
-    let addr = serve(
-        Router::new()
-            .route("/flaky/{n}", any(flaky))
-            .with_state(log.clone()),
-    )
-    .await;
-    let (events, listener) = events();
-    let client = http();
-    let mut svc = ServiceBuilder::new()
-        .layer(pipeline(listener))
-        .service(client.clone());
+    let Flaky {
+        log,
+        addr,
+        events,
+        client,
+        mut svc,
+    } = Flaky::start().await;
 
     let req = client
         .get(format!("http://{addr}/flaky/2"))
@@ -132,18 +162,13 @@ async fn reqwest_through_the_pipeline_retries_and_counts() {
 
 #[tokio::test]
 async fn retry_after_one_second_delays_the_next_attempt() {
-    let log = Log::default();
-    let addr = serve(
-        Router::new()
-            .route("/flaky/{n}", any(flaky))
-            .with_state(log.clone()),
-    )
-    .await;
-    let (_, listener) = events();
-    let client = http();
-    let mut svc = ServiceBuilder::new()
-        .layer(pipeline(listener))
-        .service(client.clone());
+    let Flaky {
+        log,
+        addr,
+        events: _,
+        client,
+        mut svc,
+    } = Flaky::start().await;
     let req = client
         .get(format!("http://{addr}/flaky/1"))
         .header("x-want-retry-after", "1")
@@ -161,18 +186,13 @@ async fn retry_after_one_second_delays_the_next_attempt() {
 
 #[tokio::test]
 async fn post_is_retried_only_with_a_key() {
-    let log = Log::default();
-    let addr = serve(
-        Router::new()
-            .route("/flaky/{n}", any(flaky))
-            .with_state(log.clone()),
-    )
-    .await;
-    let (_, listener) = events();
-    let client = http();
-    let mut svc = ServiceBuilder::new()
-        .layer(pipeline(listener))
-        .service(client.clone());
+    let Flaky {
+        log,
+        addr,
+        events: _,
+        client,
+        mut svc,
+    } = Flaky::start().await;
 
     let req = client
         .post(format!("http://{addr}/flaky/1"))
@@ -200,18 +220,13 @@ async fn post_is_retried_only_with_a_key() {
 
 #[tokio::test]
 async fn a_streaming_body_is_sent_once() {
-    let log = Log::default();
-    let addr = serve(
-        Router::new()
-            .route("/flaky/{n}", any(flaky))
-            .with_state(log.clone()),
-    )
-    .await;
-    let (events, listener) = events();
-    let client = http();
-    let mut svc = ServiceBuilder::new()
-        .layer(pipeline(listener))
-        .service(client.clone());
+    let Flaky {
+        log,
+        addr,
+        events,
+        client,
+        mut svc,
+    } = Flaky::start().await;
     let chunks: Vec<Result<&'static [u8], Infallible>> = vec![Ok(b"a"), Ok(b"b")];
     let req = client
         .put(format!("http://{addr}/flaky/1"))

@@ -41,7 +41,7 @@ async fn app(
 ) -> String {
     let layer = IdempotencyLayer::builder()
         .store(store)
-        .store_timeout(Duration::from_millis(300))
+        .store_timeout(Duration::from_secs(1))
         .on_store_error(if fail_open {
             OnStoreError::FailOpen
         } else {

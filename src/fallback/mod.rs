@@ -5,8 +5,8 @@
 //!
 //! | trigger | what it matches |
 //! |---|---|
-//! | [`Trigger::CircuitOpen`] | a breaker's refusal: a [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) error, or the 503 of a breaker in `respond_503` mode |
-//! | [`Trigger::Timeout`] | an [`Elapsed`](crate::timeout::Elapsed) error, or the 504 / DEADLINE_EXCEEDED of a timeout in response mode |
+//! | [`Trigger::CircuitOpen`] | a breaker's refusal: a `CircuitOpen` error, or the 503 of a breaker in `respond_503` mode |
+//! | [`Trigger::Timeout`] | an `Elapsed` error, or the 504 / DEADLINE_EXCEEDED of a timeout in response mode |
 //! | [`Trigger::Error`] | any other `Err` |
 //! | [`Trigger::Failure`] | an `Ok` response the classifier calls a failure |
 //!

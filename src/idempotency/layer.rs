@@ -241,6 +241,10 @@ impl<St: Store> Builder<St> {
         if o.max_request_body == 0 {
             return err("max_request_body must be above zero");
         }
+        // Stored records carry 32-bit lengths.
+        if o.max_response_body > u32::MAX as usize {
+            return err("max_response_body must be at most 4 GiB");
+        }
         Ok(IdempotencyLayer {
             settings: Arc::new(Settings {
                 store: self.store,

@@ -470,3 +470,46 @@ on_both_stores!(
     scopes_keep_principals_apart_and_unkept_responses_rerun,
     a_duplicate_may_wait_for_the_first_and_get_its_replay,
 );
+
+#[test]
+fn the_builder_refuses_nonsense() {
+    let cases = [
+        (
+            IdempotencyLayer::builder().methods(&[]).build().err(),
+            "methods",
+        ),
+        (
+            IdempotencyLayer::builder()
+                .lease(Duration::from_millis(1))
+                .build()
+                .err(),
+            "lease",
+        ),
+        (
+            IdempotencyLayer::builder()
+                .ttl(Duration::from_secs(1))
+                .lease(Duration::from_secs(2))
+                .build()
+                .err(),
+            "ttl",
+        ),
+        (
+            IdempotencyLayer::builder()
+                .store_timeout(Duration::from_secs(20))
+                .build()
+                .err(),
+            "store_timeout",
+        ),
+        (
+            IdempotencyLayer::builder()
+                .max_request_body(0)
+                .build()
+                .err(),
+            "max_request_body",
+        ),
+    ];
+    for (err, needle) in cases {
+        let msg = err.expect(needle).to_string();
+        assert!(msg.contains(needle), "{msg:?} should mention {needle}");
+    }
+}

@@ -66,6 +66,7 @@ pub mod fallback;
 pub mod idempotency;
 pub mod pipeline;
 pub mod retry;
+mod time;
 pub mod timeout;
 mod window;
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::{Config, State, WindowKind, events::Observers, state::Word};
 use crate::{
     classify::Outcome,
+    time::{nanos_of, nanos_since},
     window::{Consecutive, CountWindow, Reading, Sample, TimeWindow},
 };
 
@@ -266,7 +267,7 @@ impl Breaker {
     }
 
     fn nanos(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        nanos_since(self.epoch, t)
     }
 
     /// Asks for leave to make one call.
@@ -572,10 +573,6 @@ impl Breaker {
                 .then(|| Duration::from_nanos(until.saturating_sub(n))),
         }
     }
-}
-
-fn nanos_of(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for Breaker {

@@ -116,7 +116,7 @@ where
     }
 
     fn nanos(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        crate::time::nanos_since(self.epoch, t)
     }
 
     /// The breaker for `key`, made on first use.
@@ -170,7 +170,7 @@ where
     /// Closed breakers unused for the idle timeout are dropped; open or half-open ones stay, so
     /// eviction never lets traffic through to a downstream known to be failing.
     fn without_idle(&self, map: &HashMap<K, Arc<Entry>>, n: u64) -> HashMap<K, Arc<Entry>> {
-        let idle = u64::try_from(self.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let idle = crate::time::nanos_of(self.idle_timeout);
         map.iter()
             .filter(|(_, e)| {
                 n.saturating_sub(e.last_used.load(Relaxed)) < idle

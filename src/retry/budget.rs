@@ -12,7 +12,10 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::window::{Sample, TimeWindow};
+use crate::{
+    time::nanos_since,
+    window::{Sample, TimeWindow},
+};
 
 /// A retry budget. Clones share one budget.
 ///
@@ -215,10 +218,6 @@ fn millionths_left(r: crate::window::Reading, percent_ppm: u64, reserve: u64) ->
     let retries = i128::from(r.failures);
     let requests = i128::from(r.calls) - retries;
     i128::from(reserve) * 1_000_000 + i128::from(percent_ppm) * requests - retries * 1_000_000
-}
-
-fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

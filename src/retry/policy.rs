@@ -172,7 +172,8 @@ impl Policy {
     }
 
     fn nanos(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+        // Below `NOT_TIMED`, which marks calls without a start time.
+        crate::time::nanos_since(self.epoch, t).min(NOT_TIMED - 1)
     }
 
     /// When a call starts, for the elapsed limit; `NOT_TIMED` (no clock read) without one.

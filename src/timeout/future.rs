@@ -37,7 +37,7 @@ impl<F, M> ResponseFuture<F, M> {
         ResponseFuture {
             inner,
             sleep: tokio::time::sleep(after),
-            after_nanos: u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
+            after_nanos: crate::time::nanos_of(after),
             code,
             _mode: PhantomData,
         }

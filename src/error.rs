@@ -1,6 +1,8 @@
 //! Errors shared by every layer's builder.
 
-use std::fmt;
+use std::{any::Any, fmt};
+
+use crate::BoxError;
 
 /// A builder refused a value. The message names the setting and the value.
 ///
@@ -40,3 +42,13 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Finds an error of type `T` in `e`: `e` itself, or the error inside a `BoxError` (how layers
+/// in error mode pass on a breaker's refusal or a timeout).
+pub(crate) fn find_error<T: std::error::Error + 'static, E: 'static>(e: &E) -> Option<&T> {
+    let any = e as &dyn Any;
+    any.downcast_ref::<T>().or_else(|| {
+        any.downcast_ref::<BoxError>()
+            .and_then(|b| b.downcast_ref::<T>())
+    })
+}

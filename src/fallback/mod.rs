@@ -37,8 +37,6 @@
 mod future;
 mod layer;
 
-use std::any::Any;
-
 pub use future::ResponseFuture;
 pub use future::ServiceCall;
 pub use layer::{
@@ -46,7 +44,7 @@ pub use layer::{
     ServiceFallback, ValueFallback,
 };
 
-use crate::{BoxError, circuit_breaker::CircuitOpen, timeout::Elapsed};
+use crate::{circuit_breaker::CircuitOpen, error::find_error as downcast, timeout::Elapsed};
 
 /// What a fallback can be triggered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,14 +121,6 @@ impl<Res, E: 'static> Cause<Res, E> {
     pub fn elapsed(&self) -> Option<&Elapsed> {
         self.error().and_then(downcast::<Elapsed, E>)
     }
-}
-
-fn downcast<T: std::error::Error + 'static, E: 'static>(e: &E) -> Option<&T> {
-    let any = e as &dyn Any;
-    any.downcast_ref::<T>().or_else(|| {
-        any.downcast_ref::<BoxError>()
-            .and_then(|b| b.downcast_ref::<T>())
-    })
 }
 
 /// Which trigger an error matches.

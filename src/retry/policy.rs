@@ -1,12 +1,12 @@
 //! The retry policy: limits, backoff, hints and budget, and the decision after each attempt.
 
-use std::{any::Any, fmt, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
 use super::{Budget, RetryEvent, RetryEventKind};
 use crate::{
-    BoxError, ConfigError,
+    ConfigError,
     backoff::{Backoff, Delays},
     circuit_breaker::CircuitOpen,
     classify::Outcome,
@@ -116,11 +116,7 @@ pub mod metric_names {
 
 impl Policy {
     pub(crate) fn is_circuit_open<E: 'static>(err: &E) -> bool {
-        let any = err as &dyn Any;
-        any.downcast_ref::<CircuitOpen>().is_some()
-            || any
-                .downcast_ref::<BoxError>()
-                .is_some_and(|e| e.is::<CircuitOpen>())
+        crate::error::find_error::<CircuitOpen, E>(err).is_some()
     }
 
     /// What to do after attempt number `attempts` (1 for the first) ended with `outcome`.

@@ -3,6 +3,7 @@
 use std::{
     future::{Future, Ready, ready},
     marker::PhantomData,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -29,19 +30,27 @@ pub trait Fallback<Req, Res, E> {
     fn fallback(&mut self, cause: Cause<Res, E>, req: Option<Req>) -> Self::Future;
 }
 
-/// A fixed value, cloned for every fallback.
-#[derive(Debug, Clone)]
-pub struct ValueFallback<T>(T);
+/// A fixed value, cloned when the fallback runs. Every call's future holds the fallback, so the
+/// value sits behind an `Arc`: calls that succeed copy a pointer, not the value.
+#[derive(Debug)]
+pub struct ValueFallback<T>(Arc<T>);
+
+impl<T> Clone for ValueFallback<T> {
+    fn clone(&self) -> Self {
+        ValueFallback(self.0.clone())
+    }
+}
 
 impl<Req, Res: Clone, E> Fallback<Req, Res, E> for ValueFallback<Res> {
     type Future = Ready<Result<Res, E>>;
 
     fn fallback(&mut self, _: Cause<Res, E>, _: Option<Req>) -> Self::Future {
-        ready(Ok(self.0.clone()))
+        ready(Ok((*self.0).clone()))
     }
 }
 
-/// A function of the cause.
+/// A function of the cause. The function is cloned into every call's future: keep what it
+/// captures cheap to clone (or behind an `Arc`).
 #[derive(Debug, Clone)]
 pub struct FnFallback<F>(F);
 
@@ -121,7 +130,7 @@ impl<T> FallbackLayer<ValueFallback<T>> {
     /// Falls back to a clone of `value`. Triggers: circuit open and timeouts, until
     /// [`on`](Self::on) says otherwise.
     pub fn value(value: T) -> Self {
-        FallbackLayer::with(ValueFallback(value))
+        FallbackLayer::with(ValueFallback(Arc::new(value)))
     }
 }
 

@@ -17,7 +17,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 use tower_rampart::idempotency::{
-    Claim, Completion, Fingerprint, IdempotencyLayer, MemoryStore, RedisStore, Store,
+    Claim, Completion, Fingerprint, IdempotencyLayer, MemoryStore, OwnerToken, RedisStore, Store,
 };
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -45,7 +45,11 @@ async fn call(app: &Router, key: &str) {
 }
 
 fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: impl Store + Clone) {
-    let layer = IdempotencyLayer::builder().store(store).build().unwrap();
+    let layer = IdempotencyLayer::builder()
+        .store(store)
+        .global_keys()
+        .build()
+        .unwrap();
     let app = router(Some(layer));
     let mut g = c.benchmark_group(format!("idempotency_{name}"));
     g.warm_up_time(Duration::from_secs(1))
@@ -122,7 +126,7 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     bare(c, &rt);
-    bench_store(c, &rt, "memory", MemoryStore::new(10_000_000));
+    bench_store(c, &rt, "memory", MemoryStore::with_max_bytes(4 << 30));
 
     let redis = redis_server();
     let url = format!("redis://127.0.0.1:{}", redis.1);
@@ -152,8 +156,9 @@ fn benches(c: &mut Criterion) {
     // client path (EVALSHA through a ConnectionManager) from the layer's work.
     let fp = Fingerprint::from_bytes([1; 32]);
     rt.block_on(async {
-        if let Claim::New(t) = store
-            .claim("bench", &fp, Duration::from_secs(10))
+        let t = OwnerToken::new();
+        if let Claim::New = store
+            .claim("bench", &fp, t, Duration::from_secs(10))
             .await
             .unwrap()
         {
@@ -161,7 +166,7 @@ fn benches(c: &mut Criterion) {
                 status: StatusCode::OK,
             };
             store
-                .complete("bench", t, &done, Duration::from_secs(600))
+                .complete("bench", &fp, t, &done, Duration::from_secs(600))
                 .await
                 .unwrap();
         }
@@ -169,7 +174,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("store_claim_completed", |b| {
         b.to_async(&rt).iter(|| async {
             let claim = store
-                .claim("bench", &fp, Duration::from_secs(10))
+                .claim("bench", &fp, OwnerToken::new(), Duration::from_secs(10))
                 .await
                 .unwrap();
             assert!(matches!(claim, Claim::Completed(_)));

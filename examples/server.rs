@@ -126,6 +126,9 @@ fn router<St: Store + Clone>(
 ) -> Result<Router, tower_rampart::ConfigError> {
     let idempotency = IdempotencyLayer::builder()
         .store(store.clone())
+        // The demo has no authentication, so one key space for all; a real service scopes
+        // keys by its principal: `.scope(|req| tenant_of(req))`.
+        .global_keys()
         // A body the handler rejects before doing anything (bad JSON) is not kept: the client
         // may fix it and retry with the same key.
         .keep_response_if(|parts| !matches!(parts.status.as_u16(), 400 | 415 | 422))
@@ -164,7 +167,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(_) => {
             println!("store: in memory (set REDIS_URL to use Redis)");
-            router(MemoryStore::new(100_000), metrics)?
+            router(MemoryStore::new(), metrics)?
         }
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));

@@ -113,7 +113,11 @@ async fn problem_type(res: reqwest::Response) -> String {
 }
 
 fn layer<St: Store>(store: St) -> IdempotencyLayer<St> {
-    IdempotencyLayer::builder().store(store).build().unwrap()
+    IdempotencyLayer::builder()
+        .global_keys()
+        .store(store)
+        .build()
+        .unwrap()
 }
 
 async fn replays_byte_for_byte_without_cookies<St: Store + Clone>(store: St) {
@@ -145,6 +149,7 @@ async fn replays_byte_for_byte_without_cookies<St: Store + Clone>(store: St) {
 async fn refuses_bad_requests_with_problem_details<St: Store + Clone>(store: St) {
     let (base, runs) = serve(
         IdempotencyLayer::builder()
+            .global_keys()
             .store(store.clone())
             .max_request_body(64)
             .build()
@@ -260,6 +265,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler<St: Store + Clone
 async fn a_slow_handler_keeps_its_key_through_many_leases<St: Store + Clone>(store: St) {
     let lease = Duration::from_millis(300);
     let layer = IdempotencyLayer::builder()
+        .global_keys()
         .store(store.clone())
         .lease(lease)
         .store_timeout(Duration::from_millis(200))
@@ -286,6 +292,7 @@ async fn too_large_responses_reach_the_first_caller_and_are_never_rerun<St: Stor
     store: St,
 ) {
     let layer = IdempotencyLayer::builder()
+        .global_keys()
         .store(store.clone())
         .max_response_body(1024)
         .build()
@@ -332,14 +339,18 @@ async fn scopes_keep_principals_apart_and_unkept_responses_rerun<St: Store + Clo
         .unwrap();
     assert_eq!(a2, a, "each principal replays its own response");
     assert_eq!(runs.load(SeqCst), 2);
+    let anonymous = post_with(&url, Some("shared"), "{}", &[]).await;
+    assert_eq!(anonymous.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(problem_type(anonymous).await, problem_types::NO_PRINCIPAL);
+    assert_eq!(runs.load(SeqCst), 2, "never run unscoped");
 
     let url = format!("{base}/not-kept");
-    let one = post_with(&url, Some("nk"), "{}", &[])
+    let one = post_with(&url, Some("nk"), "{}", &[("x-tenant", "a")])
         .await
         .text()
         .await
         .unwrap();
-    let two = post_with(&url, Some("nk"), "{}", &[])
+    let two = post_with(&url, Some("nk"), "{}", &[("x-tenant", "a")])
         .await
         .text()
         .await
@@ -362,12 +373,19 @@ impl Down {
 }
 
 impl Store for Down {
-    async fn claim(&self, _: &str, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        _: &str,
+        _: &Fingerprint,
+        _: OwnerToken,
+        _: Duration,
+    ) -> Result<Claim, StoreError> {
         self.fail().await
     }
     async fn complete(
         &self,
         _: &str,
+        _: &Fingerprint,
         _: OwnerToken,
         _: &Completion,
         _: Duration,
@@ -386,6 +404,7 @@ impl Store for Down {
 async fn a_store_outage_fails_closed_or_open_as_chosen() {
     for hang in [false, true] {
         let closed = IdempotencyLayer::builder()
+            .global_keys()
             .store(Down { hang })
             .store_timeout(Duration::from_millis(100))
             .build()
@@ -403,6 +422,7 @@ async fn a_store_outage_fails_closed_or_open_as_chosen() {
         assert_eq!(runs.load(SeqCst), 0, "fail closed: not run");
 
         let open = IdempotencyLayer::builder()
+            .global_keys()
             .store(Down { hang })
             .store_timeout(Duration::from_millis(100))
             .on_store_error(OnStoreError::FailOpen)
@@ -417,6 +437,7 @@ async fn a_store_outage_fails_closed_or_open_as_chosen() {
 
 async fn a_duplicate_may_wait_for_the_first_and_get_its_replay<St: Store + Clone>(store: St) {
     let layer = IdempotencyLayer::builder()
+        .global_keys()
         .store(store.clone())
         .wait_for_in_flight(Duration::from_secs(2))
         .build()
@@ -453,7 +474,7 @@ macro_rules! on_both_stores {
 
             #[tokio::test]
             async fn memory() {
-                super::$rule(tower_rampart::idempotency::MemoryStore::new(100_000)).await;
+                super::$rule(tower_rampart::idempotency::MemoryStore::new()).await;
             }
 
             #[tokio::test]
@@ -482,12 +503,18 @@ on_both_stores!(
 #[test]
 fn the_builder_refuses_nonsense() {
     let cases = [
+        (IdempotencyLayer::builder().build().err(), "global_keys"),
         (
-            IdempotencyLayer::builder().methods(&[]).build().err(),
+            IdempotencyLayer::builder()
+                .global_keys()
+                .methods(&[])
+                .build()
+                .err(),
             "methods",
         ),
         (
             IdempotencyLayer::builder()
+                .global_keys()
                 .lease(Duration::from_millis(1))
                 .build()
                 .err(),
@@ -495,6 +522,7 @@ fn the_builder_refuses_nonsense() {
         ),
         (
             IdempotencyLayer::builder()
+                .global_keys()
                 .ttl(Duration::from_secs(1))
                 .lease(Duration::from_secs(2))
                 .build()
@@ -503,6 +531,7 @@ fn the_builder_refuses_nonsense() {
         ),
         (
             IdempotencyLayer::builder()
+                .global_keys()
                 .store_timeout(Duration::from_secs(20))
                 .build()
                 .err(),
@@ -510,6 +539,7 @@ fn the_builder_refuses_nonsense() {
         ),
         (
             IdempotencyLayer::builder()
+                .global_keys()
                 .max_request_body(0)
                 .build()
                 .err(),

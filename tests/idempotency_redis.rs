@@ -41,6 +41,7 @@ async fn app(
 ) -> String {
     let layer = IdempotencyLayer::builder()
         .store(store)
+        .global_keys()
         .store_timeout(Duration::from_secs(1))
         .on_store_error(if fail_open {
             OnStoreError::FailOpen

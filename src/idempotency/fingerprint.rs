@@ -38,8 +38,11 @@ impl Fingerprint {
         field(uri.path().as_bytes());
         field(uri.query().unwrap_or("").as_bytes());
         for name in headers_to_include {
+            // The count of values keeps one header's values apart from the next header's name.
+            let values = headers.get_all(name);
             field(name.as_str().as_bytes());
-            for value in headers.get_all(name) {
+            field(&(values.iter().count() as u64).to_be_bytes());
+            for value in values {
                 field(value.as_bytes());
             }
         }
@@ -114,6 +117,20 @@ mod tests {
                 b""
             ),
             Fingerprint::of(&Method::POST, &u("/a"), &h, &[name], b"")
+        );
+        // A value that spells the next header's name is not that header.
+        let (a, b) = (
+            HeaderName::from_static("x-a"),
+            HeaderName::from_static("x-b"),
+        );
+        let mut one = HeaderMap::new();
+        one.insert(&a, "x-b".parse().unwrap());
+        let mut other = HeaderMap::new();
+        other.insert(&b, "x-b".parse().unwrap());
+        let names = [a, b];
+        assert_ne!(
+            Fingerprint::of(&Method::POST, &u("/a"), &one, &names, b""),
+            Fingerprint::of(&Method::POST, &u("/a"), &other, &names, b"")
         );
     }
 }

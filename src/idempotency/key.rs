@@ -32,6 +32,8 @@ pub enum KeyError {
     InvalidCharacter,
     /// A quoted key with no closing quote, or text after it.
     Malformed,
+    /// More than one `Idempotency-Key` header: which one the client meant is a guess.
+    Repeated,
 }
 
 impl fmt::Display for KeyError {
@@ -43,6 +45,7 @@ impl fmt::Display for KeyError {
                 "the Idempotency-Key must be visible ASCII (a quoted key may hold spaces)"
             }
             KeyError::Malformed => "the Idempotency-Key is not a valid structured field string",
+            KeyError::Repeated => "the request has more than one Idempotency-Key header",
         })
     }
 }
@@ -71,6 +74,27 @@ impl IdempotencyKey {
             0 => Err(KeyError::Empty),
             n if n > MAX_KEY_LEN => Err(KeyError::TooLong),
             _ => Ok(IdempotencyKey(key.into_boxed_str())),
+        }
+    }
+
+    /// The request's key: exactly one `Idempotency-Key` header, parsed. `Ok(None)` when there is
+    /// none.
+    ///
+    /// ```
+    /// use tower_rampart::idempotency::{IdempotencyKey, KeyError};
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.append("idempotency-key", "a".parse().unwrap());
+    /// assert_eq!(IdempotencyKey::from_headers(&headers).unwrap().unwrap().as_str(), "a");
+    /// headers.append("idempotency-key", "b".parse().unwrap());
+    /// assert_eq!(IdempotencyKey::from_headers(&headers), Err(KeyError::Repeated));
+    /// ```
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Option<Self>, KeyError> {
+        let mut all = headers.get_all(super::IDEMPOTENCY_KEY).iter();
+        match (all.next(), all.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => Self::parse(v).map(Some),
+            (Some(_), Some(_)) => Err(KeyError::Repeated),
         }
     }
 

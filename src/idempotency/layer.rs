@@ -9,6 +9,17 @@ use super::{Idempotency, MemoryStore, Store};
 use crate::ConfigError;
 
 type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
+
+/// How keys are separated by caller: chosen explicitly at build time.
+#[derive(Clone)]
+pub(crate) enum Scope {
+    /// Not chosen yet: `build` refuses.
+    Unset,
+    /// One key space for every caller (keys must then be unguessable and unique per client).
+    Global,
+    /// Keys live under the principal this function names; `None` refuses the request (400).
+    By(ScopeFn),
+}
 type KeepFn = Arc<dyn Fn(&response::Parts) -> bool + Send + Sync>;
 
 /// What to do when the store fails or does not answer in time.
@@ -32,7 +43,8 @@ pub(crate) struct Options {
     pub(crate) lease: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) on_store_error: OnStoreError,
-    pub(crate) scope: Option<ScopeFn>,
+    pub(crate) scope: Scope,
+    pub(crate) response_body_timeout: Duration,
     pub(crate) keep: Option<KeepFn>,
     pub(crate) wait_for_in_flight: Option<Duration>,
 }
@@ -55,17 +67,25 @@ impl<St> std::ops::Deref for Settings<St> {
 /// `Idempotent-Replayed: true`), concurrent ones 409, a different request under the key 422.
 ///
 /// Defaults: POST and PATCH, key required (400 without one), request bodies up to 1 MiB (413
-/// above), stored responses up to 1 MiB, completed keys kept 24 h, a 10 s lease renewed every
-/// third of it while the handler runs, 1 s per store call, fail closed, [`MemoryStore`] of
-/// 100,000 keys.
+/// above), stored responses up to 1 MiB read within 30 s, completed keys kept 24 h, a 10 s
+/// lease renewed every third of it from the claim until the response is stored, 1 s per store
+/// call, fail closed, a [`MemoryStore`] of 64 MiB.
+///
+/// How keys are separated between callers has no default: choose [`Builder::scope`] (keys
+/// live under a principal, e.g. the tenant set by auth middleware) or [`Builder::global_keys`]
+/// (one key space; the IETF draft expects keys unique per client), or `build` fails.
 ///
 /// ```
 /// use tower_rampart::idempotency::IdempotencyLayer;
 ///
 /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+/// let layer = IdempotencyLayer::builder()
+///     // The tenant header is set by the auth middleware in front of this layer.
+///     .scope(|req| req.headers().get("x-tenant")?.to_str().ok().map(str::to_owned))
+///     .build()?;
 /// let app: axum::Router = axum::Router::new()
 ///     .route("/payments", axum::routing::post(|| async { (axum::http::StatusCode::CREATED, "{}") }))
-///     .layer(IdempotencyLayer::builder().build()?);
+///     .layer(layer);
 /// # let _ = app;
 /// # Ok(())
 /// # }
@@ -95,7 +115,7 @@ impl IdempotencyLayer {
     /// A builder with the defaults above.
     pub fn builder() -> Builder<MemoryStore> {
         Builder {
-            store: MemoryStore::new(100_000),
+            store: MemoryStore::new(),
             options: Options {
                 methods: vec![Method::POST, Method::PATCH],
                 required: true,
@@ -106,7 +126,8 @@ impl IdempotencyLayer {
                 lease: Duration::from_secs(10),
                 store_timeout: Duration::from_secs(1),
                 on_store_error: OnStoreError::FailClosed,
-                scope: None,
+                scope: Scope::Unset,
+                response_body_timeout: Duration::from_secs(30),
                 keep: None,
                 wait_for_in_flight: None,
             },
@@ -170,6 +191,14 @@ impl<St: Store> Builder<St> {
         self
     }
 
+    /// How long the layer reads a response body to keep it (30 s by default). A body still
+    /// streaming after that reaches the first caller in full, and the key is completed as not
+    /// replayable: never released, so the request never runs again.
+    pub fn response_body_timeout(mut self, timeout: Duration) -> Self {
+        self.options.response_body_timeout = timeout;
+        self
+    }
+
     /// How long completed keys are kept.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.options.ttl = ttl;
@@ -195,12 +224,21 @@ impl<St: Store> Builder<St> {
     }
 
     /// Namespaces keys by principal (e.g. a tenant or user set by auth middleware in the
-    /// extensions): two principals never share or see each other's keys.
+    /// extensions): two principals never share or see each other's keys. A request for which
+    /// `scope` returns `None` is refused with 400, never run unscoped.
     pub fn scope(
         mut self,
         scope: impl Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.options.scope = Some(Arc::new(scope));
+        self.options.scope = Scope::By(Arc::new(scope));
+        self
+    }
+
+    /// One key space for every caller: the same key from two clients names the same request.
+    /// Only for services with one client, or whose clients' keys are unguessable (UUIDs);
+    /// otherwise a client can read another's response or squat its key for the TTL.
+    pub fn global_keys(mut self) -> Self {
+        self.options.scope = Scope::Global;
         self
     }
 
@@ -228,6 +266,14 @@ impl<St: Store> Builder<St> {
         let o = &self.options;
         if o.methods.is_empty() {
             return err("methods must not be empty");
+        }
+        if let Scope::Unset = o.scope {
+            return err(
+                "choose how keys are separated between callers: .scope(|req| principal) or .global_keys()",
+            );
+        }
+        if o.response_body_timeout.is_zero() {
+            return err("response_body_timeout must be above zero");
         }
         if o.lease < Duration::from_millis(30) {
             return err("lease must be at least 30 ms (it is renewed every third of it)");

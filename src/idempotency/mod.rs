@@ -16,17 +16,24 @@
 mod fingerprint;
 mod key;
 mod layer;
+mod lease;
+mod owner;
 mod problem;
 mod record;
 mod service;
 mod store;
+pub mod testing;
 
+pub use crate::retry::IDEMPOTENCY_KEY;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use layer::{Builder, IdempotencyLayer, OnStoreError};
+pub use lease::Lease;
 pub use problem::problem_types;
 pub use record::{Completion, DecodeError, StoredResponse};
 pub use service::{DoNotStore, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{Claim, MemoryStore, OwnerToken, Store, StoreError};
+pub use store::{
+    Claim, DEFAULT_MAX_BYTES, MemoryStore, OwnerToken, Store, StoreError, StoreErrorKind,
+};

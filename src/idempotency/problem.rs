@@ -32,6 +32,16 @@ pub mod problem_types {
     /// 503: the idempotency store failed or did not answer in time.
     pub const STORE_UNAVAILABLE: &str =
         "https://docs.rs/tower-rampart/latest/tower_rampart/problems#idempotency-store-unavailable";
+    /// 400: the layer scopes keys by principal and this request has none.
+    pub const NO_PRINCIPAL: &str =
+        "https://docs.rs/tower-rampart/latest/tower_rampart/problems#idempotency-principal-missing";
+    /// 503: the store is at its size bound and takes no new key for now.
+    pub const STORE_FULL: &str =
+        "https://docs.rs/tower-rampart/latest/tower_rampart/problems#idempotency-store-full";
+    /// 500: the key's stored record cannot be read (corrupt, or written by an unknown
+    /// version); the request was not run.
+    pub const UNREADABLE_RECORD: &str =
+        "https://docs.rs/tower-rampart/latest/tower_rampart/problems#idempotency-record-unreadable";
     /// 500: the handler panicked; the key was released.
     pub const HANDLER_FAILED: &str =
         "https://docs.rs/tower-rampart/latest/tower_rampart/problems#idempotency-handler-failed";
@@ -48,7 +58,7 @@ pub(crate) fn problem<B>(
     let body = format!(
         "{{\"type\":\"{kind}\",\"title\":\"{title}\",\"status\":{},\"detail\":\"{}\"}}",
         status.as_u16(),
-        detail.replace('\\', "\\\\").replace('"', "\\\"")
+        escape(detail)
     );
     let mut res = Response::new(Buffered::full(Bytes::from(body)));
     *res.status_mut() = status;
@@ -62,4 +72,41 @@ pub(crate) fn problem<B>(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     res
+}
+
+/// `s` as the inside of a JSON string: quotes, backslashes and every control character escaped.
+fn escape(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escapes_every_control_character() {
+        for c in (0u32..0x80).filter_map(char::from_u32) {
+            let text = format!("a{c}b");
+            let json = format!("\"{}\"", escape(&text));
+            assert!(
+                json.chars().all(|c| u32::from(c) >= 0x20 && c != '\u{7f}'),
+                "{json:?}"
+            );
+            // Decoding gives the text back.
+            let back: String = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, text);
+        }
+    }
 }

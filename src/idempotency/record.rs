@@ -5,6 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// The outcome stored for a completed key.
+#[allow(clippy::large_enum_variant)] // a record, not a hot-path value
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
     /// The response, replayed byte for byte to later requests with the same key.
@@ -26,6 +27,8 @@ pub struct StoredResponse {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The trailers that ended the body, if any (gRPC puts its status there).
+    pub trailers: Option<HeaderMap>,
 }
 
 /// A stored record that could not be read back.
@@ -40,13 +43,64 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-const VERSION: u8 = 1;
+/// The version this crate writes. Version 1 had no trailers; it is still read.
+const VERSION: u8 = 2;
 const RESPONSE: u8 = 1;
 const NOT_REPLAYABLE: u8 = 2;
 
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    out.put_u32(headers.len() as u32);
+    for (name, value) in headers {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
+    }
+}
+
+/// Takes `n` bytes, or says the record is truncated.
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+    if bytes.len() < n {
+        return Err(DecodeError("truncated"));
+    }
+    let (head, rest) = bytes.split_at(n);
+    *bytes = rest;
+    Ok(head)
+}
+
+fn get_u16(bytes: &mut &[u8]) -> Result<u16, DecodeError> {
+    take(bytes, 2).map(|mut b| b.get_u16())
+}
+
+fn get_u32(bytes: &mut &[u8]) -> Result<usize, DecodeError> {
+    take(bytes, 4).map(|mut b| b.get_u32() as usize)
+}
+
+fn get_headers(bytes: &mut &[u8]) -> Result<HeaderMap, DecodeError> {
+    let count = get_u32(bytes)?;
+    // Each header takes at least 6 bytes: a count beyond what is left is a lie, not a reason
+    // to allocate.
+    if count > bytes.len() / 6 {
+        return Err(DecodeError("header count larger than the record"));
+    }
+    let mut headers = HeaderMap::with_capacity(count.min(256));
+    for _ in 0..count {
+        let n = get_u16(bytes)? as usize;
+        let name =
+            HeaderName::from_bytes(take(bytes, n)?).map_err(|_| DecodeError("bad header name"))?;
+        let v = get_u32(bytes)?;
+        let value = HeaderValue::from_bytes(take(bytes, v)?)
+            .map_err(|_| DecodeError("bad header value"))?;
+        headers
+            .try_append(name, value)
+            .map_err(|_| DecodeError("too many headers"))?;
+    }
+    Ok(headers)
+}
+
 impl Completion {
-    /// The binary form: version, kind, status, then (for a response) headers and body, each
-    /// length-prefixed.
+    /// The binary form: version, kind, status, then (for a response) headers, body and
+    /// trailers, each length-prefixed.
     ///
     /// ```
     /// use tower_rampart::idempotency::{Completion, StoredResponse};
@@ -55,6 +109,7 @@ impl Completion {
     ///     status: http::StatusCode::CREATED,
     ///     headers: http::HeaderMap::new(),
     ///     body: bytes::Bytes::from_static(b"{\"id\":\"p1\"}"),
+    ///     trailers: None,
     /// });
     /// assert_eq!(Completion::decode(&c.encode()).unwrap(), c);
     /// ```
@@ -69,72 +124,60 @@ impl Completion {
             Completion::Response(r) => {
                 out.put_u8(RESPONSE);
                 out.put_u16(r.status.as_u16());
-                out.put_u32(r.headers.len() as u32);
-                for (name, value) in &r.headers {
-                    out.put_u16(name.as_str().len() as u16);
-                    out.put_slice(name.as_str().as_bytes());
-                    out.put_u32(value.len() as u32);
-                    out.put_slice(value.as_bytes());
-                }
+                put_headers(&mut out, &r.headers);
                 out.put_u32(r.body.len() as u32);
                 out.put_slice(&r.body);
+                match &r.trailers {
+                    None => out.put_u8(0),
+                    Some(t) => {
+                        out.put_u8(1);
+                        put_headers(&mut out, t);
+                    }
+                }
             }
         }
         out.freeze()
     }
 
-    /// Reads the binary form back.
+    /// Reads the binary form back (this version's and every earlier one). Never panics: any
+    /// input that is not a record is a [`DecodeError`].
     pub fn decode(mut bytes: &[u8]) -> Result<Self, DecodeError> {
-        let need = |b: &[u8], n: usize| {
-            if b.remaining() < n {
-                Err(DecodeError("truncated"))
-            } else {
-                Ok(())
-            }
-        };
-        need(bytes, 4)?;
-        if bytes.get_u8() != VERSION {
+        let bytes = &mut bytes;
+        let head = take(bytes, 4)?;
+        let version = head[0];
+        if version == 0 || version > VERSION {
             return Err(DecodeError("unknown version"));
         }
-        let kind = bytes.get_u8();
-        let status =
-            StatusCode::from_u16(bytes.get_u16()).map_err(|_| DecodeError("bad status"))?;
-        match kind {
-            NOT_REPLAYABLE => Ok(Completion::NotReplayable { status }),
+        let kind = head[1];
+        let status = StatusCode::from_u16(u16::from_be_bytes([head[2], head[3]]))
+            .map_err(|_| DecodeError("bad status"))?;
+        let completion = match kind {
+            NOT_REPLAYABLE => Completion::NotReplayable { status },
             RESPONSE => {
-                need(bytes, 4)?;
-                let count = bytes.get_u32() as usize;
-                let mut headers = HeaderMap::with_capacity(count.min(256));
-                for _ in 0..count {
-                    need(bytes, 2)?;
-                    let n = bytes.get_u16() as usize;
-                    need(bytes, n)?;
-                    let name = HeaderName::from_bytes(&bytes[..n])
-                        .map_err(|_| DecodeError("bad header name"))?;
-                    bytes.advance(n);
-                    need(bytes, 4)?;
-                    let v = bytes.get_u32() as usize;
-                    need(bytes, v)?;
-                    let value = HeaderValue::from_bytes(&bytes[..v])
-                        .map_err(|_| DecodeError("bad header value"))?;
-                    bytes.advance(v);
-                    headers.append(name, value);
-                }
-                need(bytes, 4)?;
-                let len = bytes.get_u32() as usize;
-                need(bytes, len)?;
-                let body = Bytes::copy_from_slice(&bytes[..len]);
-                if bytes.len() != len {
-                    return Err(DecodeError("trailing bytes"));
-                }
-                Ok(Completion::Response(StoredResponse {
+                let headers = get_headers(bytes)?;
+                let len = get_u32(bytes)?;
+                let body = Bytes::copy_from_slice(take(bytes, len)?);
+                let trailers = match version {
+                    1 => None,
+                    _ => match take(bytes, 1)?[0] {
+                        0 => None,
+                        1 => Some(get_headers(bytes)?),
+                        _ => return Err(DecodeError("bad trailers flag")),
+                    },
+                };
+                Completion::Response(StoredResponse {
                     status,
                     headers,
                     body,
-                }))
+                    trailers,
+                })
             }
-            _ => Err(DecodeError("unknown kind")),
+            _ => return Err(DecodeError("unknown kind")),
+        };
+        if !bytes.is_empty() {
+            return Err(DecodeError("trailing bytes"));
         }
+        Ok(completion)
     }
 }
 
@@ -152,6 +195,10 @@ mod tests {
             status: StatusCode::CREATED,
             headers,
             body: Bytes::from_static(b"\x00\xffbinary"),
+            trailers: Some(HeaderMap::from_iter([(
+                HeaderName::from_static("grpc-status"),
+                HeaderValue::from_static("0"),
+            )])),
         });
         let bytes = c.encode();
         assert_eq!(Completion::decode(&bytes).unwrap(), c);
@@ -167,6 +214,51 @@ mod tests {
         assert_eq!(
             Completion::decode(&other),
             Err(DecodeError("unknown version"))
+        );
+        other[0] = 0;
+        assert_eq!(
+            Completion::decode(&other),
+            Err(DecodeError("unknown version"))
+        );
+    }
+
+    /// Records written by version 1 of the format (no trailers) are still read.
+    #[test]
+    fn reads_version_1() {
+        let mut v1 = vec![1u8, RESPONSE, 0, 201];
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&12u16.to_be_bytes());
+        v1.extend_from_slice(b"content-type");
+        v1.extend_from_slice(&4u32.to_be_bytes());
+        v1.extend_from_slice(b"text");
+        v1.extend_from_slice(&2u32.to_be_bytes());
+        v1.extend_from_slice(b"ok");
+        let Completion::Response(r) = Completion::decode(&v1).unwrap() else {
+            panic!("a response")
+        };
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(r.headers["content-type"], "text");
+        assert_eq!(r.body, "ok");
+        assert_eq!(r.trailers, None);
+    }
+
+    /// More headers than a `HeaderMap` can hold is an error, not a panic.
+    #[test]
+    fn too_many_headers_is_an_error() {
+        let mut rec = vec![VERSION, RESPONSE, 0, 200];
+        let n = 40_000u32;
+        rec.extend_from_slice(&n.to_be_bytes());
+        for i in 0..n {
+            let name = format!("h{i}");
+            rec.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            rec.extend_from_slice(name.as_bytes());
+            rec.extend_from_slice(&0u32.to_be_bytes());
+        }
+        rec.extend_from_slice(&0u32.to_be_bytes());
+        rec.push(0);
+        assert_eq!(
+            Completion::decode(&rec),
+            Err(DecodeError("too many headers"))
         );
     }
 }

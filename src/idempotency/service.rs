@@ -8,18 +8,21 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::{sync::oneshot, time::Instant};
 use tower_service::Service;
 
 use super::{
-    Claim, Completion, Fingerprint, IdempotencyKey, OwnerToken, Store, StoredResponse,
-    layer::{OnStoreError, Settings},
+    Claim, Completion, Fingerprint, IdempotencyKey, OwnerToken, Store, StoreError, StoreErrorKind,
+    layer::{OnStoreError, Scope, Settings},
+    lease::{Lease, lease},
+    owner::{self, Owned, replay},
     problem::{problem, problem_types as kind},
 };
-use crate::{BoxError, retry::Buffered, retry::IDEMPOTENCY_KEY};
+use crate::{BoxError, retry::Buffered};
 
 /// The service of [`IdempotencyLayer`](super::IdempotencyLayer).
 pub struct Idempotency<S, St> {
@@ -44,14 +47,26 @@ impl<S: std::fmt::Debug, St> std::fmt::Debug for Idempotency<S, St> {
     }
 }
 
-/// In the request's extensions while the handler runs: the scoped key and the owner token, so
-/// the handler can fence its own writes with them.
+/// In the request's extensions while the handler runs: the scoped key, the owner token, and
+/// the lease, so the handler can fence its own writes and learn if it lost the key.
+///
+/// With axum, take it as an extractor argument: `Extension(ctx): Extension<IdempotencyContext>`.
 #[derive(Debug, Clone)]
 pub struct IdempotencyContext {
     /// The key as stored (scope, then the client's key).
     pub key: Arc<str>,
-    /// This execution's owner token.
+    /// This execution's owner token: a fencing token for the handler's own writes (store it
+    /// with the side effect under a unique constraint on the key, or make writes conditional
+    /// on it), so that a stale owner's write is refused.
     pub token: OwnerToken,
+    lease: Lease,
+}
+
+impl IdempotencyContext {
+    /// Whether this execution still owns the key.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
 }
 
 /// Put in a response's extensions by a handler: do not keep this response (the key is released
@@ -91,7 +106,7 @@ where
     }
 }
 
-fn outcome(label: &'static str) {
+pub(crate) fn outcome(label: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("rampart_idempotency_requests_total", "outcome" => label).increment(1);
     #[cfg(feature = "tracing")]
@@ -113,11 +128,11 @@ where
 }
 
 /// One store call, bounded by the store timeout, its latency recorded.
-async fn within<T>(
+pub(crate) async fn within<T>(
     op: &'static str,
     limit: Duration,
-    f: impl Future<Output = Result<T, super::StoreError>>,
-) -> Result<T, BoxError> {
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     #[cfg(feature = "metrics")]
     let start = tokio::time::Instant::now();
     let out = tokio::time::timeout(limit, f).await;
@@ -126,10 +141,50 @@ async fn within<T>(
         .record(start.elapsed().as_secs_f64());
     let _ = op;
     match out {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err("the idempotency store did not answer in time".into()),
+        Ok(r) => r,
+        Err(_) => Err(StoreError::new(
+            "the idempotency store did not answer in time",
+        )),
     }
+}
+
+/// A claim whose answer was lost may still have landed, or land later (a slow store): free it
+/// with its token, in the background, until a release takes or the lease would have ended, so
+/// the key is not answered 409 for a whole lease while nothing runs. Releasing with this
+/// token can only free this claim, so a late release is always safe.
+fn forget_claim<St: Store>(settings: &Arc<Settings<St>>, key: &Arc<str>, token: OwnerToken) {
+    let (settings, key) = (settings.clone(), key.clone());
+    tokio::spawn(async move {
+        let end = Instant::now() + settings.lease;
+        let mut wait = settings.store_timeout / 4;
+        while Instant::now() < end {
+            let release = settings.store.release(&key, token);
+            if let Ok(true) = within("release", settings.store_timeout, release).await {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(settings.lease / 4);
+        }
+    });
+}
+
+/// Claims the key; on a lost answer, frees the claim it may have made.
+async fn claim<St: Store>(
+    settings: &Arc<Settings<St>>,
+    key: &Arc<str>,
+    fingerprint: &Fingerprint,
+    token: OwnerToken,
+) -> Result<Claim, StoreError> {
+    let claim = settings
+        .store
+        .claim(key, fingerprint, token, settings.lease);
+    let answer = within("claim", settings.store_timeout, claim).await;
+    if let Err(e) = &answer
+        && e.kind() == StoreErrorKind::Unavailable
+    {
+        forget_claim(settings, key, token);
+    }
+    answer
 }
 
 async fn handle<S, St, B, ResB>(
@@ -150,8 +205,9 @@ where
     if !settings.methods.contains(req.method()) {
         return pass(service, req).await;
     }
-    let key = match req.headers().get(IDEMPOTENCY_KEY) {
-        None if settings.required => {
+    let key = match IdempotencyKey::from_headers(req.headers()) {
+        Ok(Some(k)) => k,
+        Ok(None) if settings.required => {
             outcome("missing_key");
             let msg = "this request needs an Idempotency-Key header";
             return Ok(problem(
@@ -161,23 +217,39 @@ where
                 None,
             ));
         }
-        None => return pass(service, req).await,
-        Some(v) => match IdempotencyKey::parse(v) {
-            Ok(k) => k,
-            Err(e) => {
-                outcome("invalid_key");
-                let msg = e.to_string();
+        Ok(None) => return pass(service, req).await,
+        Err(e) => {
+            outcome("invalid_key");
+            let msg = e.to_string();
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                kind::INVALID_KEY,
+                &msg,
+                None,
+            ));
+        }
+    };
+
+    let (mut parts, body) = req.into_parts();
+    // The scope is length-prefixed so that no scope and key pair can imitate another.
+    let scope = match &settings.scope {
+        Scope::Global | Scope::Unset => String::new(),
+        Scope::By(f) => match f(&parts) {
+            Some(scope) => scope,
+            None => {
+                outcome("no_principal");
+                let msg = "this request has no principal to scope its Idempotency-Key to";
                 return Ok(problem(
                     StatusCode::BAD_REQUEST,
-                    kind::INVALID_KEY,
-                    &msg,
+                    kind::NO_PRINCIPAL,
+                    msg,
                     None,
                 ));
             }
         },
     };
+    let scoped: Arc<str> = Arc::from(format!("{}:{scope}:{key}", scope.len()));
 
-    let (mut parts, body) = req.into_parts();
     let max = settings.max_request_body;
     let too_large = || {
         outcome("too_large");
@@ -209,62 +281,28 @@ where
         &settings.fingerprint_headers,
         &bytes,
     );
-    // The scope is length-prefixed so that no scope and key pair can imitate another.
-    let scope = settings
-        .scope
-        .as_ref()
-        .and_then(|f| f(&parts))
-        .unwrap_or_default();
-    let scoped: Arc<str> = Arc::from(format!("{}:{scope}:{key}", scope.len()));
 
-    let claim = within(
-        "claim",
-        settings.store_timeout,
-        settings.store.claim(&scoped, &fingerprint, settings.lease),
-    )
-    .await;
-    let claim = match claim {
-        Ok(c) => c,
-        Err(e) => {
-            return match settings.on_store_error {
-                OnStoreError::FailClosed => {
-                    outcome("store_error");
-                    let msg = format!("the request was not run: {e}");
-                    Ok(problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        kind::STORE_UNAVAILABLE,
-                        &msg,
-                        Some(Duration::from_secs(1)),
-                    ))
-                }
-                OnStoreError::FailOpen => {
-                    outcome("fail_open");
-                    #[cfg(feature = "tracing")]
-                    tracing::warn!(error = %e, "idempotency store down: running the handler unprotected");
-                    pass(service, Request::from_parts(parts, B::from(bytes))).await
-                }
-            };
-        }
-    };
-
-    let mut claim = claim;
+    let mut token = OwnerToken::new();
+    let mut claimed_at = Instant::now();
+    let mut answer = claim(&settings, &scoped, &fingerprint, token).await;
     // With a bounded wait configured, a duplicate polls until the first request completes.
-    if let (Claim::InFlight { .. }, Some(wait)) = (&claim, settings.wait_for_in_flight) {
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Claim::InFlight { .. } = claim {
-            let now = tokio::time::Instant::now();
+    if let (Ok(Claim::InFlight { .. }), Some(wait)) = (&answer, settings.wait_for_in_flight) {
+        let deadline = Instant::now() + wait;
+        while let Ok(Claim::InFlight { .. }) = answer {
+            let now = Instant::now();
             if now >= deadline {
                 break;
             }
             tokio::time::sleep((deadline - now).min(Duration::from_millis(25))).await;
-            let again = settings.store.claim(&scoped, &fingerprint, settings.lease);
-            match within("claim", settings.store_timeout, again).await {
-                Ok(next) => claim = next,
-                Err(_) => break,
-            }
+            (token, claimed_at) = (OwnerToken::new(), Instant::now());
+            answer = claim(&settings, &scoped, &fingerprint, token).await;
         }
     }
 
+    let claim = match answer {
+        Ok(c) => c,
+        Err(e) => return store_failed(e, &settings, service, parts, bytes).await,
+    };
     match claim {
         Claim::Completed(Completion::Response(stored)) => {
             outcome("replayed");
@@ -273,7 +311,7 @@ where
         Claim::Completed(Completion::NotReplayable { status }) => {
             outcome("not_replayable");
             let msg = format!(
-                "a request with this key already completed with status {}, but its response was too large to keep; it was not run again",
+                "a request with this key already completed with status {}, but its response could not be kept; it was not run again",
                 status.as_u16()
             );
             Ok(problem(
@@ -283,14 +321,14 @@ where
                 None,
             ))
         }
-        Claim::InFlight { retry_after } => {
+        Claim::InFlight { lease_left } => {
             outcome("conflict");
             let msg = "a request with this key is still being processed";
             Ok(problem(
                 StatusCode::CONFLICT,
                 kind::IN_FLIGHT,
                 msg,
-                Some(retry_after),
+                Some(lease_left),
             ))
         }
         Claim::Mismatch => {
@@ -303,173 +341,89 @@ where
                 None,
             ))
         }
-        Claim::New(token) => {
+        Claim::New => {
             outcome("new");
+            let (lease_tx, lease_rx) = lease();
             parts.extensions.insert(IdempotencyContext {
                 key: scoped.clone(),
                 token,
+                lease: lease_rx,
             });
             let req = Request::from_parts(parts, B::from(bytes));
-            // Detached: a client that disconnects does not cancel the handler half-way.
-            let task = tokio::spawn(run_owned(
-                settings.clone(),
-                service,
-                req,
-                scoped.clone(),
+            let owned = Owned {
+                settings: settings.clone(),
+                key: scoped,
+                fingerprint,
                 token,
-            ));
-            match task.await {
-                Ok(result) => result,
-                Err(_) => {
-                    let _ = within(
-                        "release",
-                        settings.store_timeout,
-                        settings.store.release(&scoped, token),
-                    )
-                    .await;
-                    let msg =
-                        "the handler failed; the key was released, so the request may be retried";
-                    Ok(problem(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        kind::HANDLER_FAILED,
-                        msg,
-                        None,
-                    ))
-                }
+                lease: lease_tx,
+                claimed_at,
+            };
+            // Detached: a client that disconnects does not cancel the handler half-way.
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(owner::run(owned, service, req, tx));
+            match rx.await {
+                Ok(answer) => answer,
+                // The owner task itself was cancelled (runtime shutdown): nothing to replay.
+                Err(_) => Ok(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    kind::HANDLER_FAILED,
+                    "the server is shutting down; the request may not have completed",
+                    Some(settings.lease),
+                )),
             }
         }
     }
 }
 
-/// Runs the handler as the key's owner: renews the lease every third of it, then keeps the
-/// response (or releases the key).
-async fn run_owned<S, St, B, ResB>(
-    settings: Arc<Settings<St>>,
-    mut service: S,
-    req: Request<B>,
-    key: Arc<str>,
-    token: OwnerToken,
+/// The store failed: each kind of failure has its own answer; only an unavailable store may
+/// fail open.
+async fn store_failed<S, St, B, ResB>(
+    e: StoreError,
+    settings: &Settings<St>,
+    service: S,
+    parts: http::request::Parts,
+    bytes: Bytes,
 ) -> Result<Response<Buffered<ResB>>, S::Error>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    St: Store,
-    ResB: Body<Data = Bytes> + Unpin,
-    ResB::Error: Into<BoxError>,
+    B: From<Bytes>,
 {
-    let st = &settings;
-    let release = || within("release", st.store_timeout, st.store.release(&key, token));
-    let call = service.call(req);
-    tokio::pin!(call);
-    let every = st.lease / 3;
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let result = loop {
-        tokio::select! {
-            r = &mut call => break r,
-            _ = beat.tick() => {
-                let _ = within("renew", st.store_timeout, st.store.renew(&key, token, st.lease)).await;
-            }
+    let msg = format!("the request was not run: {e}");
+    match (e.kind(), settings.on_store_error) {
+        (StoreErrorKind::Full, _) => {
+            outcome("store_full");
+            Ok(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                kind::STORE_FULL,
+                &msg,
+                Some(Duration::from_secs(1)),
+            ))
         }
-    };
-    let res = match result {
-        Ok(res) => res,
-        Err(e) => {
-            let _ = release().await;
-            return Err(e);
-        }
-    };
-    let (parts, body) = res.into_parts();
-    let keep = parts.extensions.get::<DoNotStore>().is_none()
-        && st.keep.as_ref().is_none_or(|k| k(&parts));
-    if !keep {
-        let _ = release().await;
-        return Ok(Response::from_parts(parts, Buffered::streaming(None, body)));
-    }
-    let (delivered, kept) = match read_up_to(body, st.max_response_body).await {
-        Ok(read) => read,
-        Err(_) => {
-            let _ = release().await;
-            let msg = "the handler's response body failed; the key was released";
-            return Ok(problem(
+        (StoreErrorKind::Unreadable, _) => {
+            outcome("unreadable_record");
+            #[cfg(feature = "tracing")]
+            tracing::error!(error = %e, "idempotency record unreadable: the request was not run");
+            Ok(problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                kind::HANDLER_FAILED,
-                msg,
+                kind::UNREADABLE_RECORD,
+                &msg,
                 None,
-            ));
+            ))
         }
-    };
-    let completion = match kept {
-        Some(body) => Completion::Response(StoredResponse {
-            status: parts.status,
-            headers: replayable_headers(&parts.headers),
-            body,
-        }),
-        None => Completion::NotReplayable {
-            status: parts.status,
-        },
-    };
-    let _ = within(
-        "complete",
-        st.store_timeout,
-        st.store.complete(&key, token, &completion, st.ttl),
-    )
-    .await;
-    Ok(Response::from_parts(parts, delivered))
-}
-
-/// Reads up to `limit` bytes: the whole body (`Some` bytes to keep) or, past the limit, what was
-/// read followed by the rest, streaming (`None`: not kept).
-async fn read_up_to<B>(mut body: B, limit: usize) -> Result<(Buffered<B>, Option<Bytes>), BoxError>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    if body.size_hint().lower() > limit as u64 {
-        return Ok((Buffered::streaming(None, body), None));
-    }
-    let mut read = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        match frame.map_err(Into::into)?.into_data() {
-            Ok(data) => {
-                read.extend_from_slice(&data);
-                if read.len() > limit {
-                    return Ok((Buffered::streaming(Some(read.freeze()), body), None));
-                }
-            }
-            // Trailers end a body; they are not kept.
-            Err(_) => break,
+        (_, OnStoreError::FailOpen) => {
+            outcome("fail_open");
+            #[cfg(feature = "tracing")]
+            tracing::warn!(error = %e, "idempotency store down: running the handler unprotected");
+            pass(service, Request::from_parts(parts, B::from(bytes))).await
+        }
+        (_, OnStoreError::FailClosed) => {
+            outcome("store_error");
+            Ok(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                kind::STORE_UNAVAILABLE,
+                &msg,
+                Some(Duration::from_secs(1)),
+            ))
         }
     }
-    let bytes = read.freeze();
-    Ok((Buffered::full(bytes.clone()), Some(bytes)))
-}
-
-/// Headers worth replaying: never per-caller ones (cookies, auth challenges) nor hop-by-hop.
-fn replayable_headers(headers: &HeaderMap) -> HeaderMap {
-    const NEVER: [header::HeaderName; 9] = [
-        header::SET_COOKIE,
-        header::WWW_AUTHENTICATE,
-        header::PROXY_AUTHENTICATE,
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::CONTENT_LENGTH,
-    ];
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !NEVER.contains(name) && name != "keep-alive" && name != "proxy-connection" {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
-}
-
-fn replay<ResB>(stored: StoredResponse) -> Response<Buffered<ResB>> {
-    let mut res = Response::new(Buffered::full(stored.body));
-    *res.status_mut() = stored.status;
-    *res.headers_mut() = stored.headers;
-    res.headers_mut()
-        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    res
 }

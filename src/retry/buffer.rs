@@ -48,6 +48,16 @@ impl<B> Buffered<B> {
         }
     }
 
+    /// A body held in memory, ending with `trailers` when given (gRPC status lives there).
+    pub(crate) fn full_with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Buffered {
+            inner: Inner::Full {
+                data: Some(data),
+                trailers,
+            },
+        }
+    }
+
     /// A body that streams from `rest`, after `prefix` (already read from it) when given.
     pub fn streaming(prefix: Option<Bytes>, rest: B) -> Self {
         Buffered {

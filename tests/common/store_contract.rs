@@ -19,14 +19,24 @@ pub fn created(body: &'static str) -> Completion {
         status: StatusCode::CREATED,
         headers: HeaderMap::new(),
         body: Bytes::from_static(body.as_bytes()),
+        trailers: None,
     })
 }
 
 async fn owned(store: &impl Store, key: &str, f: Fingerprint, lease: Duration) -> OwnerToken {
-    match store.claim(key, &f, lease).await.unwrap() {
-        Claim::New(t) => t,
+    let t = OwnerToken::new();
+    match store.claim(key, &f, t, lease).await.unwrap() {
+        Claim::New => t,
         other => panic!("{key}: expected a new claim, got {other:?}"),
     }
+}
+
+/// A claim with a throwaway token (the answer is what matters).
+async fn probe(store: &impl Store, key: &str, f: Fingerprint, lease: Duration) -> Claim {
+    store
+        .claim(key, &f, OwnerToken::new(), lease)
+        .await
+        .unwrap()
 }
 
 /// Runs every rule. `lease` and `ttl` are the durations to use; `wait` advances time.
@@ -38,47 +48,53 @@ where
     // New, then in flight for the same request, mismatch for another.
     let t = owned(&store, "a", fp(1), lease).await;
     wait(lease / 4).await;
-    match store.claim("a", &fp(1), lease).await.unwrap() {
-        Claim::InFlight { retry_after } => {
+    match probe(&store, "a", fp(1), lease).await {
+        Claim::InFlight { lease_left } => {
             assert!(
-                retry_after <= lease * 3 / 4 && retry_after > lease / 4,
-                "{retry_after:?}"
+                lease_left <= lease * 3 / 4 && lease_left > lease / 4,
+                "{lease_left:?}"
             )
         }
         other => panic!("expected in flight, got {other:?}"),
     }
-    assert_eq!(
-        store.claim("a", &fp(2), lease).await.unwrap(),
-        Claim::Mismatch
-    );
+    assert_eq!(probe(&store, "a", fp(2), lease).await, Claim::Mismatch);
 
     // Completed: replayed for the same request, mismatch for another; the owner only completes.
     assert!(
         !store
-            .complete("a", OwnerToken::new(), &created("x"), ttl)
+            .complete("a", &fp(1), OwnerToken::new(), &created("x"), ttl)
             .await
             .unwrap()
     );
     assert!(
         store
-            .complete("a", t, &created("{\"id\":1}"), ttl)
+            .complete("a", &fp(1), t, &created("{\"id\":1}"), ttl)
             .await
             .unwrap()
     );
     assert_eq!(
-        store.claim("a", &fp(1), lease).await.unwrap(),
+        probe(&store, "a", fp(1), lease).await,
         Claim::Completed(created("{\"id\":1}"))
     );
+    assert_eq!(probe(&store, "a", fp(2), lease).await, Claim::Mismatch);
+    assert!(
+        store
+            .complete("a", &fp(1), t, &created("again"), ttl)
+            .await
+            .unwrap(),
+        "a repeat by the owner (its first answer lost) is acknowledged"
+    );
     assert_eq!(
-        store.claim("a", &fp(2), lease).await.unwrap(),
-        Claim::Mismatch
+        probe(&store, "a", fp(1), lease).await,
+        Claim::Completed(created("{\"id\":1}")),
+        "and keeps the first"
     );
     assert!(
         !store
-            .complete("a", t, &created("again"), ttl)
+            .complete("a", &fp(1), OwnerToken::new(), &created("x"), ttl)
             .await
             .unwrap(),
-        "done once"
+        "a stranger cannot complete a done key"
     );
     assert!(
         !store.release("a", t).await.unwrap(),
@@ -97,15 +113,44 @@ where
     let next = owned(&store, "c", fp(1), lease).await;
     assert!(
         !store
-            .complete("c", crashed, &created("stale"), ttl)
+            .complete("c", &fp(1), crashed, &created("stale"), ttl)
             .await
             .unwrap()
     );
     assert!(
         store
-            .complete("c", next, &created("fresh"), ttl)
+            .complete("c", &fp(1), next, &created("fresh"), ttl)
             .await
             .unwrap()
+    );
+
+    // A lapsed lease that nobody claimed since is still the owner's: renew and complete work.
+    let paused = owned(&store, "f", fp(1), lease).await;
+    wait(lease + lease / 10).await;
+    assert!(
+        store
+            .complete("f", &fp(1), paused, &created("late"), ttl)
+            .await
+            .unwrap(),
+        "no other owner since"
+    );
+    assert_eq!(
+        probe(&store, "f", fp(1), lease).await,
+        Claim::Completed(created("late"))
+    );
+
+    // A key that vanished (released by a stranger's fault, evicted) takes the completion.
+    let gone = owned(&store, "g", fp(1), lease).await;
+    assert!(store.release("g", gone).await.unwrap());
+    assert!(
+        store
+            .complete("g", &fp(1), gone, &created("kept"), ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        probe(&store, "g", fp(1), lease).await,
+        Claim::Completed(created("kept"))
     );
 
     // Renewals keep a slow handler's key past several leases.
@@ -114,14 +159,14 @@ where
         wait(lease / 2).await;
         assert!(store.renew("d", slow, lease).await.unwrap());
         assert!(matches!(
-            store.claim("d", &fp(1), lease).await.unwrap(),
+            probe(&store, "d", fp(1), lease).await,
             Claim::InFlight { .. }
         ));
     }
     assert!(!store.renew("d", OwnerToken::new(), lease).await.unwrap());
     assert!(
         store
-            .complete("d", slow, &created("slow"), ttl)
+            .complete("d", &fp(1), slow, &created("slow"), ttl)
             .await
             .unwrap()
     );
@@ -131,9 +176,9 @@ where
     let big = Completion::NotReplayable {
         status: StatusCode::OK,
     };
-    assert!(store.complete("e", t, &big, ttl).await.unwrap());
+    assert!(store.complete("e", &fp(1), t, &big, ttl).await.unwrap());
     assert_eq!(
-        store.claim("e", &fp(1), lease).await.unwrap(),
+        probe(&store, "e", fp(1), lease).await,
         Claim::Completed(big)
     );
 

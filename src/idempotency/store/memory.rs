@@ -1,203 +1,372 @@
-//! The embedded store: bounded, expiring, atomic per key.
+//! The embedded store: bounded in bytes, expiring, atomic per key, and never forgetting a live
+//! record to make room.
 
 use std::{
+    collections::HashMap,
     future::{Future, ready},
-    sync::Arc,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
-use moka::{Expiry, ops::compute::Op, sync::Cache};
 use tokio::time::Instant;
 
-use super::{Claim, OwnerToken, Store, StoreError};
+use super::{Claim, OwnerToken, Store, StoreError, StoreErrorKind};
 use crate::idempotency::{Completion, Fingerprint};
 
-/// An in-process store: the default. Bounded in entries (least recently used first out, via
-/// `moka`), completed keys expire after their TTL and abandoned claims after their lease.
+/// The default bound of a [`MemoryStore`]: 64 MiB of keys and stored responses.
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+
+/// What one record costs besides its key and stored response: the map slot, the record, the
+/// `Arc` around a completion (measured from the types, rounded up).
+const RECORD_OVERHEAD: usize = 160;
+
+/// How often, at most, a full store scans every shard for expired records.
+const FULL_SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+const SHARDS: usize = 16;
+
+/// An in-process store: the default. Bounded in bytes (keys, stored bodies and headers, and a
+/// fixed cost per record), [`DEFAULT_MAX_BYTES`] unless set.
 ///
-/// Leases and TTLs are judged on tokio's clock when a key is read, so they follow
-/// `tokio::time::pause()` in tests; `moka` drops the entries from memory on its own schedule.
-/// One process only: instances behind a load balancer need a shared store such as Redis.
+/// A record is never dropped before its lease (in flight) or TTL (completed) ends. When the
+/// bound is reached, expired records are swept; if that frees too little, a claim of a new
+/// key fails with [`StoreErrorKind::Full`] (the layer answers 503 with `Retry-After`), while
+/// replays and conflicts of existing keys are still answered. A completion too large for the
+/// room left is kept as [`Completion::NotReplayable`], so its key still never runs twice.
+///
+/// Leases and TTLs follow tokio's clock, so `tokio::time::pause()` drives them in tests. One
+/// process only: instances behind a load balancer need a shared store such as Redis.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_rampart::idempotency::{Claim, Fingerprint, MemoryStore, Store};
+/// use tower_rampart::idempotency::{Claim, Fingerprint, MemoryStore, OwnerToken, Store};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower_rampart::idempotency::StoreError> {
-/// let store = MemoryStore::new(10_000);
-/// let fp = Fingerprint::from_bytes([7; 32]);
-/// let Claim::New(token) = store.claim("k1", &fp, Duration::from_secs(10)).await? else {
-///     unreachable!("a new key")
-/// };
-/// assert!(matches!(store.claim("k1", &fp, Duration::from_secs(10)).await?, Claim::InFlight { .. }));
+/// let store = MemoryStore::with_max_bytes(1 << 20);
+/// let (fp, lease) = (Fingerprint::from_bytes([7; 32]), Duration::from_secs(10));
+/// let token = OwnerToken::new();
+/// assert_eq!(store.claim("k1", &fp, token, lease).await?, Claim::New);
+/// assert!(matches!(store.claim("k1", &fp, OwnerToken::new(), lease).await?, Claim::InFlight { .. }));
 /// assert!(store.release("k1", token).await?);
-/// assert!(matches!(store.claim("k1", &fp, Duration::from_secs(10)).await?, Claim::New(_)));
+/// assert_eq!(store.claim("k1", &fp, OwnerToken::new(), lease).await?, Claim::New);
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<String, Slot>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    last_full_sweep: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Box<str>, Record>,
+    inserts_since_sweep: usize,
+}
+
+struct Record {
+    fingerprint: Fingerprint,
+    state: State,
+    /// Bytes charged to the bound for this record.
+    size: usize,
+}
+
+enum State {
+    InFlight {
+        token: OwnerToken,
+        until: Instant,
+    },
+    Done {
+        completion: Arc<Completion>,
+        /// Who completed it: a repeated `complete` by the same owner (whose first answer was
+        /// lost) is acknowledged, not refused.
+        token: OwnerToken,
+        until: Instant,
+    },
+}
+
+impl Record {
+    fn until(&self) -> Instant {
+        match self.state {
+            State::InFlight { until, .. } | State::Done { until, .. } => until,
+        }
+    }
+
+    /// The answer this record gives a claim, or `None` when its time is over (the key is free).
+    fn answer(&self, fingerprint: &Fingerprint, now: Instant) -> Option<Claim> {
+        if self.until() <= now {
+            return None;
+        }
+        if self.fingerprint != *fingerprint {
+            return Some(Claim::Mismatch);
+        }
+        Some(match &self.state {
+            State::InFlight { until, .. } => Claim::InFlight {
+                lease_left: *until - now,
+            },
+            State::Done { completion, .. } => Claim::Completed((**completion).clone()),
+        })
+    }
+
+    fn owned_by(&self, token: OwnerToken) -> bool {
+        matches!(self.state, State::InFlight { token: t, .. } if t == token)
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.bytes())
+            .field("max_bytes", &self.inner.max_bytes)
             .finish()
     }
 }
 
-#[derive(Clone)]
-enum Slot {
-    InFlight {
-        fingerprint: Fingerprint,
-        token: OwnerToken,
-        until: Instant,
-        lease: Duration,
-    },
-    Done {
-        fingerprint: Fingerprint,
-        completion: Arc<Completion>,
-        until: Instant,
-        ttl: Duration,
-    },
-}
-
-impl Slot {
-    /// How long moka keeps it: the lease or TTL, plus a margin so that reads on tokio's clock,
-    /// not moka's, decide.
-    fn keep(&self) -> Duration {
-        let d = match self {
-            Slot::InFlight { lease, .. } => *lease,
-            Slot::Done { ttl, .. } => *ttl,
-        };
-        d.saturating_add(Duration::from_secs(60))
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
     }
 }
 
-struct Keep;
-
-impl Expiry<String, Slot> for Keep {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        slot: &Slot,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(slot.keep())
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        slot: &Slot,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(slot.keep())
+fn completion_size(c: &Completion) -> usize {
+    match c {
+        Completion::NotReplayable { .. } => 0,
+        Completion::Response(r) => {
+            let headers = |h: &http::HeaderMap| {
+                h.iter()
+                    .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                    .sum::<usize>()
+            };
+            r.body.len() + headers(&r.headers) + r.trailers.as_ref().map_or(0, headers)
+        }
     }
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_entries` keys.
-    pub fn new(max_entries: u64) -> Self {
+    /// A store bounded at [`DEFAULT_MAX_BYTES`].
+    pub fn new() -> Self {
+        MemoryStore::with_max_bytes(DEFAULT_MAX_BYTES)
+    }
+
+    /// A store holding at most `max_bytes` of keys, records and stored responses.
+    pub fn with_max_bytes(max_bytes: usize) -> Self {
         MemoryStore {
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(Keep)
-                .build(),
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                hasher: RandomState::new(),
+                bytes: AtomicUsize::new(0),
+                max_bytes,
+                last_full_sweep: Mutex::new(None),
+            }),
         }
     }
 
-    /// Keys held now (approximate while moka catches up on evictions).
-    pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+    /// Bytes held now (records whose time is over count until they are swept).
+    pub fn bytes(&self) -> usize {
+        self.inner.bytes.load(Relaxed)
     }
 
-    /// Whether the store holds no key.
+    /// Records held now, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    /// Whether the store holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The answer a live entry gives, if there is one.
-    fn answer(slot: &Slot, fingerprint: &Fingerprint, now: Instant) -> Option<Claim> {
-        match slot {
-            Slot::InFlight { until, .. } | Slot::Done { until, .. } if *until <= now => None,
-            Slot::InFlight {
-                fingerprint: f,
-                until,
-                ..
-            } => Some(if f == fingerprint {
-                Claim::InFlight {
-                    retry_after: *until - now,
-                }
-            } else {
-                Claim::Mismatch
-            }),
-            Slot::Done {
-                fingerprint: f,
-                completion,
-                ..
-            } => Some(if f == fingerprint {
-                Claim::Completed((**completion).clone())
-            } else {
-                Claim::Mismatch
-            }),
-        }
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let i = self.inner.hasher.hash_one(key) as usize % SHARDS;
+        lock(&self.inner.shards[i])
     }
 
-    fn claim_now(&self, key: &str, fingerprint: &Fingerprint, lease: Duration) -> Claim {
-        let now = Instant::now();
-        // Replays and conflicts only read: answer them from a plain lookup, and take the
-        // per-key compute (which copies the key and locks it) only to claim a free key.
-        if let Some(answer) = self
-            .cache
-            .get(key)
-            .and_then(|slot| Self::answer(&slot, fingerprint, now))
-        {
-            return answer;
-        }
-        let mut answer = None;
-        self.cache.entry_by_ref(key).and_compute_with(|current| {
-            // Checked again under the key's lock: another claim may have won meanwhile.
-            if let Some(a) = current.and_then(|e| Self::answer(e.value(), fingerprint, now)) {
-                answer = Some(a);
-                return Op::Nop;
-            }
-            let token = OwnerToken::new();
-            answer = Some(Claim::New(token));
-            Op::Put(Slot::InFlight {
-                fingerprint: *fingerprint,
-                token,
-                until: now + lease,
-                lease,
+    /// Takes `n` bytes from the bound, or says the store is full.
+    fn reserve(&self, n: usize) -> bool {
+        self.inner
+            .bytes
+            .fetch_update(Relaxed, Relaxed, |b| {
+                b.checked_add(n).filter(|t| *t <= self.inner.max_bytes)
             })
-        });
-        answer.expect("the compute closure always answers")
+            .is_ok()
     }
 
-    /// Applies `f` to the slot if `token` owns it (and its lease is live); returns whether it did.
-    fn if_owner(&self, key: &str, token: OwnerToken, f: impl FnOnce(&Slot) -> Op<Slot>) -> bool {
-        let now = Instant::now();
-        let mut owned = false;
-        self.cache.entry_by_ref(key).and_compute_with(|current| {
-            match current.map(|e| e.into_value()) {
-                Some(
-                    slot @ Slot::InFlight {
-                        token: t, until, ..
-                    },
-                ) if t == token && until > now => {
-                    owned = true;
-                    f(&slot)
-                }
-                _ => Op::Nop,
-            }
-        });
-        owned
+    fn free(&self, n: usize) {
+        self.inner.bytes.fetch_sub(n, Relaxed);
     }
+
+    /// Drops the records of `shard` whose time is over.
+    fn sweep(&self, shard: &mut Shard, now: Instant) {
+        let mut freed = 0;
+        shard.map.retain(|_, r| {
+            let keep = r.until() > now;
+            if !keep {
+                freed += r.size;
+            }
+            keep
+        });
+        shard.inserts_since_sweep = 0;
+        self.free(freed);
+    }
+
+    /// Sweeps every shard, at most once per [`FULL_SWEEP_EVERY`], so a store full of live
+    /// records does not rescan itself on every refused claim.
+    fn sweep_all(&self, now: Instant, holding: &mut Shard) {
+        {
+            let mut last = lock(&self.inner.last_full_sweep);
+            if last.is_some_and(|t| now < t + FULL_SWEEP_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.sweep(holding, now);
+        for s in self.inner.shards.iter() {
+            // The caller holds one shard's lock already; `try_lock` skips it (and any shard
+            // another claim holds right now) instead of deadlocking.
+            if let Ok(mut other) = s.try_lock() {
+                self.sweep(&mut other, now);
+            }
+        }
+    }
+
+    fn claim_now(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        if let Some(answer) = shard.map.get(key).and_then(|r| r.answer(fingerprint, now)) {
+            return Ok(answer);
+        }
+        // The key is free; a record whose time is over gives its room back.
+        if let Some(old) = shard.map.remove(key) {
+            self.free(old.size);
+        }
+        // Amortised sweeping: a shard is scanned once per as many inserts as it holds records.
+        shard.inserts_since_sweep += 1;
+        if shard.inserts_since_sweep > shard.map.len().max(64) {
+            self.sweep(&mut shard, now);
+        }
+        let size = RECORD_OVERHEAD + key.len();
+        if !self.reserve(size) {
+            self.sweep_all(now, &mut shard);
+            if !self.reserve(size) {
+                #[cfg(feature = "metrics")]
+                metrics::counter!("rampart_idempotency_store_full_total").increment(1);
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    max_bytes = self.inner.max_bytes,
+                    "idempotency memory store full: new key refused"
+                );
+                return Err(StoreError::with_kind(
+                    StoreErrorKind::Full,
+                    format!(
+                        "the memory store is full ({} bytes): no room for a new key",
+                        self.inner.max_bytes
+                    ),
+                ));
+            }
+        }
+        shard.map.insert(
+            key.into(),
+            Record {
+                fingerprint: *fingerprint,
+                state: State::InFlight {
+                    token,
+                    until: now + lease,
+                },
+                size,
+            },
+        );
+        Ok(Claim::New)
+    }
+
+    fn complete_now(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        token: OwnerToken,
+        completion: &Completion,
+        ttl: Duration,
+    ) -> bool {
+        let until = Instant::now() + ttl;
+        let mut shard = self.shard(key);
+        let held = match shard.map.get(key) {
+            Some(r) if r.owned_by(token) => r.size,
+            Some(Record {
+                state: State::Done { token: t, .. },
+                ..
+            }) if *t == token => return true,
+            Some(_) => return false,
+            // The lease lapsed and was swept, and nobody claimed the key since.
+            None => 0,
+        };
+        let base = RECORD_OVERHEAD + key.len();
+        let full = base + completion_size(completion);
+        let (completion, size) = if full <= held || self.reserve(full - held) {
+            (completion.clone(), full.max(held))
+        } else {
+            // No room for the body: keep the fact that it ran, which always fits the
+            // claim's reservation (or a record's worth over the bound, once).
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                key,
+                "idempotency memory store full: response kept as not replayable"
+            );
+            let status = match completion {
+                Completion::Response(r) => r.status,
+                Completion::NotReplayable { status } => *status,
+            };
+            if held < base {
+                self.inner.bytes.fetch_add(base - held, Relaxed);
+            }
+            (Completion::NotReplayable { status }, base.max(held))
+        };
+        shard.map.insert(
+            key.into(),
+            Record {
+                fingerprint: *fingerprint,
+                state: State::Done {
+                    completion: Arc::new(completion),
+                    token,
+                    until,
+                },
+                size,
+            },
+        );
+        true
+    }
+
+    fn if_owner(&self, key: &str, token: OwnerToken, f: impl FnOnce(&mut Shard)) -> bool {
+        let mut shard = self.shard(key);
+        if shard.map.get(key).is_some_and(|r| r.owned_by(token)) {
+            f(&mut shard);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps are consistent after every statement that can panic, so a poisoned lock (a
+    // panic elsewhere while holding it) is safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Store for MemoryStore {
@@ -205,30 +374,27 @@ impl Store for MemoryStore {
         &self,
         key: &str,
         fingerprint: &Fingerprint,
+        token: OwnerToken,
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        ready(Ok(self.claim_now(key, fingerprint, lease)))
+        ready(self.claim_now(key, fingerprint, token, lease))
     }
 
     fn complete(
         &self,
         key: &str,
+        fingerprint: &Fingerprint,
         token: OwnerToken,
         completion: &Completion,
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let until = Instant::now() + ttl;
-        ready(Ok(self.if_owner(key, token, |slot| {
-            let Slot::InFlight { fingerprint, .. } = slot else {
-                return Op::Nop;
-            };
-            Op::Put(Slot::Done {
-                fingerprint: *fingerprint,
-                completion: Arc::new(completion.clone()),
-                until,
-                ttl,
-            })
-        })))
+        ready(Ok(self.complete_now(
+            key,
+            fingerprint,
+            token,
+            completion,
+            ttl,
+        )))
     }
 
     fn release(
@@ -236,7 +402,11 @@ impl Store for MemoryStore {
         key: &str,
         token: OwnerToken,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        ready(Ok(self.if_owner(key, token, |_| Op::Remove)))
+        ready(Ok(self.if_owner(key, token, |shard| {
+            if let Some(r) = shard.map.remove(key) {
+                self.free(r.size);
+            }
+        })))
     }
 
     fn renew(
@@ -246,16 +416,12 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let until = Instant::now() + lease;
-        ready(Ok(self.if_owner(key, token, |slot| {
-            let mut renewed = slot.clone();
-            if let Slot::InFlight {
-                until: u, lease: l, ..
-            } = &mut renewed
+        ready(Ok(self.if_owner(key, token, |shard| {
+            if let Some(State::InFlight { until: u, .. }) =
+                shard.map.get_mut(key).map(|r| &mut r.state)
             {
                 *u = until;
-                *l = lease;
             }
-            Op::Put(renewed)
         })))
     }
 }

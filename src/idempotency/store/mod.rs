@@ -14,7 +14,7 @@ mod redis;
 
 use std::{fmt, future::Future, time::Duration};
 
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_MAX_BYTES, MemoryStore};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 
@@ -54,15 +54,16 @@ impl fmt::Debug for OwnerToken {
 }
 
 /// What a claim found.
+#[allow(clippy::large_enum_variant)] // one per request, and most are small answers
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The key was free: the caller owns it now, for one lease.
-    New(OwnerToken),
+    /// The key was free: the caller's token owns it now, for one lease.
+    New,
     /// Another request with the same key and fingerprint is running; its lease ends in
-    /// `retry_after` at the latest.
+    /// `lease_left` at the latest.
     InFlight {
         /// Time left on the owner's lease.
-        retry_after: Duration,
+        lease_left: Duration,
     },
     /// The key is in use (running or completed) for a request with another fingerprint.
     Mismatch,
@@ -70,44 +71,92 @@ pub enum Claim {
     Completed(Completion),
 }
 
+/// Why a store call failed: the layer answers each kind differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store failed or did not answer (the only kind `OnStoreError::FailOpen` applies to).
+    Unavailable,
+    /// The store is at its size bound and cannot take a new key (answered 503, never by
+    /// forgetting another key).
+    Full,
+    /// A record exists but cannot be read (corrupt, foreign, or written by an unknown version):
+    /// never treated as absent, so the handler never runs for it.
+    Unreadable,
+}
+
 /// A store that failed or did not answer.
 #[derive(Debug)]
-pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
 
 impl StoreError {
-    /// Wraps the store's own error.
+    /// The store failed or did not answer; wraps its own error.
     pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        StoreError(e.into())
+        StoreError::with_kind(StoreErrorKind::Unavailable, e)
+    }
+
+    /// An error of a given kind.
+    pub fn with_kind(
+        kind: StoreErrorKind,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            kind,
+            source: e.into(),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
     }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "idempotency store error: {}", self.0)
+        write!(f, "idempotency store error: {}", self.source)
     }
 }
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+        Some(&*self.source)
     }
 }
 
 /// Where keys live. Keys arrive already scoped (principal, method and path are part of them).
+///
+/// The rules every store follows (the shared contract tests check them on every store in the
+/// crate):
+/// - `claim` is atomic per key. The caller brings the owner token, so a claim whose answer was
+///   lost (a timeout) can still be released with it.
+/// - A record is never dropped before its lease (in flight) or its TTL (completed) ends: a store
+///   that is full refuses new keys with [`StoreErrorKind::Full`].
+/// - `complete` and `renew` succeed for the owner's token whenever no other owner has claimed
+///   the key since, even if the lease lapsed meanwhile; `complete` on a key that vanished (its
+///   lease lapsed and nobody claimed it) stores the completion.
+/// - A record that cannot be read is reported as [`StoreErrorKind::Unreadable`], never as absent,
+///   and never stays forever: it expires like any record.
 pub trait Store: Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint`, for `lease`, atomically.
+    /// Claims `key` for a request with `fingerprint`, owned by `token` for `lease` if it is free.
     fn claim(
         &self,
         key: &str,
         fingerprint: &Fingerprint,
+        token: OwnerToken,
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Records the outcome and keeps it for `ttl`, only if `token` still owns the key. Returns
-    /// whether it did.
+    /// Records the outcome and keeps it for `ttl`, unless another owner claimed the key since
+    /// `token` did. Returns whether the key holds this owner's completion now (a repeat by the
+    /// same owner, whose first answer was lost, is `true` and keeps the first).
     fn complete(
         &self,
         key: &str,
+        fingerprint: &Fingerprint,
         token: OwnerToken,
         completion: &Completion,
         ttl: Duration,
@@ -120,7 +169,8 @@ pub trait Store: Send + Sync + 'static {
         token: OwnerToken,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Extends the lease to `lease` from now, only if `token` still owns the key.
+    /// Extends the lease to `lease` from now, only if `token` still owns the key. `false` means
+    /// the lease is provably lost.
     fn renew(
         &self,
         key: &str,

@@ -1,0 +1,478 @@
+//! Exactly-once under faults: every store operation (claim, renew, complete, release) and the
+//! response body read meet every fault (fail, lose the answer, slow past the timeout, lose the
+//! write, lease expired), with duplicates arriving before, during and after it, on tokio's
+//! paused clock, through a real axum `Router`. For every schedule:
+//! - the payment commits at most once (the handler fences its commit with the owner token and
+//!   the lease, as the README's Guarantees section tells users to);
+//! - without a lost write or a lost lease, the handler runs at most once;
+//! - every answer is a documented status;
+//! - no key is stuck: one lease after the faults clear, a retry is answered (replay or run).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Extension, Router,
+    body::{Body, Bytes},
+    extract::State,
+    http::{Request, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use tower::ServiceExt;
+use tower_rampart::idempotency::{
+    DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext, IdempotencyLayer, MemoryStore,
+    problem_types,
+    testing::{Fault, FaultyStore, Op},
+};
+
+const LEASE: Duration = Duration::from_secs(1);
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
+const WORK: Duration = Duration::from_secs(3);
+const SLOW: Duration = Duration::from_millis(300);
+
+#[derive(Clone, Default)]
+struct Ledger {
+    invocations: Arc<AtomicUsize>,
+    commits: Arc<AtomicUsize>,
+    /// Payments by idempotency key, with the owner token that wrote them: the unique
+    /// constraint that fences a stale owner.
+    rows: Arc<Mutex<HashMap<String, u128>>>,
+    /// Invocations that panic before committing (to exercise release).
+    panics_left: Arc<AtomicUsize>,
+}
+
+async fn pay(
+    State(ledger): State<Ledger>,
+    Extension(ctx): Extension<IdempotencyContext>,
+) -> Response {
+    let n = ledger.invocations.fetch_add(1, SeqCst) + 1;
+    tokio::time::sleep(WORK).await;
+    if ledger
+        .panics_left
+        .fetch_update(SeqCst, SeqCst, |p| p.checked_sub(1))
+        .is_ok()
+    {
+        panic!("the handler fails before committing");
+    }
+    if !ctx.lease().is_held() {
+        // Nothing was done: do not keep this answer, so that a retry runs.
+        let mut res =
+            (StatusCode::SERVICE_UNAVAILABLE, "lease lost: not committed").into_response();
+        res.extensions_mut().insert(DoNotStore);
+        return res;
+    }
+    let mut rows = ledger.rows.lock().unwrap();
+    if rows.contains_key(&*ctx.key) {
+        return (StatusCode::CONFLICT, "already processed").into_response();
+    }
+    rows.insert(ctx.key.to_string(), ctx.token.as_u128());
+    ledger.commits.fetch_add(1, SeqCst);
+    (StatusCode::CREATED, format!("{{\"run\":{n}}}")).into_response()
+}
+
+/// A body that trickles out over `chunks` pauses of `every`.
+async fn slow_body(
+    State(ledger): State<Ledger>,
+    Extension(ctx): Extension<IdempotencyContext>,
+) -> Response {
+    let chunks = 4;
+    let every = LEASE * 2;
+    let n = ledger.invocations.fetch_add(1, SeqCst) + 1;
+    ledger.rows.lock().unwrap().insert(ctx.key.to_string(), 0);
+    ledger.commits.fetch_add(1, SeqCst);
+    let stream = futures_util::stream::unfold(0, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("run {n} part {i};"))),
+            i + 1,
+        ))
+    });
+    (StatusCode::CREATED, Body::from_stream(stream)).into_response()
+}
+
+fn app(store: FaultyStore<MemoryStore>, ledger: Ledger, body_timeout: Duration) -> Router {
+    let layer = IdempotencyLayer::builder()
+        .store(store)
+        .global_keys()
+        .lease(LEASE)
+        .store_timeout(STORE_TIMEOUT)
+        .ttl(Duration::from_secs(3600))
+        .response_body_timeout(body_timeout)
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/pay", post(pay))
+        .route("/slow-body", post(slow_body))
+        .with_state(ledger)
+        .layer(layer)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    status: StatusCode,
+    replayed: bool,
+    problem: Option<String>,
+    body: String,
+}
+
+async fn send(app: &Router, path: &str) -> Answer {
+    let req = Request::post(path)
+        .header("idempotency-key", "order-1")
+        .body(Body::from("{\"amount\":1}"))
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let replayed = res.headers().contains_key(IDEMPOTENT_REPLAYED);
+    let is_problem = res
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/problem+json");
+    let body =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let problem = is_problem.then(|| {
+        let v: serde_json::Value = serde_json::from_str(&body).expect("problem+json is JSON");
+        v["type"].as_str().unwrap().to_owned()
+    });
+    Answer {
+        status,
+        replayed,
+        problem,
+        body,
+    }
+}
+
+/// The statuses the README documents for this layer and this handler.
+fn documented(a: &Answer) {
+    let ok = match a.status.as_u16() {
+        201 => a.problem.is_none(),
+        409 => {
+            a.problem.as_deref() == Some(problem_types::IN_FLIGHT)
+                || a.problem.as_deref() == Some(problem_types::NOT_REPLAYABLE)
+                || a.body == "already processed"
+        }
+        503 => {
+            a.problem.as_deref() == Some(problem_types::STORE_UNAVAILABLE)
+                || a.body == "lease lost: not committed"
+        }
+        500 => a.problem.as_deref() == Some(problem_types::HANDLER_FAILED),
+        _ => false,
+    };
+    assert!(ok, "undocumented answer {a:?}");
+}
+
+struct Scenario {
+    name: String,
+    path: &'static str,
+    rules: Vec<(Op, std::ops::Range<usize>, Fault)>,
+    panics: usize,
+    body_timeout: Duration,
+    /// Duplicates sent at these offsets from the first request.
+    duplicates: Vec<Duration>,
+}
+
+struct Outcome {
+    invocations: usize,
+    commits: usize,
+    commits_before_last: usize,
+    answers: Vec<Answer>,
+    last: Answer,
+}
+
+async fn run(s: &Scenario) -> Outcome {
+    let store = FaultyStore::new(MemoryStore::new());
+    for (op, calls, fault) in &s.rules {
+        store.inject(*op, calls.clone(), *fault);
+    }
+    let ledger = Ledger::default();
+    ledger.panics_left.store(s.panics, SeqCst);
+    let app = app(store.clone(), ledger.clone(), s.body_timeout);
+
+    let start = tokio::time::Instant::now();
+    let mut tasks = vec![tokio::spawn({
+        let app = app.clone();
+        let path = s.path;
+        async move { send(&app, path).await }
+    })];
+    for at in &s.duplicates {
+        let (app, at, path) = (app.clone(), start + *at, s.path);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            send(&app, path).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    // The faults clear; one lease later the key must be answered, not stuck.
+    let healed = tokio::time::Instant::now().max(start + Duration::from_secs(12));
+    tokio::time::sleep_until(healed).await;
+    store.heal();
+    tokio::time::sleep(LEASE + LEASE / 2).await;
+    let commits_before_last = ledger.commits.load(SeqCst);
+    let last = send(&app, s.path).await;
+    Outcome {
+        commits_before_last,
+        invocations: ledger.invocations.load(SeqCst),
+        commits: ledger.commits.load(SeqCst),
+        answers,
+        last,
+    }
+}
+
+fn check(s: &Scenario, o: &Outcome, lossy: bool) {
+    let name = &s.name;
+    assert!(o.commits <= 1, "{name}: {} commits", o.commits);
+    if !lossy {
+        assert!(
+            o.invocations <= 1 + s.panics,
+            "{name}: the handler ran {} times",
+            o.invocations
+        );
+    }
+    for a in o.answers.iter().chain([&o.last]) {
+        documented(a);
+    }
+    let stuck = o.last.problem.as_deref() == Some(problem_types::IN_FLIGHT)
+        || o.last.status == StatusCode::SERVICE_UNAVAILABLE;
+    assert!(
+        !stuck,
+        "{name}: still stuck after the faults cleared: {:?}",
+        o.last
+    );
+    if o.commits_before_last == 1 && o.last.status == StatusCode::CREATED {
+        assert!(
+            o.last.replayed,
+            "{name}: committed, then ran again: {:?}",
+            o.last
+        );
+    }
+    // Replays give the first caller's answer, byte for byte.
+    let first_ok: Vec<_> = o
+        .answers
+        .iter()
+        .chain([&o.last])
+        .filter(|a| a.status == StatusCode::CREATED)
+        .map(|a| &a.body)
+        .collect();
+    assert!(
+        first_ok.windows(2).all(|w| w[0] == w[1]),
+        "{name}: two different successful answers {first_ok:?}"
+    );
+}
+
+fn every(step: Duration, until: Duration) -> Vec<Duration> {
+    let n = (until.as_millis() / step.as_millis()) as u32;
+    (1..=n).map(|i| step * i).collect()
+}
+
+/// Every operation x every fault, with duplicates every 250 ms for 9 s (before, during and
+/// after each fault point).
+#[tokio::test(start_paused = true)]
+async fn every_fault_point_keeps_exactly_once() {
+    let faults = [
+        ("fail", Fault::Fail, false),
+        ("lose-answer", Fault::LoseAnswer, false),
+        ("slow", Fault::Delay(SLOW), false),
+        ("lose-write", Fault::LoseWrite, true),
+        ("expire-lease", Fault::ExpireLease, true),
+    ];
+    let ops = [
+        (Op::Claim, 0..1, 0),
+        (Op::Renew, 0..2, 0),
+        (Op::Renew, 0..40, 0),
+        (Op::Complete, 0..3, 0),
+        (Op::Release, 0..3, 1),
+    ];
+    let mut ran = 0;
+    for (op, calls, panics) in ops {
+        for (fname, fault, lossy) in faults {
+            // A long renewal outage loses the lease (the handler is told; its commit is
+            // fenced); so does a lost or expired lease.
+            let lossy = lossy || (op == Op::Renew && calls.end > 2);
+            let s = Scenario {
+                name: format!("{op:?} {calls:?} {fname}"),
+                path: "/pay",
+                rules: vec![(op, calls.clone(), fault)],
+                panics,
+                body_timeout: Duration::from_secs(30),
+                duplicates: every(Duration::from_millis(250), Duration::from_secs(9)),
+            };
+            let o = run(&s).await;
+            check(&s, &o, lossy);
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 25);
+}
+
+/// The lease is held while a slow response body is read (here 8 s, eight leases), and a body
+/// slower than the body timeout is completed as not replayable: never released, never rerun.
+#[tokio::test(start_paused = true)]
+async fn the_lease_holds_while_the_body_is_read() {
+    for (timeout, whole) in [
+        (Duration::from_secs(30), true),
+        (Duration::from_secs(3), false),
+    ] {
+        let s = Scenario {
+            name: format!("body read, timeout {timeout:?}"),
+            path: "/slow-body",
+            rules: vec![],
+            panics: 0,
+            body_timeout: timeout,
+            duplicates: every(Duration::from_millis(500), Duration::from_secs(10)),
+        };
+        let o = run(&s).await;
+        check(&s, &o, false);
+        assert_eq!(o.invocations, 1, "{}", s.name);
+        let first = &o.answers[0];
+        assert_eq!(
+            first.body.matches("part").count(),
+            4,
+            "the first caller gets it all"
+        );
+        if whole {
+            assert!(o.last.replayed && o.last.body == first.body, "{:?}", o.last);
+        } else {
+            assert_eq!(
+                o.last.problem.as_deref(),
+                Some(problem_types::NOT_REPLAYABLE)
+            );
+        }
+    }
+}
+
+/// A claim that lands after the layer gave up on it is released with its token, so a retry a
+/// moment later runs instead of meeting a 409 for a whole lease.
+#[tokio::test(start_paused = true)]
+async fn a_claim_that_timed_out_does_not_block_the_key() {
+    let store = FaultyStore::new(MemoryStore::new());
+    store.inject(Op::Claim, 0..1, Fault::Delay(Duration::from_millis(400)));
+    let ledger = Ledger::default();
+    let layer = IdempotencyLayer::builder()
+        .store(store.clone())
+        .global_keys()
+        .lease(Duration::from_secs(10))
+        .store_timeout(STORE_TIMEOUT)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/pay", post(pay))
+        .with_state(ledger.clone())
+        .layer(layer);
+    let first = send(&app, "/pay").await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let retry = send(&app, "/pay").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(ledger.invocations.load(SeqCst), 1);
+}
+
+/// The handler learns that it lost its key: `lease().lost()` resolves when a renewal finds
+/// another owner, and when renewals fail for longer than a lease.
+#[tokio::test(start_paused = true)]
+async fn the_handler_observes_a_lost_lease() {
+    for (fault, calls) in [(Fault::ExpireLease, 0..1), (Fault::Fail, 0..100)] {
+        let store = FaultyStore::new(MemoryStore::new());
+        store.inject(Op::Renew, calls, fault);
+        let lost_after = Arc::new(Mutex::new(None));
+        let layer = IdempotencyLayer::builder()
+            .store(store)
+            .global_keys()
+            .lease(LEASE)
+            .store_timeout(STORE_TIMEOUT)
+            .build()
+            .unwrap();
+        let seen = lost_after.clone();
+        let app = Router::new()
+            .route(
+                "/pay",
+                post(
+                    move |Extension(ctx): Extension<IdempotencyContext>| async move {
+                        let start = tokio::time::Instant::now();
+                        tokio::select! {
+                            _ = ctx.lease().lost() => {
+                                *seen.lock().unwrap() = Some(start.elapsed());
+                                StatusCode::SERVICE_UNAVAILABLE
+                            }
+                            _ = tokio::time::sleep(Duration::from_secs(60)) => StatusCode::CREATED,
+                        }
+                    },
+                ),
+            )
+            .layer(layer);
+        let a = send(&app, "/pay").await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{fault:?}");
+        let after = lost_after.lock().unwrap().expect("lost");
+        assert!(after <= LEASE * 2, "{fault:?}: told after {after:?}");
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule(Op, usize, usize, Fault);
+
+fn rule() -> impl Strategy<Value = Rule> {
+    let op = prop_oneof![
+        Just(Op::Claim),
+        Just(Op::Renew),
+        Just(Op::Complete),
+        Just(Op::Release)
+    ];
+    let fault = prop_oneof![
+        Just(Fault::Fail),
+        Just(Fault::LoseAnswer),
+        (1u64..1500).prop_map(|ms| Fault::Delay(Duration::from_millis(ms))),
+        Just(Fault::LoseWrite),
+        Just(Fault::ExpireLease),
+    ];
+    (op, 0usize..6, 1usize..12, fault).prop_map(|(op, from, len, f)| Rule(op, from, len, f))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Random fault schedules: at most one commit, documented answers, no stuck key.
+    #[test]
+    fn random_fault_schedules_keep_exactly_once(
+        rules in proptest::collection::vec(rule(), 0..4),
+        dups in proptest::collection::vec(0u64..9000, 1..12),
+        panics in 0usize..2,
+    ) {
+        let lossy = rules.iter().any(|Rule(op, _, len, f)| {
+            matches!(f, Fault::LoseWrite | Fault::ExpireLease)
+                || (*op == Op::Renew && *len > 2)
+                || matches!(f, Fault::Delay(d) if *d >= STORE_TIMEOUT && *op != Op::Claim)
+        });
+        let s = Scenario {
+            name: format!("{rules:?} panics {panics}"),
+            path: "/pay",
+            rules: rules.iter().map(|Rule(op, from, len, f)| (*op, *from..from + len, *f)).collect(),
+            panics,
+            body_timeout: Duration::from_secs(30),
+            duplicates: dups.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let o = rt.block_on(run(&s));
+        check(&s, &o, lossy);
+    }
+}

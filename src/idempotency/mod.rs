@@ -8,7 +8,10 @@
 //! - [`Fingerprint`]: what makes a request the same request (method, path, query, body, chosen
 //!   headers), hashed with BLAKE3.
 //! - [`Store`]: claim / complete / release / renew with owner tokens and short renewed leases,
-//!   and [`MemoryStore`], the embedded default.
+//!   and [`MemoryStore`], the embedded default, bounded in bytes.
+//! - [`IdempotencyContext`] and [`Lease`]: what the handler knows of its key (the owner token,
+//!   a fencing token for its own writes) and whether it still holds it.
+//! - [`testing::FaultyStore`]: fault injection for any store, to test handlers under faults.
 //! - [`Completion`]: what a completed key replays, with a compact versioned binary form.
 //!
 //! - `RedisStore` (feature `redis`): Redis and Redis Cluster, one Lua script per operation.

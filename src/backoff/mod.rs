@@ -266,7 +266,8 @@ impl Iterator for Delays {
             Jitter::Proportional(f) => {
                 let f = f64::from(f) / 1000.0;
                 let factor = 1.0 - f + 2.0 * f * self.rng.f64();
-                d.mul_f64(factor)
+                // Above a cap near `Duration::MAX` the product does not fit: stay at the cap.
+                Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(d)
             }
         };
         Some(delay)

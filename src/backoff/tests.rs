@@ -147,3 +147,16 @@ fn validation() {
             .is_err()
     );
 }
+
+/// Proportional jitter on a delay capped near `Duration::MAX` stays a valid duration.
+#[test]
+fn proportional_jitter_never_overflows() {
+    let b = Backoff::exponential(Duration::from_secs(1))
+        .max_delay(Duration::MAX)
+        .jitter(Jitter::Proportional(200));
+    b.validate().unwrap();
+    let mut d = b.delays();
+    for _ in 0..200 {
+        let _ = d.next().unwrap();
+    }
+}

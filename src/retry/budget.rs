@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use crate::{
@@ -59,7 +60,21 @@ enum Kind {
         epoch: Instant,
         /// Requests are recorded as successes, retries as failures.
         window: TimeWindow,
+        /// Retries granted but not yet in `window` (low 32 bits) and a generation bumped by every
+        /// grant and every settlement (high 32 bits): see [`Budget::try_retry`].
+        grants: CachePadded<AtomicU64>,
     },
+}
+
+/// Adds one pending grant and bumps the generation.
+const GRANT: u64 = (1 << 32) + 1;
+/// Removes one pending grant (there is always one to remove) and bumps the generation.
+const SETTLE: u64 = (1 << 32) - 1;
+const PENDING: u64 = (1 << 32) - 1;
+
+/// Grants not yet recorded in the window, in millionths of a retry.
+fn pending_millionths(grants: u64) -> i128 {
+    i128::from(grants & PENDING) * 1_000_000
 }
 
 impl fmt::Debug for Budget {
@@ -127,6 +142,7 @@ impl Budget {
             reserve: u64::from(min_per_sec) * ttl.as_secs(),
             epoch: Instant::now(),
             window: TimeWindow::new(bucket, 10),
+            grants: CachePadded::new(AtomicU64::new(0)),
         })))
     }
 
@@ -168,7 +184,12 @@ impl Budget {
         }
     }
 
-    /// Asks to make one retry now; a yes is charged to the budget.
+    /// Asks to make one retry now.
+    ///
+    /// A percent budget charges a yes to the budget: the check and the withdrawal are one atomic
+    /// step, so callers asking at the same moment are never granted more than the budget holds.
+    /// A token bucket only looks (as gRPC specifies): the failed attempt's
+    /// [`record_outcome`](Self::record_outcome) is the charge, and it is made before asking.
     pub fn try_retry(&self, now: Instant) -> bool {
         match &*self.0 {
             Kind::Tokens { max, tokens, .. } => tokens.load(Acquire) > max / 2,
@@ -177,10 +198,30 @@ impl Budget {
                 reserve,
                 epoch,
                 window,
+                grants,
             } => {
+                // A grant is reserved in `grants` before it is written to the window, and settled
+                // after. The compare-exchange succeeds only if no grant was reserved or settled
+                // since `seen` was read (the generation rules out ABA), so every grant is either
+                // in the window as read, or pending in `seen`: none is missed. (One settling
+                // during the read may be counted twice, which can only refuse, for an instant.)
                 let n = nanos_since(*epoch, now);
-                if millionths_left(window.reading(n), *percent_ppm, *reserve) <= 0 {
-                    return false;
+                let mut seen = grants.load(Acquire);
+                loop {
+                    let left = millionths_left(window.reading(n), *percent_ppm, *reserve)
+                        - pending_millionths(seen);
+                    if left <= 0 {
+                        return false;
+                    }
+                    match grants.compare_exchange_weak(
+                        seen,
+                        seen.wrapping_add(GRANT),
+                        AcqRel,
+                        Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(now_seen) => seen = now_seen,
+                    }
                 }
                 window.record(
                     n,
@@ -189,6 +230,7 @@ impl Budget {
                         slow: false,
                     },
                 );
+                grants.fetch_add(SETTLE, AcqRel);
                 true
             }
         }
@@ -203,9 +245,12 @@ impl Budget {
                 reserve,
                 epoch,
                 window,
+                grants,
             } => {
+                let seen = grants.load(Acquire);
                 let r = window.reading(nanos_since(*epoch, now));
-                millionths_left(r, *percent_ppm, *reserve).max(0) as f64 / 1e6
+                let left = millionths_left(r, *percent_ppm, *reserve) - pending_millionths(seen);
+                left.max(0) as f64 / 1e6
             }
         }
     }
@@ -262,6 +307,94 @@ mod tests {
         // Everything leaves the window with time.
         let later = t + Duration::from_secs(11);
         assert_eq!(b.remaining(later), 10.0);
+    }
+
+    /// Runs `rounds` rounds of `threads` threads released together by a barrier, each asking
+    /// `asks` times for a retry from a fresh budget made by `make`; returns the grants per round.
+    fn concurrent_grants(
+        rounds: usize,
+        threads: usize,
+        asks: usize,
+        make: impl Fn() -> Budget,
+    ) -> Vec<usize> {
+        use std::sync::{Barrier, atomic::AtomicUsize};
+        let barrier = Arc::new(Barrier::new(threads));
+        (0..rounds)
+            .map(|_| {
+                let b = make();
+                let t = Instant::now();
+                let granted = Arc::new(AtomicUsize::new(0));
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let (b, barrier, granted) = (b.clone(), barrier.clone(), granted.clone());
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            for _ in 0..asks {
+                                if b.try_retry(t) {
+                                    granted.fetch_add(1, Relaxed);
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                granted.load(Relaxed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn percent_budget_never_overshoots_under_concurrency() {
+        // A floor of one retry per second over one second, no share of requests: exactly one
+        // retry may be granted, however many threads ask at once.
+        let grants = concurrent_grants(500, 8, 1, || {
+            Budget::percent(0.0, 1, Duration::from_secs(1)).unwrap()
+        });
+        let over = grants.iter().filter(|&&g| g > 1).count();
+        assert_eq!(over, 0, "more than 1 retry granted in {over} of 500 rounds");
+        assert!(grants.iter().all(|&g| g == 1), "{grants:?}");
+        // A larger allowance, asked for many times: never more than the 5 allowed.
+        let grants = concurrent_grants(300, 8, 4, || {
+            Budget::percent(0.0, 5, Duration::from_secs(1)).unwrap()
+        });
+        assert!(grants.iter().all(|&g| g <= 5), "{grants:?}");
+        assert!(grants.contains(&5), "{grants:?}");
+    }
+
+    #[test]
+    fn token_bucket_never_overshoots_under_concurrency() {
+        // gRPC: each failed attempt costs a token, then the retry is allowed while more than
+        // half remain. From 7 of 10 tokens, 8 failing threads leave 6, 5, 4, ...: one retry.
+        use std::sync::{Barrier, atomic::AtomicUsize};
+        let threads = 8;
+        let barrier = Arc::new(Barrier::new(threads));
+        for round in 0..300 {
+            let b = Budget::token_bucket(10, 0.1).unwrap();
+            for _ in 0..3 {
+                b.record_outcome(false);
+            }
+            let t = Instant::now();
+            let granted = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (b, barrier, granted) = (b.clone(), barrier.clone(), granted.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        b.record_outcome(false);
+                        if b.try_retry(t) {
+                            granted.fetch_add(1, Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert!(granted.load(Relaxed) <= 1, "round {round}");
+            assert_eq!(b.remaining(t), 0.0, "7 - 8 tokens saturate at zero");
+        }
     }
 
     #[test]

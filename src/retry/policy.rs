@@ -146,7 +146,10 @@ impl Policy {
             .next()
             .unwrap_or_default();
         let delay = match (outcome.retry_after(), self.retry_after_cap) {
-            (Some(hint), Some(cap)) if hint > cap => return Next::Stop(Some(GiveUp::RetryAfter)),
+            // `Duration::MAX` is gRPC's "do not retry" (see `GrpcResponse`), whatever the cap.
+            (Some(hint), Some(cap)) if hint > cap || hint == Duration::MAX => {
+                return Next::Stop(Some(GiveUp::RetryAfter));
+            }
             // The downstream knows when it will be ready: its word replaces our guess.
             (Some(hint), Some(_)) => hint,
             _ => backoff,
@@ -155,7 +158,9 @@ impl Policy {
         let now = needs_clock.then(Instant::now);
         if let (Some(max), Some(now)) = (self.max_elapsed, now)
             && started != NOT_TIMED
-            && Duration::from_nanos(self.nanos(now).saturating_sub(started)) + delay > max
+            // Saturating: a hint or backoff near `Duration::MAX` must stop the call, not panic.
+            && Duration::from_nanos(self.nanos(now).saturating_sub(started)).saturating_add(delay)
+                > max
         {
             return Next::Stop(Some(GiveUp::Elapsed));
         }
@@ -310,7 +315,9 @@ impl Builder {
     }
 
     /// Honour a failure's retry-after hint (HTTP `Retry-After`, gRPC push-back) up to `cap`; a
-    /// longer hint ends retrying. `None` ignores hints and always uses the backoff.
+    /// longer hint ends retrying, and so does a hint of `Duration::MAX` (how the gRPC classifiers
+    /// pass on "do not retry") even when `cap` is `Duration::MAX`. `None` ignores hints and
+    /// always uses the backoff.
     pub fn retry_after(mut self, cap: Option<Duration>) -> Self {
         self.retry_after_cap = cap;
         self
@@ -371,5 +378,122 @@ impl Builder {
             #[cfg(feature = "metrics")]
             metrics,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(cap: Option<Duration>, max_elapsed: Option<Duration>) -> Policy {
+        let mut b = Builder::default().retry_after(cap);
+        if let Some(e) = max_elapsed {
+            b = b.max_elapsed(e);
+        }
+        b.build_policy().unwrap()
+    }
+
+    fn decide(p: &Policy, hint: Duration, started: u64) -> Next {
+        p.next(
+            1,
+            &Outcome::failure_with_retry_after(hint),
+            false,
+            true,
+            started,
+            &mut None,
+        )
+    }
+
+    fn stop_reason(next: Next) -> Option<GiveUp> {
+        match next {
+            Next::Stop(reason) => reason,
+            Next::Wait(d) => panic!("waits {d:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_retry_after_caps_and_hints_do_not_overflow() {
+        let huge = [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::MAX - Duration::from_nanos(1),
+        ];
+        for cap in huge {
+            // Hints beyond any elapsed limit stop the call, whatever the start time.
+            let p = policy(Some(cap), Some(Duration::from_secs(1)));
+            for hint in huge {
+                for started in [p.start_time(), 0, NOT_TIMED - 1] {
+                    let reason = stop_reason(decide(&p, hint, started));
+                    let expected = if hint == Duration::MAX || hint > cap {
+                        GiveUp::RetryAfter
+                    } else {
+                        GiveUp::Elapsed
+                    };
+                    assert_eq!(reason, Some(expected), "cap {cap:?}, hint {hint:?}");
+                }
+            }
+            // With no practical elapsed limit, a finite hint within the cap is honoured as it is.
+            let p = policy(Some(cap), Some(Duration::MAX));
+            let hint = Duration::from_secs(u64::MAX);
+            match decide(&p, hint, p.start_time()) {
+                Next::Wait(d) => assert_eq!(d, hint),
+                Next::Stop(reason) => panic!("stopped: {reason:?}"),
+            }
+            // `Duration::MAX` is gRPC's "do not retry", even under the largest cap.
+            let p = policy(Some(cap), None);
+            assert_eq!(
+                stop_reason(decide(&p, Duration::MAX, NOT_TIMED)),
+                Some(GiveUp::RetryAfter)
+            );
+        }
+    }
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (any::<u64>(), 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n)),
+            (0..u64::MAX).prop_map(Duration::from_nanos),
+            Just(Duration::MAX),
+            Just(Duration::ZERO),
+            (0..1_000u64).prop_map(|n| Duration::MAX - Duration::from_nanos(n)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Any hint, cap, elapsed limit and start time: no panic, and a wait never breaks the
+        /// cap or the elapsed limit.
+        #[test]
+        fn decisions_respect_caps_and_limits(
+            hint in proptest::option::of(duration()),
+            cap in proptest::option::of(duration()),
+            max_elapsed in proptest::option::of(duration().prop_filter("nonzero", |d| !d.is_zero())),
+            started in prop_oneof![Just(None), Just(Some(0)), (0..NOT_TIMED).prop_map(Some)],
+        ) {
+            let p = policy(cap, max_elapsed);
+            let started = match (max_elapsed, started) {
+                (None, _) => NOT_TIMED,
+                (Some(_), None) => p.start_time(),
+                (Some(_), Some(s)) => s,
+            };
+            let outcome = Outcome::Failure { retry_after: hint };
+            match p.next(1, &outcome, false, true, started, &mut None) {
+                Next::Wait(d) => {
+                    if let (Some(hint), Some(cap)) = (hint, cap) {
+                        prop_assert_eq!(d, hint);
+                        prop_assert!(hint <= cap && hint != Duration::MAX);
+                    }
+                    if let Some(max) = max_elapsed {
+                        prop_assert!(d <= max, "waits {:?} beyond the limit {:?}", d, max);
+                    }
+                }
+                Next::Stop(Some(GiveUp::Elapsed)) => prop_assert!(max_elapsed.is_some()),
+                Next::Stop(Some(GiveUp::RetryAfter)) => {
+                    prop_assert!(cap.is_some() && hint.is_some());
+                }
+                Next::Stop(other) => prop_assert!(false, "unexpected stop {:?}", other),
+            }
+        }
     }
 }

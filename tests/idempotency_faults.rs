@@ -30,7 +30,7 @@ use proptest::prelude::*;
 use tower::ServiceExt;
 use tower_rampart::idempotency::{
     DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext, IdempotencyLayer, MemoryStore,
-    problem_types,
+    OnStoreError, problem_types,
     testing::{Fault, FaultyStore, Op},
 };
 
@@ -166,7 +166,10 @@ fn documented(a: &Answer) {
             a.problem.as_deref() == Some(problem_types::STORE_UNAVAILABLE)
                 || a.body == "lease lost: not committed"
         }
-        500 => a.problem.as_deref() == Some(problem_types::HANDLER_FAILED),
+        500 => {
+            a.problem.as_deref() == Some(problem_types::HANDLER_FAILED)
+                || a.problem.as_deref() == Some(problem_types::UNREADABLE_RECORD)
+        }
         _ => false,
     };
     assert!(ok, "undocumented answer {a:?}");
@@ -380,6 +383,35 @@ async fn a_claim_that_timed_out_does_not_block_the_key() {
     assert_eq!(ledger.invocations.load(SeqCst), 1);
 }
 
+/// A record that cannot be read is never taken for a free key, not even when the layer fails
+/// open for a store that is down; it is answered 500 and the handler does not run.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_record_never_runs_the_handler() {
+    for on_error in [OnStoreError::FailClosed, OnStoreError::FailOpen] {
+        let store = FaultyStore::new(MemoryStore::new());
+        store.inject(Op::Claim, 0..2, Fault::Corrupt);
+        let ledger = Ledger::default();
+        let layer = IdempotencyLayer::builder()
+            .store(store.clone())
+            .global_keys()
+            .on_store_error(on_error)
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/pay", post(pay))
+            .with_state(ledger.clone())
+            .layer(layer);
+        for _ in 0..2 {
+            let a = send(&app, "/pay").await;
+            assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{on_error:?}");
+            assert_eq!(a.problem.as_deref(), Some(problem_types::UNREADABLE_RECORD));
+        }
+        assert_eq!(ledger.invocations.load(SeqCst), 0, "{on_error:?}");
+        // Once the record reads again (here: the fault ends), the key works.
+        assert_eq!(send(&app, "/pay").await.status, StatusCode::CREATED);
+    }
+}
+
 /// The handler learns that it lost its key: `lease().lost()` resolves when a renewal finds
 /// another owner, and when renewals fail for longer than a lease.
 #[tokio::test(start_paused = true)]
@@ -436,13 +468,14 @@ fn rule() -> impl Strategy<Value = Rule> {
         (1u64..1500).prop_map(|ms| Fault::Delay(Duration::from_millis(ms))),
         Just(Fault::LoseWrite),
         Just(Fault::ExpireLease),
+        Just(Fault::Corrupt),
     ];
     (op, 0usize..6, 1usize..12, fault).prop_map(|(op, from, len, f)| Rule(op, from, len, f))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 96,
+        cases: 512,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

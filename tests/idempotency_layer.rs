@@ -173,6 +173,12 @@ async fn refuses_bad_requests_with_problem_details<St: Store + Clone>(store: St)
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(problem_type(res).await, problem_types::INVALID_KEY);
 
+    // Two keys: which one the client meant is a guess, so neither is used.
+    let res = post_with(&url, Some("k1"), "{}", &[("idempotency-key", "k2")]).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("more than one Idempotency-Key"), "{body}");
+
     let res = post_with(
         &url,
         Some("k"),

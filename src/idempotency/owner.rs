@@ -390,3 +390,33 @@ impl<F: Future> Future for CatchUnwind<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::replayable;
+
+    #[test]
+    fn replays_no_per_caller_or_hop_by_hop_header() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("x-request-cost", "3"),
+            ("x-hop", "1"),
+            ("connection", "keep-alive, X-Hop"),
+            ("set-cookie", "s=1"),
+            ("authentication-info", "nextnonce=\"x\""),
+            ("proxy-authentication-info", "a"),
+            ("date", "Wed, 02 Dec 2026 07:00:00 GMT"),
+            ("www-authenticate", "Bearer"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+        ] {
+            h.append(n, HeaderValue::from_static(v));
+        }
+        let kept = replayable(&h);
+        let names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-request-cost"]);
+    }
+}

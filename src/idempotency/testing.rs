@@ -56,6 +56,9 @@ pub enum Fault {
     /// The call answers as if it took effect, but the write is lost (a failover that lost
     /// it, an eviction). A claim that finds the key free answers `New` and stores nothing.
     LoseWrite,
+    /// The call finds the key's record unreadable (corrupt, foreign, written by an unknown
+    /// version) and fails with [`StoreErrorKind::Unreadable`](super::StoreErrorKind).
+    Corrupt,
     /// The key's current lease ends just before the call (its in-flight record is dropped,
     /// as if it expired: a process paused longer than its lease).
     ExpireLease,
@@ -168,6 +171,10 @@ impl<St: Store> FaultyStore<St> {
         match fault {
             None => apply().await,
             Some(Fault::Fail) => Err(StoreError::new("injected fault: store down")),
+            Some(Fault::Corrupt) => Err(StoreError::with_kind(
+                super::StoreErrorKind::Unreadable,
+                "injected fault: unreadable record",
+            )),
             Some(Fault::LoseAnswer) => {
                 let _ = apply().await;
                 Err(StoreError::new("injected fault: answer lost"))

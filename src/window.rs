@@ -4,7 +4,9 @@
 //! Each window answers "how many calls, failures and slow calls are in the window now" after
 //! every record, without a lock and without allocating.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::Ordering::*;
+
+use crate::circuit_breaker::sync::{AtomicU8, AtomicU32, AtomicU64};
 
 use crossbeam_utils::CachePadded;
 

@@ -1,17 +1,19 @@
 //! The breaker state machine: plain atomics, time passed in by the caller.
 
 use std::{
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering::*},
-    },
+    sync::{Arc, PoisonError, atomic::Ordering::*},
     time::Duration,
 };
 
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use super::{Config, State, WindowKind, events::Observers, state::Word};
+use super::{
+    Config, State, WindowKind,
+    events::{Listener, Observers},
+    state::Word,
+    sync::{AtomicU32, AtomicU64, Mutex},
+};
 use crate::{
     classify::Outcome,
     time::{nanos_of, nanos_since},
@@ -214,6 +216,32 @@ const P16: u64 = 0xFFFF;
 impl Breaker {
     /// A closed breaker.
     pub fn new(config: Config) -> Self {
+        let name = config.name.clone();
+        Self::with_observers(config, |listeners| {
+            Observers::new(name, listeners, State::Closed)
+        })
+    }
+
+    /// A keyed breaker: its metrics carry `label` (possibly shared with other keyed breakers)
+    /// and count breakers per state.
+    pub(crate) fn keyed(config: Config, label: Arc<str>) -> Self {
+        let name = config.name.clone();
+        Self::with_observers(config, |listeners| {
+            Observers::labelled(name, label, true, listeners, State::Closed)
+        })
+    }
+
+    /// Takes an evicted keyed breaker out of the state gauges. Under the transition lock, so no
+    /// transition can move the gauges after it.
+    pub(crate) fn retire_metrics(&self) {
+        let _serial = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.observers.retire(self.load().state());
+    }
+
+    fn with_observers(config: Config, observers: impl FnOnce(&[Listener]) -> Observers) -> Self {
         let window = match config.window {
             WindowKind::Count { size } => Window::Count(CountWindow::new(size)),
             WindowKind::Time { duration, buckets } => {
@@ -225,7 +253,7 @@ impl Breaker {
             }
             WindowKind::Consecutive { .. } => Window::Consecutive(Consecutive::new()),
         };
-        let observers = Observers::new(config.name.clone(), &config.listeners, State::Closed);
+        let observers = observers(&config.listeners);
         Breaker {
             word: CachePadded::new(AtomicU64::new(Word::new(State::Closed, 0, 0).0)),
             window,
@@ -572,6 +600,13 @@ impl Breaker {
             retry_after: (w.state() == State::Open)
                 .then(|| Duration::from_nanos(until.saturating_sub(n))),
         }
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        // A keyed breaker dropped with its family no longer counts in the state gauges.
+        self.observers.retire(self.load().state());
     }
 }
 

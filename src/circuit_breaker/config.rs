@@ -98,6 +98,12 @@ impl Config {
         self.window
     }
 
+    /// How long half-open waits for its probes to decide before opening again; `None` when
+    /// turned off.
+    pub fn half_open_max_wait(&self) -> Option<Duration> {
+        self.half_open_max_wait
+    }
+
     /// The open duration after `openings` consecutive openings (1 for the first), before any
     /// retry-after hint.
     pub fn open_duration_after(&self, openings: u32) -> Duration {
@@ -123,7 +129,7 @@ impl Config {
 /// | slow calls | off | latency targets are per service; turn on with [`Builder::slow_calls`] |
 /// | open duration | 10 s, fixed, at most 5 min | short enough to notice recovery quickly |
 /// | half-open probes | 3 | one probe is a coin toss; three give a signal |
-/// | half-open max wait | none | probes finish or time out through their own timeouts |
+/// | half-open max wait | the open duration, at least 60 s | a probe that hangs without being dropped cannot keep the breaker half-open forever; a minute lets slow but healthy probes decide |
 /// | retry-after hints | respected, capped at the max open duration | the downstream knows best |
 ///
 /// ```
@@ -152,10 +158,15 @@ pub struct Builder {
     open_multiplier: f64,
     max_open: Duration,
     half_open_permits: u32,
-    half_open_max_wait: Option<Duration>,
+    /// `None`: the default, worked out from the open duration at build time.
+    half_open_max_wait: Option<Option<Duration>>,
     respect_retry_after: bool,
     listeners: Vec<Listener>,
 }
+
+/// The least default half-open max wait: long enough for slow but healthy probes, since a probe
+/// that outlives the max wait never counts and a breaker whose every probe does would never close.
+const MIN_DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Default for Builder {
     fn default() -> Self {
@@ -249,9 +260,29 @@ impl Builder {
         self
     }
 
-    /// With no decision this long after entering half-open, open again.
-    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
-        self.half_open_max_wait = Some(wait);
+    /// With no decision this long after entering half-open, open again (and probe again after
+    /// the open duration). A probe still running then no longer counts, so keep it above the
+    /// slowest healthy call.
+    ///
+    /// By default it is the [open duration](Self::open_duration) (before any growth), but at
+    /// least 60 s. `None` turns it off: the breaker
+    /// then waits for its probes forever, and a probe that hangs without ever being dropped keeps
+    /// it half-open (refusing every other call) until an operator resets it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::circuit_breaker::Config;
+    ///
+    /// let default = Config::builder().open_duration(Duration::from_secs(90)).build()?;
+    /// assert_eq!(default.half_open_max_wait(), Some(Duration::from_secs(90)));
+    /// let short = Config::builder().open_duration(Duration::from_secs(5)).build()?;
+    /// assert_eq!(short.half_open_max_wait(), Some(Duration::from_secs(60)));
+    /// let off = Config::builder().half_open_max_wait(None).build()?;
+    /// assert_eq!(off.half_open_max_wait(), None);
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn half_open_max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
+        self.half_open_max_wait = Some(wait.into());
         self
     }
 
@@ -346,7 +377,11 @@ impl Builder {
                 self.half_open_permits
             ));
         }
-        if self.half_open_max_wait.is_some_and(|w| w.is_zero()) {
+        if self
+            .half_open_max_wait
+            .flatten()
+            .is_some_and(|w| w.is_zero())
+        {
             return err("half_open_max_wait must be above zero".into());
         }
         let ppm = |r: f64| (r * 1e6).round() as u64;
@@ -360,7 +395,9 @@ impl Builder {
             open_multiplier: self.open_multiplier,
             max_open: self.max_open,
             half_open_permits: self.half_open_permits,
-            half_open_max_wait: self.half_open_max_wait,
+            half_open_max_wait: self
+                .half_open_max_wait
+                .unwrap_or(Some(self.open.max(MIN_DEFAULT_MAX_WAIT))),
             respect_retry_after: self.respect_retry_after,
             listeners: self.listeners,
         })

@@ -1,5 +1,7 @@
 //! Events, listeners and `metrics`/`tracing` output.
 
+#[cfg(feature = "metrics")]
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::{sync::Arc, time::Duration};
 
 use super::State;
@@ -87,6 +89,13 @@ struct Handles {
     slow: metrics::Counter,
     not_permitted: metrics::Counter,
     state: [metrics::Gauge; 6],
+    /// The `breaker` label, which differs from the name for keyed breakers past the label cap.
+    label: Arc<str>,
+    /// Keyed breakers may share a label, so their state gauges count breakers per state
+    /// (increment and decrement) instead of being set to 0 or 1.
+    counting: bool,
+    /// Set when a keyed breaker is evicted: its state no longer counts in the gauges.
+    retired: AtomicBool,
 }
 
 /// Metric names, all labelled with `breaker`.
@@ -99,16 +108,29 @@ pub mod metric_names {
     pub const NOT_PERMITTED: &str = "rampart_circuit_breaker_not_permitted_calls_total";
     /// Counter of transitions, labelled `from` and `to`.
     pub const TRANSITIONS: &str = "rampart_circuit_breaker_transitions_total";
-    /// Gauge per `state`: 1 for the current state, 0 for the others.
+    /// Gauge per `state`: 1 for the current state, 0 for the others. For keyed breakers, the
+    /// number of live breakers with that label in that state (evicted breakers count nowhere).
     pub const STATE: &str = "rampart_circuit_breaker_state";
 }
 
 impl Observers {
     pub(crate) fn new(name: Arc<str>, listeners: &[Listener], initial: State) -> Self {
+        Self::labelled(name.clone(), name, false, listeners, initial)
+    }
+
+    /// Observers whose metrics carry `label` rather than the name; `counting` gauges count
+    /// breakers per state, for labels that several breakers share.
+    pub(crate) fn labelled(
+        name: Arc<str>,
+        label: Arc<str>,
+        counting: bool,
+        listeners: &[Listener],
+        initial: State,
+    ) -> Self {
         #[cfg(feature = "metrics")]
         let metrics = {
             use metric_names::*;
-            let n = name.to_string();
+            let n = label.to_string();
             let calls =
                 |o: &'static str| metrics::counter!(CALLS, "breaker" => n.clone(), "outcome" => o);
             let h = Handles {
@@ -119,14 +141,21 @@ impl Observers {
                 not_permitted: metrics::counter!(NOT_PERMITTED, "breaker" => n.clone()),
                 state: State::ALL
                     .map(|s| metrics::gauge!(STATE, "breaker" => n.clone(), "state" => s.as_str())),
+                label,
+                counting,
+                retired: AtomicBool::new(false),
             };
-            for (s, g) in State::ALL.iter().zip(&h.state) {
-                g.set(if *s == initial { 1.0 } else { 0.0 });
+            if counting {
+                h.state[initial as usize].increment(1.0);
+            } else {
+                for (s, g) in State::ALL.iter().zip(&h.state) {
+                    g.set(if *s == initial { 1.0 } else { 0.0 });
+                }
             }
             h
         };
         #[cfg(not(feature = "metrics"))]
-        let _ = initial;
+        let _ = (initial, label, counting);
         Observers {
             name,
             listeners: listeners.into(),
@@ -189,17 +218,42 @@ impl Observers {
         self.emit(EventKind::Rejected { state, retry_after });
     }
 
+    /// Called with the breaker's transition lock held, like [`Observers::retire`], so that the
+    /// counting gauges move in step with the state.
     pub(crate) fn transition(&self, from: State, to: State) {
         #[cfg(feature = "metrics")]
         {
-            metrics::counter!(metric_names::TRANSITIONS, "breaker" => self.name.to_string(), "from" => from.as_str(), "to" => to.as_str())
+            let m = &self.metrics;
+            metrics::counter!(metric_names::TRANSITIONS, "breaker" => m.label.to_string(), "from" => from.as_str(), "to" => to.as_str())
                 .increment(1);
-            for (s, g) in State::ALL.iter().zip(&self.metrics.state) {
-                g.set(if *s == to { 1.0 } else { 0.0 });
+            if !m.counting {
+                for (s, g) in State::ALL.iter().zip(&m.state) {
+                    g.set(if *s == to { 1.0 } else { 0.0 });
+                }
+            } else if !m.retired.load(Relaxed) {
+                m.state[from as usize].decrement(1.0);
+                m.state[to as usize].increment(1.0);
             }
         }
         #[cfg(feature = "tracing")]
         tracing::info!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
         self.emit(EventKind::Transition { from, to });
+    }
+}
+
+impl Observers {
+    /// A keyed breaker in `current` state is gone (evicted or dropped): take it out of the
+    /// counting state gauges, once. Called with the transition lock held, or from `Drop`.
+    /// Plain breakers keep their gauges as they were.
+    pub(crate) fn retire(&self, current: State) {
+        #[cfg(feature = "metrics")]
+        {
+            let m = &self.metrics;
+            if m.counting && !m.retired.swap(true, Relaxed) {
+                m.state[current as usize].decrement(1.0);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = current;
     }
 }

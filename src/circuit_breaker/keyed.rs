@@ -1,12 +1,20 @@
 //! One breaker per key (host, route, tenant), bounded in number and evicted when idle.
+//!
+//! Only closed breakers are ever evicted: dropping an open or half-open one would let the next
+//! call through to a downstream known to be failing. When every slot holds a breaker that is
+//! not closed, new keys share one overflow breaker, named `<name>/(other)`, until a slot frees.
+//!
+//! Metric labels are bounded too: the first `max_keys` keys seen get their own `breaker` label,
+//! later ones share `<name>/(other)` with the overflow breaker, and an evicted breaker leaves
+//! the state gauges (they count live breakers per label and state).
 
 use std::{
     borrow::Borrow,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     hash::Hash,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering::*},
     },
     time::Duration,
@@ -81,8 +89,15 @@ pub struct KeyedBreakers<K> {
     max_keys: usize,
     idle_timeout: Duration,
     map: ArcSwap<HashMap<K, Arc<Entry>>>,
-    inserting: Mutex<()>,
+    /// One writer at a time; holds the keys that got their own metric label (at most
+    /// `max_keys`, ever), so label cardinality stays bounded however keys churn.
+    inserting: Mutex<HashSet<K>>,
+    /// Serves new keys while every slot holds an open or half-open breaker.
+    overflow: OnceLock<Arc<Breaker>>,
 }
+
+/// The key part of the shared name and label for keys without their own.
+const OTHER: &str = "(other)";
 
 struct Entry {
     breaker: Arc<Breaker>,
@@ -111,18 +126,38 @@ where
             max_keys: max_keys.max(1),
             idle_timeout,
             map: ArcSwap::from_pointee(HashMap::new()),
-            inserting: Mutex::new(()),
+            inserting: Mutex::new(HashSet::new()),
+            overflow: OnceLock::new(),
         }
+    }
+
+    fn overflow(&self) -> Arc<Breaker> {
+        self.overflow
+            .get_or_init(|| {
+                let name: Arc<str> = Arc::from(format!("{}/{OTHER}", self.config.name()));
+                let mut config = self.config.clone();
+                config.name = name.clone();
+                Arc::new(Breaker::keyed(config, name))
+            })
+            .clone()
+    }
+
+    /// Whether a slot can be freed: only closed breakers may go.
+    fn evictable(e: &Entry) -> bool {
+        e.breaker.state() == State::Closed
     }
 
     fn nanos(&self, t: Instant) -> u64 {
         crate::time::nanos_since(self.epoch, t)
     }
 
-    /// The breaker for `key`, made on first use.
+    /// The breaker for `key`, made on first use. With every one of the `max_keys` slots held by
+    /// a breaker that is not closed, the shared overflow breaker `<name>/(other)` instead (it is
+    /// not listed by [`keys`](Self::keys)).
     pub fn get_or_insert(&self, key: K, now: Instant) -> Arc<Breaker> {
         let n = self.nanos(now);
-        if let Some(e) = self.map.load().get(&key) {
+        let map = self.map.load();
+        if let Some(e) = map.get(&key) {
             // Write the timestamp only when it moved by a millisecond: fewer cache-line
             // transfers between cores.
             if n.saturating_sub(e.last_used.load(Relaxed)) > 1_000_000 {
@@ -130,11 +165,17 @@ where
             }
             return e.breaker.clone();
         }
+        // Checked before the lock so that a flood of new keys while every slot is open neither
+        // queues on the lock nor copies the map.
+        if map.len() >= self.max_keys && !map.values().any(|e| Self::evictable(e)) {
+            return self.overflow();
+        }
+        drop(map);
         self.insert(key, n)
     }
 
     fn insert(&self, key: K, n: u64) -> Arc<Breaker> {
-        let _one_writer = self
+        let mut labelled = self
             .inserting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -144,18 +185,35 @@ where
         }
         let mut map = self.without_idle(&current, n);
         if map.len() >= self.max_keys {
-            // Full of busy keys: drop the least recently used one.
-            if let Some(lru) = map
+            // Full of busy keys: drop the least recently used closed one. Open and half-open
+            // breakers stay, or the next call would reach a downstream known to be down.
+            let lru = map
                 .iter()
+                .filter(|(_, e)| Self::evictable(e))
                 .min_by_key(|(_, e)| e.last_used.load(Relaxed))
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&lru);
+                .map(|(k, _)| k.clone());
+            match lru.and_then(|k| map.remove(&k)) {
+                Some(e) => e.breaker.retire_metrics(),
+                None => {
+                    // Idle breakers just dropped (none, as the map was full) must go too.
+                    if map.len() != current.len() {
+                        self.map.store(Arc::new(map));
+                    }
+                    return self.overflow();
+                }
             }
         }
         let mut config = self.config.clone();
         config.name = Arc::from(format!("{}/{}", self.config.name(), key));
-        let breaker = Arc::new(Breaker::new(config));
+        // Own labels for the first `max_keys` keys only: a recorder keeps every label it has
+        // seen, so churning keys must not mint new ones without end.
+        let label = if labelled.contains(&key) || labelled.len() < self.max_keys {
+            labelled.insert(key.clone());
+            config.name.clone()
+        } else {
+            Arc::from(format!("{}/{OTHER}", self.config.name()))
+        };
+        let breaker = Arc::new(Breaker::keyed(config, label));
         map.insert(
             key,
             Arc::new(Entry {
@@ -167,14 +225,19 @@ where
         breaker
     }
 
-    /// Closed breakers unused for the idle timeout are dropped; open or half-open ones stay, so
-    /// eviction never lets traffic through to a downstream known to be failing.
+    /// Closed breakers unused for the idle timeout are dropped (and leave the state gauges);
+    /// open or half-open ones stay, so eviction never lets traffic through to a downstream known
+    /// to be failing.
     fn without_idle(&self, map: &HashMap<K, Arc<Entry>>, n: u64) -> HashMap<K, Arc<Entry>> {
         let idle = crate::time::nanos_of(self.idle_timeout);
         map.iter()
             .filter(|(_, e)| {
-                n.saturating_sub(e.last_used.load(Relaxed)) < idle
-                    || e.breaker.state() != State::Closed
+                let keep =
+                    n.saturating_sub(e.last_used.load(Relaxed)) < idle || !Self::evictable(e);
+                if !keep {
+                    e.breaker.retire_metrics();
+                }
+                keep
             })
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()

@@ -70,8 +70,11 @@ impl CircuitBreakerLayer {
     }
 
     /// A layer with one breaker per key computed by `key` from each request, all built from
-    /// `config` and named `<name>/<key>`. At most 1024 keys by default (the least recently used
-    /// goes first); closed breakers idle for 10 minutes are dropped when a new key arrives.
+    /// `config` and named `<name>/<key>`. At most 1024 keys by default: to make room the least
+    /// recently used closed breaker goes, and closed breakers idle for 10 minutes are dropped
+    /// when a new key arrives. Open and half-open breakers are never dropped; while every slot
+    /// holds one, new keys share an overflow breaker named `<name>/(other)`. Only the first
+    /// `max_keys` keys get their own metrics label; later ones use `<name>/(other)`.
     ///
     /// ```
     /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
@@ -161,8 +164,9 @@ where
         self.picker.breakers.clone()
     }
 
-    /// At most `max` breakers (at least 1). Set it before layering or cloning: it starts a new,
-    /// empty family.
+    /// At most `max` breakers (at least 1), plus the shared overflow breaker, and at most `max`
+    /// own metric labels plus `<name>/(other)`. Set it before layering or cloning: it starts a
+    /// new, empty family.
     pub fn max_keys(mut self, max: usize) -> Self {
         let b = &self.picker.breakers;
         self.picker.breakers = Arc::new(KeyedBreakers::new(

@@ -8,7 +8,10 @@
 //!   minimum number of calls.
 //! - **Open → half-open → closed**: after the open duration (fixed or growing with consecutive
 //!   openings; lengthened by a downstream's `Retry-After`), exactly N probes decide. A cancelled
-//!   probe returns its permit; results from an earlier period are ignored.
+//!   probe returns its permit, and so does one whose inner `call` or future panics; a probe that
+//!   hangs without being dropped is given up after the half-open max wait
+//!   ([`Builder::half_open_max_wait`], on by default); results from an earlier period are
+//!   ignored.
 //! - **Operator control** through a [`CircuitBreakerHandle`], events through listeners, and
 //!   metrics through the `metrics` facade (feature `metrics`, on by default).
 //! - **Keyed** breakers, one per host or route: [`CircuitBreakerLayer::keyed`].
@@ -53,6 +56,10 @@ mod layer;
 mod select;
 mod service;
 mod state;
+pub(crate) mod sync;
+
+#[cfg(all(test, rampart_loom))]
+mod loom_tests;
 
 pub use crate::ConfigError;
 pub use crate::ReturnError;

@@ -72,11 +72,13 @@ impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
     {
         let breaker = self.picker.select(&req);
         match breaker.try_acquire(Instant::now) {
-            Ok(permit) => ResponseFuture::called(
-                self.inner.call(req),
-                Guard::new(breaker, permit),
-                self.classifier.clone(),
-            ),
+            Ok(permit) => {
+                // Guard first: if the inner `call` panics, unwinding drops the guard and a
+                // half-open probe permit comes back instead of being lost.
+                let guard = Guard::new(breaker, permit);
+                let future = self.inner.call(req);
+                ResponseFuture::called(future, guard, self.classifier.clone())
+            }
             Err(rejected) => ResponseFuture::rejected(reject(CircuitOpen::new(
                 breaker.shared_name().clone(),
                 rejected,

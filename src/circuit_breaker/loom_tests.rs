@@ -1,0 +1,220 @@
+//! Model checks of the breaker's permit accounting with loom: every interleaving (up to the
+//! preemption bound) of a few threads racing one breaker.
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg rampart_loom" CARGO_TARGET_DIR=target/loom cargo test --release --lib loom_
+//! ```
+//!
+//! The breaker's atomics and transition lock come from loom in this build (see `sync.rs`). The
+//! cfg is our own because a global `--cfg loom` changes tokio too. The event counters below are
+//! plain std atomics, which is fine because loom runs one thread at a time.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use loom::thread;
+use tokio::time::Instant;
+
+use super::{Breaker, Builder, Config, EventKind, State, future::Guard};
+use crate::classify::Outcome;
+
+/// Explores `f` with at most three preemptions per execution unless `LOOM_MAX_PREEMPTIONS`
+/// says otherwise: unbounded, the three-thread models take many minutes.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(f);
+}
+
+/// Transitions into each state, counted by a listener.
+#[derive(Default)]
+struct Transitions {
+    to_open: AtomicUsize,
+    to_half_open: AtomicUsize,
+}
+
+fn breaker(builder: Builder) -> (Arc<Breaker>, Arc<Transitions>) {
+    let seen = Arc::new(Transitions::default());
+    let s = seen.clone();
+    let config = builder
+        .on_event(move |e| match e.kind {
+            EventKind::Transition {
+                to: State::Open, ..
+            } => {
+                s.to_open.fetch_add(1, SeqCst);
+            }
+            EventKind::Transition {
+                to: State::HalfOpen,
+                ..
+            } => {
+                s.to_half_open.fetch_add(1, SeqCst);
+            }
+            _ => {}
+        })
+        .build()
+        .unwrap();
+    (Arc::new(Breaker::new(config)), seen)
+}
+
+/// An open breaker whose open duration has passed at `t0 + 1 s`, with `permits` probes.
+fn open_breaker(permits: u32) -> (Arc<Breaker>, Arc<Transitions>, Instant) {
+    let (b, seen) = breaker(
+        Config::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .half_open_permits(permits)
+            .half_open_max_wait(None),
+    );
+    let t0 = Instant::now();
+    let p = b.try_acquire(|| t0).unwrap();
+    b.record(p, &Outcome::FAILURE, || t0);
+    assert_eq!(b.state(), State::Open);
+    (b, seen, t0 + Duration::from_secs(1))
+}
+
+/// Racing threads at the Open -> HalfOpen boundary get at most N permits in total, and the
+/// breaker turns half-open exactly once.
+#[test]
+fn loom_half_open_boundary_grants_at_most_n_permits() {
+    for (permits, threads) in [(1, 2), (2, 3)] {
+        model(move || {
+            let (b, seen, t) = open_breaker(permits);
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let b = b.clone();
+                    // Hold the permit past the join: a finished probe would let another in.
+                    thread::spawn(move || b.try_acquire(|| t).ok())
+                })
+                .collect();
+            let held: Vec<_> = handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect();
+            assert_eq!(held.len(), permits as usize, "exactly N probes granted");
+            assert!(held.iter().all(|p| p.is_probe()));
+            assert_eq!(seen.to_half_open.load(SeqCst), 1, "one transition");
+            assert_eq!(b.state(), State::HalfOpen);
+            for p in held {
+                b.release(p);
+            }
+        });
+    }
+}
+
+/// Concurrent failures that cross the threshold produce exactly one transition and one event.
+#[test]
+fn loom_concurrent_failures_open_exactly_once() {
+    for threads in [2, 3] {
+        model(move || {
+            // Growing open durations make a second opening visible: it would double the wait.
+            let (b, seen) = breaker(
+                Config::builder()
+                    .consecutive_failures(2)
+                    .open_duration(Duration::from_secs(1))
+                    .open_duration_growth(2.0, Duration::from_secs(60)),
+            );
+            let t = Instant::now();
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let b = b.clone();
+                    thread::spawn(move || {
+                        // Admitted while closed, failing after the others were admitted or not.
+                        if let Ok(p) = b.try_acquire(|| t) {
+                            b.record(p, &Outcome::FAILURE, || t);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(b.state(), State::Open);
+            assert_eq!(
+                seen.to_open.load(SeqCst),
+                1,
+                "one Closed -> Open transition"
+            );
+            assert_eq!(
+                b.snapshot(t).retry_after,
+                Some(Duration::from_secs(1)),
+                "opened once, not twice"
+            );
+        });
+    }
+}
+
+/// A probe permit given back by a cancelled call (its guard dropped, as when a caller drops the
+/// response future or a panic unwinds through it) is never lost, whatever a racing acquirer
+/// does, and at no moment are more than N probes out.
+///
+/// Loom cannot unwind a real panic here: its threads share one OS thread, whose panic count
+/// would poison the other threads' locks. The drop of the guard is the same code either way;
+/// `tests/breaker_faults.rs` covers the real panics.
+#[test]
+fn loom_cancelled_probes_give_their_permits_back() {
+    model(|| {
+        let (b, _, t) = open_breaker(1);
+        let out = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (b, out) = (b.clone(), out.clone());
+                thread::spawn(move || {
+                    let Ok(permit) = b.try_acquire(|| t) else {
+                        return;
+                    };
+                    assert_eq!(out.fetch_add(1, SeqCst), 0, "two probes out at once");
+                    let guard = Guard::new(&*b, permit);
+                    // Counted back in before the guard goes: its release lets the next in.
+                    out.fetch_sub(1, SeqCst);
+                    drop(guard);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(b.state(), State::HalfOpen);
+        let p = b
+            .try_acquire(|| t)
+            .expect("the permit came back: the breaker admits a probe");
+        b.record(p, &Outcome::Success, || t);
+        assert_eq!(b.state(), State::Closed);
+    });
+}
+
+/// A probe released after its half-open period ended (another probe's failure reopened the
+/// breaker and a new period began) must not free a permit of the new period.
+#[test]
+fn loom_a_stale_release_frees_nothing_in_the_next_period() {
+    model(|| {
+        let (b, _, t) = open_breaker(2);
+        let stale = b.try_acquire(|| t).unwrap();
+        let failing = b.try_acquire(|| t).unwrap();
+        let later = t + Duration::from_secs(2);
+        let b2 = b.clone();
+        // Reopens, then takes both permits of the next half-open period, racing the release.
+        let racer = thread::spawn(move || {
+            b2.record(failing, &Outcome::FAILURE, || t);
+            let first = b2.try_acquire(|| later).ok();
+            let second = b2.try_acquire(|| later).ok();
+            (first, second)
+        });
+        b.release(stale);
+        let (first, second) = racer.join().unwrap();
+        let (first, second) = (first.expect("probe 1"), second.expect("probe 2"));
+        assert_eq!(
+            b.try_acquire(|| later).unwrap_err().state(),
+            State::HalfOpen,
+            "both permits of the new period are out"
+        );
+        b.release(first);
+        b.release(second);
+    });
+}

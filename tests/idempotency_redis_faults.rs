@@ -1,0 +1,813 @@
+//! Exactly-once against a real redis-server under real faults: Redis paused (SIGSTOP) or killed
+//! and restarted mid-handler, corrupt and foreign records, the key deleted (DEL, FLUSHALL)
+//! mid-handler, a claim slower than the store timeout (CLIENT PAUSE), and `WAIT` for a replica
+//! that goes away. Each app runs behind a real axum server, called by a real HTTP client.
+//!
+//! The handler counts its invocations and commits into a fenced ledger (one row per key, with
+//! the owner token that wrote it); it selects on `lease().lost()` and checks `is_held()` before
+//! committing, and answers 503 with `DoNotStore` when it lost its key. For every scenario:
+//! - commits <= 1 per key, and no handler ever tried to commit without holding its lease
+//!   (the ledger's unique constraint is a backstop that these schedules never need);
+//! - every answer is a documented status;
+//! - no key is stuck: one lease after the fault clears, a retry is replayed or runs once.
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Extension, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use common::redis_server::RedisServer;
+use tower_rampart::idempotency::{
+    DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext, IdempotencyLayer, OnStoreError,
+    RedisStore, Store, problem_types,
+};
+
+const LEASE: Duration = Duration::from_millis(400);
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The stale owner's work: far longer than it takes the layer to tell it the lease is lost.
+const LONG_WORK: u64 = 3_000;
+const SHORT_WORK: u64 = 50;
+const LOST_BODY: &str = "lease lost: not committed";
+
+// ---------------------------------------------------------------------------------------------
+// The fenced ledger and the handler.
+
+#[derive(Default)]
+struct Books {
+    /// Invocations per scoped key.
+    invocations: HashMap<String, usize>,
+    /// Commit attempts per scoped key (by handlers that held their lease), by owner token.
+    attempts: HashMap<String, Vec<u128>>,
+    /// The payments: one row per key, with the token that wrote it (the unique constraint).
+    rows: HashMap<String, u128>,
+    /// Owner tokens whose handler learned that its lease was lost.
+    lost: HashSet<u128>,
+    /// The token of each invocation, in order, per key.
+    tokens: HashMap<String, Vec<u128>>,
+}
+
+#[derive(Clone, Default)]
+struct Ledger(Arc<Mutex<Books>>);
+
+impl Ledger {
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn invocations(&self, key: &str) -> usize {
+        self.books()
+            .invocations
+            .get(&scoped(key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn attempts(&self, key: &str) -> usize {
+        self.books().attempts.get(&scoped(key)).map_or(0, Vec::len)
+    }
+
+    fn commits(&self, key: &str) -> usize {
+        usize::from(self.books().rows.contains_key(&scoped(key)))
+    }
+
+    fn first_token(&self, key: &str) -> u128 {
+        self.books().tokens[&scoped(key)][0]
+    }
+
+    fn saw_loss(&self, token: u128) -> bool {
+        self.books().lost.contains(&token)
+    }
+
+    /// The invariants of every scenario: at most one commit and one commit attempt per key.
+    fn check_once(&self) {
+        let b = self.books();
+        for (key, attempts) in &b.attempts {
+            assert!(
+                attempts.len() <= 1,
+                "{key}: {} commit attempts by owners that believed they held the key ({:?})",
+                attempts.len(),
+                b.invocations.get(key)
+            );
+        }
+    }
+}
+
+/// The layer's scoped form of a client key with global keys.
+fn scoped(key: &str) -> String {
+    format!("0::{key}")
+}
+
+/// The Redis key of a client key: the store's prefix, then the scoped key.
+fn redis_key(key: &str) -> String {
+    format!("idempotency:{}", scoped(key))
+}
+
+/// Takes `x-work-ms` (50 ms by default; not part of the fingerprint), stopping early if the
+/// lease is lost; commits only while it holds the lease, fenced by the ledger.
+async fn pay(
+    State(ledger): State<Ledger>,
+    Extension(ctx): Extension<IdempotencyContext>,
+    headers: HeaderMap,
+) -> Response {
+    let work = headers
+        .get("x-work-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(SHORT_WORK);
+    let token = ctx.token.as_u128();
+    let key = ctx.key.to_string();
+    let run = {
+        let mut b = ledger.books();
+        b.tokens.entry(key.clone()).or_default().push(token);
+        let n = b.invocations.entry(key.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let lost = tokio::select! {
+        () = ctx.lease().lost() => true,
+        () = tokio::time::sleep(Duration::from_millis(work)) => !ctx.lease().is_held(),
+    };
+    if lost {
+        ledger.books().lost.insert(token);
+        let mut res = (StatusCode::SERVICE_UNAVAILABLE, LOST_BODY).into_response();
+        res.extensions_mut().insert(DoNotStore);
+        return res;
+    }
+    let mut b = ledger.books();
+    b.attempts.entry(key.clone()).or_default().push(token);
+    if b.rows.contains_key(&key) {
+        // The fence: a stale owner's write is refused. Never expected in these schedules.
+        return (StatusCode::CONFLICT, "already processed").into_response();
+    }
+    b.rows.insert(key, token);
+    (StatusCode::CREATED, format!("{{\"run\":{run}}}")).into_response()
+}
+
+struct App {
+    url: String,
+    ledger: Ledger,
+    store: RedisStore,
+}
+
+async fn app_with(
+    store: RedisStore,
+    lease: Duration,
+    timeout: Duration,
+    on_error: OnStoreError,
+) -> App {
+    let layer = IdempotencyLayer::builder()
+        .store(store.clone())
+        .global_keys()
+        .lease(lease)
+        .store_timeout(timeout)
+        .ttl(Duration::from_secs(600))
+        .on_store_error(on_error)
+        .build()
+        .unwrap();
+    let ledger = Ledger::default();
+    let router = Router::new()
+        .route("/pay", post(pay))
+        .with_state(ledger.clone())
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    App {
+        url: format!("http://{addr}/pay"),
+        ledger,
+        store,
+    }
+}
+
+async fn app(redis: &RedisServer) -> App {
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    app_with(store, LEASE, STORE_TIMEOUT, OnStoreError::FailClosed).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers.
+
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    replayed: bool,
+    problem: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn is_problem(&self, kind: &str) -> bool {
+        self.problem.as_deref() == Some(kind)
+    }
+
+    fn handler_lost(&self) -> bool {
+        self.status == 503 && self.problem.is_none() && self.body == LOST_BODY
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+async fn send(url: &str, key: &str, work_ms: u64) -> Answer {
+    let res = client()
+        .post(url)
+        .header("idempotency-key", key)
+        .header("x-work-ms", work_ms.to_string())
+        .body("{\"amount\":1}")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let replayed = res
+        .headers()
+        .get(IDEMPOTENT_REPLAYED)
+        .is_some_and(|v| v == "true");
+    let is_problem = res
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/problem+json");
+    let body = res.text().await.unwrap();
+    let problem = is_problem.then(|| {
+        let v: serde_json::Value = serde_json::from_str(&body).expect("problem+json is JSON");
+        v["type"].as_str().expect("a problem type").to_owned()
+    });
+    Answer {
+        status,
+        replayed,
+        problem,
+        body,
+    }
+}
+
+/// Every answer is one the README documents (for this layer and this handler).
+fn documented(a: &Answer) {
+    use problem_types as p;
+    let ok = match a.status {
+        201 => a.problem.is_none(),
+        409 => a.is_problem(p::IN_FLIGHT) || a.is_problem(p::NOT_REPLAYABLE),
+        422 => a.is_problem(p::MISMATCH),
+        500 => a.is_problem(p::UNREADABLE_RECORD) || a.is_problem(p::HANDLER_FAILED),
+        503 => a.is_problem(p::STORE_UNAVAILABLE) || a.handler_lost(),
+        _ => false,
+    };
+    assert!(ok, "undocumented answer {a:?}");
+}
+
+/// Waits until the app's own Redis connection answers again (the fault has cleared).
+async fn until_ready(store: &RedisStore) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.ready().await.is_err() {
+        assert!(Instant::now() < deadline, "redis never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One lease after the fault cleared, a retry is replayed or runs once, and the key then
+/// holds exactly one commit.
+async fn not_stuck(app: &App, key: &str, lease: Duration) -> Answer {
+    until_ready(&app.store).await;
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+    let a = send(&app.url, key, SHORT_WORK).await;
+    documented(&a);
+    assert_eq!(
+        a.status, 201,
+        "{key}: stuck one lease after the fault: {a:?}"
+    );
+    assert_eq!(app.ledger.commits(key), 1, "{key}");
+    // And it stays answered: a replay, never a second run.
+    let again = send(&app.url, key, SHORT_WORK).await;
+    assert_eq!(
+        (again.status, again.replayed),
+        (201, true),
+        "{key}: {again:?}"
+    );
+    assert_eq!(again.body, a.body);
+    app.ledger.check_once();
+    a
+}
+
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    redis
+        .cli(&["PTTL", &redis_key(key)])
+        .and_then(|s| s.parse().ok())
+        .expect("PTTL answers an integer")
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The redis-server's pid, from `INFO server`.
+fn pid(redis: &RedisServer) -> String {
+    let info = redis.cli(&["INFO", "server"]).unwrap();
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .expect("INFO server names the process")
+        .to_owned()
+}
+
+/// SIGSTOPs a process; SIGCONTs it when dropped (even if the test fails).
+struct Stopped(String);
+
+impl Stopped {
+    fn stop(pid: String) -> Self {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// a. Redis paused (SIGSTOP) for two leases mid-handler, duplicates arriving throughout.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_mid_handler_runs_the_key_once() {
+    let redis = RedisServer::start();
+    let app = app(&redis).await;
+    let key = "a-paused";
+    assert_eq!(send(&app.url, "a-warm-up", 0).await.status, 201);
+
+    let first = tokio::spawn({
+        let url = app.url.clone();
+        async move { send(&url, key, LONG_WORK).await }
+    });
+    until("the first handler runs", || {
+        app.ledger.invocations(key) == 1
+    })
+    .await;
+    let owner = app.ledger.first_token(key);
+
+    let mut answers = Vec::new();
+    {
+        let _stopped = Stopped::stop(pid(&redis));
+        let pause_ends = Instant::now() + LEASE * 2;
+        while Instant::now() < pause_ends {
+            // Each duplicate waits out its store timeout: Redis does not answer.
+            answers.push(send(&app.url, key, SHORT_WORK).await);
+        }
+        // The owner learned it while Redis was still stopped: renewals failed for a lease.
+        assert!(
+            app.ledger.saw_loss(owner),
+            "after two leases without a renewal, the owner was told its lease was lost"
+        );
+    } // SIGCONT
+    // Duplicates keep arriving as Redis resumes and works off what queued up meanwhile.
+    let resumed = Instant::now();
+    while resumed.elapsed() < LEASE {
+        answers.push(send(&app.url, key, SHORT_WORK).await);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let first = first.await.unwrap();
+    answers.iter().for_each(documented);
+    documented(&first);
+
+    assert!(
+        first.handler_lost(),
+        "the owner was told it lost the key while Redis was paused: {first:?}"
+    );
+    assert!(app.ledger.saw_loss(owner));
+    let during = answers
+        .iter()
+        .filter(|a| a.is_problem(problem_types::STORE_UNAVAILABLE))
+        .count();
+    assert!(
+        during >= 2,
+        "duplicates during the pause were refused: {answers:?}"
+    );
+    not_stuck(&app, key, LEASE).await;
+    assert!(
+        app.ledger.invocations(key) <= 2,
+        "the stale owner and at most one successor: {}",
+        app.ledger.invocations(key)
+    );
+    assert_eq!(app.ledger.attempts(key), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. redis-server killed mid-handler and restarted without persistence: the claim is gone.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_without_the_claim_tells_the_owner() {
+    let mut redis = RedisServer::start();
+    let app = app(&redis).await;
+    let key = "b-restarted";
+    assert_eq!(send(&app.url, "b-warm-up", 0).await.status, 201);
+
+    let first = tokio::spawn({
+        let url = app.url.clone();
+        async move { send(&url, key, LONG_WORK).await }
+    });
+    until("the first handler runs", || {
+        app.ledger.invocations(key) == 1
+    })
+    .await;
+    let owner = app.ledger.first_token(key);
+
+    blocking(|| {
+        redis.kill();
+        redis.restart();
+    });
+    assert_eq!(
+        redis.cli(&["EXISTS", &redis_key(key)]).as_deref(),
+        Some("0")
+    );
+    until_ready(&app.store).await;
+    // A duplicate after the restart finds no claim: it may run.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(send(&app.url, key, SHORT_WORK).await);
+    }
+    let first = first.await.unwrap();
+    answers.iter().for_each(documented);
+    documented(&first);
+
+    assert!(
+        app.ledger.saw_loss(owner),
+        "the first handler learned that its claim was lost: {first:?}"
+    );
+    assert!(first.handler_lost(), "{first:?}");
+    assert!(
+        app.ledger.books().rows.get(&scoped(key)) != Some(&owner),
+        "the stale owner never committed"
+    );
+    not_stuck(&app, key, LEASE).await;
+    assert!(app.ledger.invocations(key) <= 2);
+    assert_eq!(app.ledger.attempts(key), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// c. Corrupt, foreign and expiry-less records: never run, never stuck forever.
+
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn get_raw(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<u8> {
+    redis::cmd("GET")
+        .arg(redis_key(key))
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// `SET` without `PX`: no expiry.
+async fn set_raw(conn: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
+    let () = redis::cmd("SET")
+        .arg(redis_key(key))
+        .arg(value)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_records_never_run_and_always_expire() {
+    let redis = RedisServer::start();
+    // A generous store timeout: these answers must not be confused with a slow store.
+    let timeout = Duration::from_millis(300);
+    let closed = app_with(
+        RedisStore::connect(&redis.url()).await.unwrap(),
+        LEASE,
+        timeout,
+        OnStoreError::FailClosed,
+    )
+    .await;
+    let open = app_with(
+        RedisStore::connect(&redis.url()).await.unwrap(),
+        LEASE,
+        timeout,
+        OnStoreError::FailOpen,
+    )
+    .await;
+    let mut conn = raw(&redis).await;
+
+    // A real completed record, to damage.
+    let done = send(&closed.url, "c-real", 0).await;
+    assert_eq!(done.status, 201);
+    let record = get_raw(&mut conn, "c-real").await;
+    assert_eq!(record[0], 2, "a completed record");
+    assert!(record.len() > 60);
+
+    // Unreadable values: garbage, other types, truncated records.
+    set_raw(&mut conn, "c-garbage", b"\xff\x00not a record\x01\x02").await;
+    set_raw(&mut conn, "c-empty", b"").await;
+    set_raw(&mut conn, "c-number", b"12345").await;
+    set_raw(&mut conn, "c-cut-header", &record[..40]).await;
+    set_raw(&mut conn, "c-cut-body", &record[..record.len() - 3]).await;
+    let mut bad_version = record.clone();
+    bad_version[49] = 0xee; // the completion's version byte
+    set_raw(&mut conn, "c-bad-version", &bad_version).await;
+    let mut in_flight_long = record[..49].to_vec();
+    in_flight_long[0] = 1;
+    in_flight_long.push(0); // an in-flight record is exactly 49 bytes
+    set_raw(&mut conn, "c-in-flight-long", &in_flight_long).await;
+    let others: [(&str, &str, &[&str]); 3] = [
+        ("RPUSH", "c-list", &["a", "b"]),
+        ("HSET", "c-hash", &["state", "done"]),
+        ("SADD", "c-set", &["x"]),
+    ];
+    for (cmd, key, args) in others {
+        let _: redis::Value = redis::cmd(cmd)
+            .arg(redis_key(key))
+            .arg(args)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let unreadable = [
+        "c-garbage",
+        "c-empty",
+        "c-number",
+        "c-cut-header",
+        "c-cut-body",
+        "c-bad-version",
+        "c-in-flight-long",
+        "c-list",
+        "c-hash",
+        "c-set",
+    ];
+    for key in unreadable {
+        assert_eq!(pttl(&redis, key), -1, "{key} starts without expiry");
+        for app in [&closed, &open, &closed] {
+            let a = send(&app.url, key, 0).await;
+            documented(&a);
+            assert_eq!(a.status, 500, "{key}: {a:?}");
+            assert!(
+                a.is_problem(problem_types::UNREADABLE_RECORD),
+                "{key}: {a:?}"
+            );
+        }
+        let ttl = pttl(&redis, key);
+        assert!(
+            ttl > 0,
+            "{key} got an expiry, so it is not stuck forever: {ttl}"
+        );
+        assert_eq!(closed.ledger.invocations(key), 0, "{key} never ran");
+        assert_eq!(
+            open.ledger.invocations(key),
+            0,
+            "{key} never ran, even failing open"
+        );
+    }
+
+    // Readable records without expiry: answered from the record, and given an expiry.
+    set_raw(&mut conn, "c-done-forever", &record).await;
+    let a = send(&closed.url, "c-done-forever", 0).await;
+    assert_eq!((a.status, a.replayed), (201, true), "{a:?}");
+    assert_eq!(a.body, done.body);
+    assert!(pttl(&redis, "c-done-forever") > 0);
+
+    let mut other = record.clone();
+    other[1] ^= 0xff; // another fingerprint
+    set_raw(&mut conn, "c-other-request", &other).await;
+    let a = send(&closed.url, "c-other-request", 0).await;
+    documented(&a);
+    assert_eq!(a.status, 422, "{a:?}");
+    assert!(pttl(&redis, "c-other-request") > 0);
+
+    // An in-flight record whose owner is gone and that never got an expiry: 409 for at most
+    // one lease, then it runs.
+    let mut orphan = record[..49].to_vec();
+    orphan[0] = 1;
+    set_raw(&mut conn, "c-orphan", &orphan).await;
+    let a = send(&closed.url, "c-orphan", 0).await;
+    documented(&a);
+    assert!(a.is_problem(problem_types::IN_FLIGHT), "{a:?}");
+    let ttl = pttl(&redis, "c-orphan");
+    assert!(
+        ttl > 0 && ttl <= LEASE.as_millis() as i64,
+        "an orphaned claim lasts one lease: {ttl}"
+    );
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+    let a = send(&closed.url, "c-orphan", 0).await;
+    assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
+    assert_eq!(closed.ledger.invocations("c-orphan"), 1);
+
+    for key in ["c-done-forever", "c-other-request"] {
+        assert_eq!(closed.ledger.invocations(key), 0, "{key}");
+    }
+    closed.ledger.check_once();
+    open.ledger.check_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_expires_after_its_ttl_and_the_key_runs_again() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_millis(500);
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .unreadable_ttl(ttl);
+    let app = app_with(
+        store,
+        LEASE,
+        Duration::from_millis(300),
+        OnStoreError::FailOpen,
+    )
+    .await;
+    let mut conn = raw(&redis).await;
+    set_raw(&mut conn, "c-expiring", b"garbage").await;
+    let a = send(&app.url, "c-expiring", 0).await;
+    assert!(a.is_problem(problem_types::UNREADABLE_RECORD), "{a:?}");
+    let left = pttl(&redis, "c-expiring");
+    assert!(left > 0 && left <= ttl.as_millis() as i64, "{left}");
+    assert_eq!(app.ledger.invocations("c-expiring"), 0);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let a = send(&app.url, "c-expiring", 0).await;
+    assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
+    assert_eq!(app.ledger.invocations("c-expiring"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// d. The key deleted (DEL, FLUSHALL) mid-handler.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_mid_handler_loses_the_lease() {
+    let redis = RedisServer::start();
+    let app = app(&redis).await;
+    assert_eq!(send(&app.url, "d-warm-up", 0).await.status, 201);
+
+    // DEL, with a duplicate right behind it that may run; FLUSHALL, with none.
+    for (key, wipe, duplicate) in [("d-del", "DEL", true), ("d-flushall", "FLUSHALL", false)] {
+        let first = tokio::spawn({
+            let url = app.url.clone();
+            async move { send(&url, key, LONG_WORK).await }
+        });
+        until("the first handler runs", || {
+            app.ledger.invocations(key) == 1
+        })
+        .await;
+        let owner = app.ledger.first_token(key);
+        let rk = redis_key(key);
+        let args: &[&str] = if wipe == "DEL" {
+            &["DEL", &rk]
+        } else {
+            &["FLUSHALL"]
+        };
+        assert_eq!(
+            redis.cli(args).as_deref(),
+            Some(if wipe == "DEL" { "1" } else { "OK" })
+        );
+        let dup = if duplicate {
+            let a = send(&app.url, key, SHORT_WORK).await;
+            documented(&a);
+            Some(a)
+        } else {
+            None
+        };
+        let first = first.await.unwrap();
+        documented(&first);
+        assert!(
+            first.handler_lost(),
+            "{wipe}: {first:?} (duplicate: {dup:?})"
+        );
+        assert!(
+            app.ledger.saw_loss(owner),
+            "{wipe}: lease().lost() resolved"
+        );
+        not_stuck(&app, key, LEASE).await;
+        assert!(app.ledger.invocations(key) <= 2, "{wipe}");
+        assert_eq!(app.ledger.attempts(key), 1, "{wipe}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// e. A claim slower than the store timeout lands after the layer gave up on it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_claim_does_not_hold_the_key_for_a_lease() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_millis(600);
+    let timeout = Duration::from_millis(80);
+    let pause = Duration::from_millis(250);
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let app = app_with(store, lease, timeout, OnStoreError::FailClosed).await;
+    let key = "e-late";
+    assert_eq!(send(&app.url, "e-warm-up", 0).await.status, 201);
+
+    let ms = pause.as_millis().to_string();
+    assert_eq!(
+        redis.cli(&["CLIENT", "PAUSE", &ms, "ALL"]).as_deref(),
+        Some("OK")
+    );
+    let a = send(&app.url, key, SHORT_WORK).await;
+    documented(&a);
+    assert!(a.is_problem(problem_types::STORE_UNAVAILABLE), "{a:?}");
+    assert_eq!(app.ledger.invocations(key), 0);
+    // Returns once the pause is over; the claim has landed by then.
+    assert_eq!(blocking(|| redis.cli(&["PING"])).as_deref(), Some("PONG"));
+
+    // The late claim would hold the key until a lease after the pause. Its release, sent in
+    // the background, needs a moment: on a Redis that never ran the release script, the
+    // releases queued during the pause meet NOSCRIPT after their caller gave up on them, so
+    // only the next attempt (tens of ms later) loads the script and frees the key. A quarter
+    // lease after the pause, well within the late claim's lease, the retry runs.
+    tokio::time::sleep(lease / 4).await;
+    let a = send(&app.url, key, SHORT_WORK).await;
+    documented(&a);
+    assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
+    assert_eq!(app.ledger.invocations(key), 1);
+    let again = send(&app.url, key, SHORT_WORK).await;
+    assert_eq!((again.status, again.replayed), (201, true), "{again:?}");
+    app.ledger.check_once();
+}
+
+// ---------------------------------------------------------------------------------------------
+// f. WAIT for a replica.
+
+fn link_up(replica: &RedisServer) -> bool {
+    replica
+        .cli(&["INFO", "replication"])
+        .is_some_and(|i| i.lines().any(|l| l.trim() == "master_link_status:up"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_replica_refuses_when_it_is_gone() {
+    let primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !blocking(|| link_up(&replica)) {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let store = RedisStore::connect(&primary.url())
+        .await
+        .unwrap()
+        .wait_for_replicas(1, Duration::from_millis(100));
+    let app = app_with(
+        store,
+        Duration::from_millis(600),
+        Duration::from_millis(300),
+        OnStoreError::FailClosed,
+    )
+    .await;
+
+    let a = send(&app.url, "f-replicated", 0).await;
+    assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
+    assert_eq!(
+        replica
+            .cli(&["EXISTS", &redis_key("f-replicated")])
+            .as_deref(),
+        Some("1"),
+        "the replica has the completion"
+    );
+
+    blocking(|| replica.kill());
+    let a = send(&app.url, "f-unreplicated", 0).await;
+    documented(&a);
+    assert!(a.is_problem(problem_types::STORE_UNAVAILABLE), "{a:?}");
+    assert_eq!(app.ledger.invocations("f-unreplicated"), 0, "not run");
+    // A replay needs no new write, so no replica.
+    let a = send(&app.url, "f-replicated", 0).await;
+    assert_eq!((a.status, a.replayed), (201, true), "{a:?}");
+
+    // The replica comes back: the refused key runs once.
+    blocking(|| replica.restart());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !blocking(|| link_up(&replica)) {
+        assert!(Instant::now() < deadline, "the replica never synced again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = send(&app.url, "f-unreplicated", 0).await;
+    assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
+    assert_eq!(app.ledger.invocations("f-unreplicated"), 1);
+    app.ledger.check_once();
+}

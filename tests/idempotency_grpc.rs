@@ -3,11 +3,8 @@
 //! POST), and a real tonic client that sends `idempotency-key` metadata. A retried call is
 //! replayed with its gRPC status, which lives in the trailers (or, for an error, in the
 //! trailers-only headers), on the memory store and on a real redis-server.
-//!
-//! tonic's request body (`tonic::body::Body`) has no `From<Bytes>`, which the layer needs to
-//! hand the buffered request on, so `Server::builder().layer(IdempotencyLayer)` does not
-//! compile: the stack converts the request body to `axum::body::Body` around the layer, and back
-//! for tonic's routes.
+//! The layer goes straight onto `Server::builder().layer(..)`: tonic's routes take the buffered
+//! body it hands on.
 
 mod common;
 
@@ -25,7 +22,7 @@ use std::{
 use common::redis_server::RedisServer;
 use http::uri::PathAndQuery;
 use tonic::{Code, Status, body::Body, server::NamedService, transport::Server};
-use tower::{Service, ServiceBuilder};
+use tower::Service;
 use tower_rampart::idempotency::{IDEMPOTENT_REPLAYED, IdempotencyLayer, RedisStore, Store};
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -131,18 +128,13 @@ async fn server<St: Store>(store: St) -> (String, Arc<AtomicUsize>) {
         .global_keys()
         .build()
         .unwrap();
-    let stack = ServiceBuilder::new()
-        .map_request(|r: http::Request<Body>| r.map(axum::body::Body::new))
-        .layer(layer)
-        .map_request(|r: http::Request<axum::body::Body>| r.map(Body::new))
-        .into_inner();
     let payments = Payments::default();
     let runs = payments.runs.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         Server::builder()
-            .layer(stack)
+            .layer(layer)
             .add_service(payments)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await

@@ -81,7 +81,7 @@ impl<St> std::ops::Deref for Settings<St> {
 /// # fn main() -> Result<(), tower_rampart::ConfigError> {
 /// let layer = IdempotencyLayer::builder()
 ///     // The tenant header is set by the auth middleware in front of this layer.
-///     .scope(|req| req.headers().get("x-tenant")?.to_str().ok().map(str::to_owned))
+///     .scope(|req| req.headers.get("x-tenant")?.to_str().ok().map(str::to_owned))
 ///     .build()?;
 /// let app: axum::Router = axum::Router::new()
 ///     .route("/payments", axum::routing::post(|| async { (axum::http::StatusCode::CREATED, "{}") }))

@@ -79,13 +79,16 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The inner service gets the request's body as a [`Buffered`]: in memory when the layer read it
+/// (to fingerprint it), streaming otherwise. axum's `Router` and `Route` and tonic's `Routes`
+/// accept any body, so the layer fits them whatever body type the server hands it.
 impl<S, St, B, ResB> Service<Request<B>> for Idempotency<S, St>
 where
-    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<Buffered<B>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
-    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Into<BoxError>,
@@ -119,10 +122,10 @@ async fn pass<S, B, ResB>(
     req: Request<B>,
 ) -> Result<Response<Buffered<ResB>>, S::Error>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<Buffered<B>>, Response = Response<ResB>>,
 {
     Ok(service
-        .call(req)
+        .call(req.map(|b| Buffered::streaming(None, b)))
         .await?
         .map(|b| Buffered::streaming(None, b)))
 }
@@ -193,11 +196,11 @@ async fn handle<S, St, B, ResB>(
     req: Request<B>,
 ) -> Result<Response<Buffered<ResB>>, S::Error>
 where
-    S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<Buffered<B>>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
-    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Into<BoxError>,
@@ -349,7 +352,7 @@ where
                 token,
                 lease: lease_rx,
             });
-            let req = Request::from_parts(parts, B::from(bytes));
+            let req = Request::from_parts(parts, Buffered::<B>::full(bytes));
             let owned = Owned {
                 settings: settings.clone(),
                 key: scoped,
@@ -380,13 +383,12 @@ where
 async fn store_failed<S, St, B, ResB>(
     e: StoreError,
     settings: &Settings<St>,
-    service: S,
+    mut service: S,
     parts: http::request::Parts,
     bytes: Bytes,
 ) -> Result<Response<Buffered<ResB>>, S::Error>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
-    B: From<Bytes>,
+    S: Service<Request<Buffered<B>>, Response = Response<ResB>>,
 {
     let msg = format!("the request was not run: {e}");
     match (e.kind(), settings.on_store_error) {
@@ -414,7 +416,11 @@ where
             outcome("fail_open");
             #[cfg(feature = "tracing")]
             tracing::warn!(error = %e, "idempotency store down: running the handler unprotected");
-            pass(service, Request::from_parts(parts, B::from(bytes))).await
+            let req = Request::from_parts(parts, Buffered::<B>::full(bytes));
+            Ok(service
+                .call(req)
+                .await?
+                .map(|b| Buffered::streaming(None, b)))
         }
         (_, OnStoreError::FailClosed) => {
             outcome("store_error");

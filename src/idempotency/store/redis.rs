@@ -93,6 +93,10 @@ impl<C> RedisStore<C> {
     /// for at most `timeout`; fewer is a store error (the claim is answered 503 and released
     /// when its token is used again, or expires with its lease). This narrows, but does not
     /// close, the window in which a failover loses an acknowledged claim. Off by default.
+    ///
+    /// `WAIT` holds the connection it runs on, and the store multiplexes one connection: while
+    /// replicas lag, every store call queues behind it. Keep `timeout` well under the layer's
+    /// store timeout, or give the layer a store of its own.
     pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait = Some((replicas, timeout));
         self

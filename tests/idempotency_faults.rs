@@ -357,6 +357,47 @@ async fn the_lease_holds_while_the_body_is_read() {
     }
 }
 
+/// A response body that fails after the handler answered: the handler ran, so the key is
+/// completed as not replayable, never released for a second run.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_fails_midway_is_never_rerun() {
+    let ledger = Ledger::default();
+    let runs = ledger.invocations.clone();
+    let layer = IdempotencyLayer::builder()
+        .store(MemoryStore::new())
+        .global_keys()
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/pay",
+            post(move || async move {
+                runs.fetch_add(1, SeqCst);
+                let parts = futures_util::stream::iter([
+                    Ok(Bytes::from_static(b"{\"id\":")),
+                    Err(std::io::Error::other("the database connection dropped")),
+                ]);
+                (StatusCode::CREATED, Body::from_stream(parts))
+            }),
+        )
+        .layer(layer);
+    let first = send(&app, "/pay").await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        first.problem.as_deref(),
+        Some(problem_types::HANDLER_FAILED)
+    );
+    for _ in 0..3 {
+        tokio::time::sleep(LEASE * 2).await;
+        let retry = send(&app, "/pay").await;
+        assert_eq!(
+            retry.problem.as_deref(),
+            Some(problem_types::NOT_REPLAYABLE)
+        );
+    }
+    assert_eq!(ledger.invocations.load(SeqCst), 1);
+}
+
 /// A claim that lands after the layer gave up on it is released with its token, so a retry a
 /// moment later runs instead of meeting a 409 for a whole lease.
 #[tokio::test(start_paused = true)]

@@ -6,25 +6,34 @@
 //! PORT=8080 REDIS_URL=redis://127.0.0.1:6379 cargo run --example server   # Redis store
 //! ```
 //!
+//! `PORT` (default 3000) is the port on 127.0.0.1; `REDIS_URL` (unset: an in-memory store)
+//! a Redis or Redis Cluster node.
+//!
 //! - `POST /payments` with `{"amount": <integer>, "currency": "<string>"}` and an
 //!   `Idempotency-Key` header (required): about 100 ms of work, then 201 with
 //!   `{"id", "amount", "currency"}`; the same key and body replay it, another body is 422, a
 //!   concurrent duplicate 409.
+//! - Every error is `application/problem+json`. The layer's carry its own `type` URIs; a body
+//!   the handler cannot read (not JSON 400, wrong `Content-Type` 415, missing or mistyped
+//!   fields 422) has `"type": "about:blank"` and says why in `detail`, and its key is released
+//!   so a corrected retry may reuse it.
 //! - `GET /payments`: the payments this process created. `GET /healthz`: 200.
 //!   `GET /readyz`: 200 when the store answers, else 503. `GET /metrics`: Prometheus text.
 //!
 //! One log line per request, with the idempotency outcome.
 
 use std::{
+    io::ErrorKind,
     net::{Ipv4Addr, SocketAddr},
+    process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::{
     Json, Router,
-    extract::{Request, State},
-    http::StatusCode,
+    extract::{Request, State, rejection::JsonRejection},
+    http::{StatusCode, header::CONTENT_TYPE},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -55,7 +64,42 @@ struct App<St> {
     metrics: PrometheusHandle,
 }
 
-async fn create<St>(State(app): State<App<St>>, Json(new): Json<NewPayment>) -> Response {
+/// Marks the handler's own refusals for the log line.
+#[derive(Clone, Copy)]
+struct InvalidBody;
+
+/// A body the handler cannot read, as RFC 9457 problem+json with `type: about:blank` (so
+/// `title` is the status's phrase), apart from the layer's own problem types.
+fn invalid_body(rejection: JsonRejection) -> Response {
+    #[derive(Serialize)]
+    struct Problem {
+        r#type: &'static str,
+        title: &'static str,
+        status: u16,
+        detail: String,
+    }
+    let status = rejection.status();
+    let problem = Problem {
+        r#type: "about:blank",
+        title: status.canonical_reason().unwrap_or_default(),
+        status: status.as_u16(),
+        detail: rejection.body_text(),
+    };
+    let body = serde_json::to_string(&problem).expect("serializable");
+    let content_type = [(CONTENT_TYPE, "application/problem+json")];
+    let mut res = (status, content_type, body).into_response();
+    res.extensions_mut().insert(InvalidBody);
+    res
+}
+
+async fn create<St>(
+    State(app): State<App<St>>,
+    body: Result<Json<NewPayment>, JsonRejection>,
+) -> Response {
+    let new = match body {
+        Ok(Json(new)) => new,
+        Err(rejection) => return invalid_body(rejection),
+    };
     // The work a real payment does: call the bank, write the ledger.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let payment = Payment {
@@ -93,6 +137,8 @@ async fn log(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let outcome = if res.headers().contains_key(IDEMPOTENT_REPLAYED) {
         "replayed"
+    } else if res.extensions().get::<InvalidBody>().is_some() {
+        "released (invalid body)"
     } else if res
         .headers()
         .get("content-type")
@@ -153,17 +199,32 @@ fn router<St: Store + Clone>(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Before any layer is built: layers register their metric handles once.
     let metrics = PrometheusBuilder::new().install_recorder()?;
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000);
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT={p:?} is not a port number (1-65535)"))?,
+        Err(_) => 3000,
+    };
     let app = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("store: Redis at {url}");
-            router(RedisStore::connect(&url).await?, metrics)?
+            let store = RedisStore::connect(&url).await.map_err(|e| {
+                format!("cannot reach Redis at {url} ({e}); is redis-server running there?")
+            })?;
+            router(store, metrics)?
         }
         Err(_) => {
             println!("store: in memory (set REDIS_URL to use Redis)");
@@ -171,7 +232,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            let next = port.wrapping_add(1).max(1);
+            return Err(format!(
+                "port {port} is already in use on 127.0.0.1; pick another with PORT, \
+                 e.g. `PORT={next} cargo run --example server`"
+            )
+            .into());
+        }
+        Err(e) => return Err(format!("cannot listen on {addr}: {e}").into()),
+    };
     println!("listening on http://{addr}");
     println!(
         "try: curl -i -X POST http://{addr}/payments -H 'Idempotency-Key: order-1' \

@@ -12,6 +12,8 @@
 //! | pipelines | the standard client and server stacks in one line | [`pipeline`] |
 //! | Idempotency-Key | a retried POST never runs twice; memory, Redis and Redis Cluster stores | [`idempotency`] |
 //! | classification | one success/failure/ignore vocabulary for HTTP, gRPC and errors, shared by every layer | [`classify`] |
+//! | copying requests | bodies held in memory and copies of requests, for retries, backup services and idempotency | [`replay`] |
+//! | problem types | every `application/problem+json` `type` the layers send, documented | [`problems`] |
 //!
 //! ## Quick start
 //!
@@ -65,12 +67,21 @@ mod error;
 pub mod fallback;
 pub mod idempotency;
 pub mod pipeline;
+mod problem;
+pub mod problems;
+pub mod replay;
 pub mod retry;
 mod time;
 pub mod timeout;
 mod window;
 
 pub use error::ConfigError;
+
+// Every Rust snippet in the README is compiled (and run where it can be) as a doc test, so the
+// README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Mode marker: a layer's refusals and timeouts are returned as errors inside a [`BoxError`]
 /// (the default mode of every layer).

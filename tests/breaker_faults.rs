@@ -3,6 +3,8 @@
 //! probe that never finishes, and keyed breakers under pressure. Whatever happens, the breaker
 //! must not wedge.
 
+mod common;
+
 use std::{
     future::{Future, pending},
     panic::{AssertUnwindSafe, catch_unwind},
@@ -12,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use common::breakers::one_probe;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::{
@@ -47,13 +50,6 @@ fn inner(act: Act) -> Fut {
     }
 }
 
-fn one_probe_config() -> tower_rampart::circuit_breaker::Builder {
-    Config::builder()
-        .consecutive_failures(1)
-        .open_duration(Duration::from_secs(1))
-        .half_open_permits(1)
-}
-
 /// Whether the call was refused by the breaker (as opposed to reaching the inner service).
 fn refused(result: &Result<&'static str, BoxError>) -> bool {
     matches!(result, Err(e) if e.downcast_ref::<CircuitOpen>().is_some())
@@ -73,8 +69,12 @@ fn poll_once<F: Future + Unpin>(fut: &mut F) {
 /// with one permit and no max wait, a lost permit would refuse every call forever.
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_call_gives_the_probe_permit_back() {
-    let layer =
-        CircuitBreakerLayer::new(one_probe_config().half_open_max_wait(None).build().unwrap());
+    let layer = CircuitBreakerLayer::new(
+        one_probe(Duration::from_secs(1))
+            .half_open_max_wait(None)
+            .build()
+            .unwrap(),
+    );
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(inner));
     assert!(!refused(&svc.ready().await.unwrap().call(Act::Fail).await));
@@ -98,7 +98,7 @@ async fn a_panic_in_call_gives_the_probe_permit_back() {
 /// A panic in `call()` while closed leaves the breaker working and records nothing.
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_call_while_closed_records_nothing() {
-    let layer = CircuitBreakerLayer::new(one_probe_config().build().unwrap());
+    let layer = CircuitBreakerLayer::new(one_probe(Duration::from_secs(1)).build().unwrap());
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(inner));
     let svc_ref = svc.ready().await.unwrap();
@@ -115,8 +115,12 @@ async fn a_panic_in_call_while_closed_records_nothing() {
 /// permit back too.
 #[tokio::test(start_paused = true)]
 async fn a_panic_while_polling_a_probe_gives_the_permit_back() {
-    let layer =
-        CircuitBreakerLayer::new(one_probe_config().half_open_max_wait(None).build().unwrap());
+    let layer = CircuitBreakerLayer::new(
+        one_probe(Duration::from_secs(1))
+            .half_open_max_wait(None)
+            .build()
+            .unwrap(),
+    );
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(inner));
     svc.ready()
@@ -245,7 +249,7 @@ async fn a_cancelled_probe_from_an_earlier_period_gives_nothing_to_the_next() {
 /// wedge the breaker: after the half-open max wait it opens again, then probes again.
 #[tokio::test(start_paused = true)]
 async fn a_hung_probe_held_forever_does_not_wedge_the_breaker() {
-    let config = one_probe_config().build().unwrap();
+    let config = one_probe(Duration::from_secs(1)).build().unwrap();
     let max_wait = config
         .half_open_max_wait()
         .expect("half-open max wait is on by default");
@@ -321,7 +325,10 @@ fn a_hung_probe_on_the_bare_breaker_recovers_after_the_default_max_wait() {
 /// Turning the max wait off keeps the old behaviour: a held probe keeps the breaker half-open.
 #[test]
 fn the_max_wait_can_be_turned_off() {
-    let config = one_probe_config().half_open_max_wait(None).build().unwrap();
+    let config = one_probe(Duration::from_secs(1))
+        .half_open_max_wait(None)
+        .build()
+        .unwrap();
     assert_eq!(config.half_open_max_wait(), None);
     let b = Breaker::new(config);
     let t0 = Instant::now();
@@ -342,7 +349,10 @@ fn the_max_wait_can_be_turned_off() {
 #[test]
 fn keyed_eviction_keeps_open_breakers() {
     let layer = CircuitBreakerLayer::keyed(
-        one_probe_config().name("hosts").build().unwrap(),
+        one_probe(Duration::from_secs(1))
+            .name("hosts")
+            .build()
+            .unwrap(),
         |k: &&'static str| *k,
     )
     .max_keys(2);
@@ -371,9 +381,13 @@ fn keyed_eviction_keeps_open_breakers() {
 /// (named `<name>/(other)`) instead of evicting one of them.
 #[tokio::test(start_paused = true)]
 async fn keyed_new_keys_share_an_overflow_breaker_when_every_slot_is_open() {
-    let layer = CircuitBreakerLayer::keyed(one_probe_config().name("hosts").build().unwrap(), {
-        |req: &(&'static str, Act)| req.0
-    })
+    let layer = CircuitBreakerLayer::keyed(
+        one_probe(Duration::from_secs(1))
+            .name("hosts")
+            .build()
+            .unwrap(),
+        |req: &(&'static str, Act)| req.0,
+    )
     .max_keys(2);
     let breakers = layer.breakers();
     let mut svc = layer.layer(service_fn(|req: (&'static str, Act)| inner(req.1)));
@@ -462,7 +476,10 @@ mod keyed_metrics {
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
             let layer = CircuitBreakerLayer::keyed(
-                one_probe_config().name("churn").build().unwrap(),
+                one_probe(Duration::from_secs(1))
+                    .name("churn")
+                    .build()
+                    .unwrap(),
                 |k: &String| k.clone(),
             )
             .max_keys(3);
@@ -513,13 +530,11 @@ async fn panicking_handler() -> &'static str {
 #[tokio::test]
 async fn a_handler_panicking_on_a_probe_over_http_does_not_wedge_the_server_breaker() {
     use axum::{Router, http::StatusCode, routing::get};
+    use common::http::{client, serve};
     use tower_rampart::classify::HttpStatus;
 
     let layer = CircuitBreakerLayer::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_millis(50))
-            .half_open_permits(1)
+        one_probe(Duration::from_millis(50))
             .half_open_max_wait(None)
             .build()
             .unwrap(),
@@ -532,15 +547,9 @@ async fn a_handler_panicking_on_a_probe_over_http_does_not_wedge_the_server_brea
         .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
         .route("/panic", get(panicking_handler))
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+    let base = serve(app).await;
+    let http = client();
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
 
     assert_eq!(get("/fail").await.unwrap().status(), 500);
     assert_eq!(handle.state(), State::Open);

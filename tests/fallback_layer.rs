@@ -1,8 +1,11 @@
 //! Fallbacks: only the chosen triggers, values, functions and services, on axum over real HTTP.
 
+mod common;
+
 use std::{convert::Infallible, time::Duration};
 
 use axum::{http::StatusCode, response::IntoResponse, routing::get};
+use common::http::{client, get_text, serve};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_rampart::{
     BoxError,
@@ -146,21 +149,9 @@ async fn axum_router_degrades_on_timeouts_and_open_breakers_only() {
                 .layer(breaker)
                 .layer(TimeoutLayer::new(Duration::from_millis(100)).respond_http()),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let get = |path: &'static str| {
-        let client = client.clone();
-        async move {
-            let res = client
-                .get(format!("http://{addr}{path}"))
-                .send()
-                .await
-                .unwrap();
-            (res.status(), res.text().await.unwrap())
-        }
-    };
+    let base = serve(app).await;
+    let client = client();
+    let get = |path: &str| get_text(&client, format!("{base}{path}"));
     assert_eq!(
         get("/slow").await,
         (StatusCode::OK, "cached (timeout)".into())

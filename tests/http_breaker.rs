@@ -1,10 +1,11 @@
 //! End to end over loopback: real axum servers on OS-assigned ports, real reqwest clients, and the
 //! circuit breaker in between (server side in 503 mode, client side in error mode).
 
+mod common;
+
 use std::{
-    net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
     time::Duration,
@@ -12,85 +13,30 @@ use std::{
 
 use axum::{
     Router,
-    extract::State as Shared,
     http::{StatusCode, header},
     routing::get,
+};
+use common::{
+    breakers::window_of_ten,
+    events::transitions,
+    flaky::{counting_server, status},
+    http::{client, serve, serve_addr},
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rampart::{
     BoxError,
-    circuit_breaker::{
-        CircuitBreakerLayer, CircuitOpen, Config, Event, EventKind, PROBLEM_TYPE, State,
-    },
+    circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config, PROBLEM_TYPE, State},
     classify::HttpStatus,
 };
-
-/// Serves `app` on 127.0.0.1 with a port the OS picks, in the background.
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// A plain-HTTP client that ignores any proxy set in the environment.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
-/// A router whose every request bumps `hits` and answers what `respond` says for the hit number
-/// (1-based).
-fn counting_server(
-    hits: Arc<AtomicUsize>,
-    respond: fn(usize) -> axum::response::Response,
-) -> Router {
-    Router::new()
-        .route(
-            "/",
-            get(move |Shared(hits): Shared<Arc<AtomicUsize>>| async move {
-                respond(hits.fetch_add(1, SeqCst) + 1)
-            }),
-        )
-        .with_state(hits)
-}
-
-fn status(code: StatusCode) -> axum::response::Response {
-    axum::response::IntoResponse::into_response(code)
-}
-
-/// Records every transition a breaker makes.
-type Transitions = Arc<Mutex<Vec<(State, State)>>>;
-
-fn record_transitions(transitions: &Transitions) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
-    let transitions = transitions.clone();
-    move |event: &Event<'_>| {
-        if let EventKind::Transition { from, to } = event.kind {
-            transitions.lock().unwrap().push((from, to));
-        }
-    }
-}
 
 /// (a) An axum `Router` layers each route separately; one breaker layer must still be one
 /// breaker. Failures on `/a` open it, and `/b` and `/c` are then refused with the breaker's own
 /// 503 (with `Retry-After` and a problem+json body) without reaching their handlers.
 #[tokio::test]
 async fn one_breaker_guards_every_route_of_a_router() {
-    let layer = CircuitBreakerLayer::new(
-        Config::builder()
-            .name("app")
-            .count_window(10)
-            .minimum_calls(5)
-            .failure_rate(0.5)
-            .open_duration(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    )
-    .classify(HttpStatus::default())
-    .respond_503();
+    let layer = CircuitBreakerLayer::new(window_of_ten("app").build().unwrap())
+        .classify(HttpStatus::default())
+        .respond_503();
     let handle = layer.handle();
 
     let b_hits = Arc::new(AtomicUsize::new(0));
@@ -109,7 +55,7 @@ async fn one_breaker_guards_every_route_of_a_router() {
         )
         .route("/c", get(|| async { "c" }))
         .layer(layer);
-    let base = format!("http://{}", serve(app).await);
+    let base = serve(app).await;
     let http = client();
     let get = |path: &str| http.get(format!("{base}{path}")).send();
 
@@ -168,18 +114,9 @@ async fn one_breaker_guards_every_route_of_a_router() {
 /// sick server) all count as successes.
 #[tokio::test]
 async fn healthy_app_stays_closed() {
-    let layer = CircuitBreakerLayer::new(
-        Config::builder()
-            .name("healthy")
-            .count_window(10)
-            .minimum_calls(5)
-            .failure_rate(0.5)
-            .open_duration(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    )
-    .classify(HttpStatus::default())
-    .respond_503();
+    let layer = CircuitBreakerLayer::new(window_of_ten("healthy").build().unwrap())
+        .classify(HttpStatus::default())
+        .respond_503();
     let handle = layer.handle();
     let app = Router::new()
         .route("/ok", get(|| async { "ok" }))
@@ -188,7 +125,7 @@ async fn healthy_app_stays_closed() {
             get(|| async { (StatusCode::NOT_FOUND, "no such thing") }),
         )
         .layer(layer);
-    let base = format!("http://{}", serve(app).await);
+    let base = serve(app).await;
     let http = client();
 
     let mut calls = tokio::task::JoinSet::new();
@@ -224,30 +161,15 @@ async fn healthy_app_stays_closed() {
 /// healthy one is never refused.
 #[tokio::test]
 async fn keyed_client_isolates_the_failing_host() {
-    let bad_hits = Arc::new(AtomicUsize::new(0));
-    let good_hits = Arc::new(AtomicUsize::new(0));
-    let bad = serve(counting_server(bad_hits.clone(), |_| {
-        status(StatusCode::SERVICE_UNAVAILABLE)
-    }))
-    .await;
-    let good = serve(counting_server(good_hits.clone(), |_| {
-        status(StatusCode::OK)
-    }))
-    .await;
+    let (bad, bad_hits) = counting_server(|_| status(StatusCode::SERVICE_UNAVAILABLE));
+    let (good, good_hits) = counting_server(|_| status(StatusCode::OK));
+    let (bad, good) = (serve_addr(bad).await, serve_addr(good).await);
     // Same host, different ports: different authorities, different breakers.
     assert_ne!(bad.port(), good.port());
 
-    let layer = CircuitBreakerLayer::keyed_by_authority(
-        Config::builder()
-            .name("upstreams")
-            .count_window(10)
-            .minimum_calls(5)
-            .failure_rate(0.5)
-            .open_duration(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    )
-    .classify(HttpStatus::default());
+    let layer =
+        CircuitBreakerLayer::keyed_by_authority(window_of_ten("upstreams").build().unwrap())
+            .classify(HttpStatus::default());
     let breakers = layer.breakers();
     let http = client();
     let mut svc = ServiceBuilder::new().layer(layer).service(http.clone());
@@ -279,14 +201,10 @@ async fn keyed_client_isolates_the_failing_host() {
             );
         }
         let expected_bad_hits = round.min(5);
-        assert_eq!(bad_hits.load(SeqCst), expected_bad_hits, "round {round}");
+        assert_eq!(bad_hits.count(), expected_bad_hits, "round {round}");
     }
-    assert_eq!(
-        bad_hits.load(SeqCst),
-        5,
-        "the open breaker let calls through"
-    );
-    assert_eq!(good_hits.load(SeqCst), 10);
+    assert_eq!(bad_hits.count(), 5, "the open breaker let calls through");
+    assert_eq!(good_hits.count(), 10);
 
     let mut keys: Vec<String> = breakers.keys().iter().map(|a| a.to_string()).collect();
     keys.sort();
@@ -313,25 +231,23 @@ async fn keyed_client_isolates_the_failing_host() {
 /// open again, a good probe, closed. Real time: two open periods of 200 ms.
 #[tokio::test]
 async fn recovers_through_half_open_probes() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let addr = serve(counting_server(hits.clone(), |n| {
+    let (app, hits) = counting_server(|n| {
         if n <= 4 {
             status(StatusCode::INTERNAL_SERVER_ERROR)
         } else {
             status(StatusCode::OK)
         }
-    }))
-    .await;
-    let url = format!("http://{addr}/");
+    });
+    let url = format!("{}/", serve(app).await);
 
-    let transitions = Transitions::default();
+    let (transitions, on_transition) = transitions();
     let layer = CircuitBreakerLayer::new(
         Config::builder()
             .name("flaky")
             .consecutive_failures(3)
             .open_duration(Duration::from_millis(200))
             .half_open_permits(1)
-            .on_event(record_transitions(&transitions))
+            .on_event(on_transition)
             .build()
             .unwrap(),
     )
@@ -355,7 +271,7 @@ async fn recovers_through_half_open_probes() {
     assert_eq!(handle.state(), State::Open);
     let err = call().await.unwrap_err();
     assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
-    assert_eq!(hits.load(SeqCst), 3);
+    assert_eq!(hits.count(), 3);
 
     // After the open duration: one probe, which fails (the server's 4th answer), so open again.
     tokio::time::sleep(handle.snapshot().retry_after.unwrap() + Duration::from_millis(20)).await;
@@ -364,10 +280,10 @@ async fn recovers_through_half_open_probes() {
         StatusCode::INTERNAL_SERVER_ERROR
     );
     assert_eq!(handle.state(), State::Open);
-    assert_eq!(hits.load(SeqCst), 4);
+    assert_eq!(hits.count(), 4);
     let err = call().await.unwrap_err();
     assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
-    assert_eq!(hits.load(SeqCst), 4);
+    assert_eq!(hits.count(), 4);
 
     // The next probe meets a healed server: closed, and traffic flows again.
     tokio::time::sleep(handle.snapshot().retry_after.unwrap() + Duration::from_millis(20)).await;
@@ -376,7 +292,7 @@ async fn recovers_through_half_open_probes() {
     for _ in 0..3 {
         assert_eq!(call().await.unwrap().status(), StatusCode::OK);
     }
-    assert_eq!(hits.load(SeqCst), 8);
+    assert_eq!(hits.count(), 8);
     assert!(started.elapsed() < Duration::from_secs(2));
 
     use State::*;
@@ -397,16 +313,14 @@ async fn recovers_through_half_open_probes() {
 /// `respect_retry_after(false)` the configuration wins.
 #[tokio::test]
 async fn downstream_retry_after_lengthens_the_open_duration() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let addr = serve(counting_server(hits.clone(), |_| {
+    let (app, hits) = counting_server(|_| {
         axum::response::IntoResponse::into_response((
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "120")],
             "busy",
         ))
-    }))
-    .await;
-    let url = format!("http://{addr}/");
+    });
+    let url = format!("{}/", serve(app).await);
     let http = client();
 
     for respect in [true, false] {
@@ -448,7 +362,7 @@ async fn downstream_retry_after_lengthens_the_open_duration() {
             assert!(told <= Duration::from_secs(1), "{told:?}");
         }
     }
-    assert_eq!(hits.load(SeqCst), 6);
+    assert_eq!(hits.count(), 6);
 }
 
 /// (e, server side) The same hint through an axum app in 503 mode: the breaker's own 503 passes
@@ -478,7 +392,7 @@ async fn server_side_503_carries_the_downstream_retry_after() {
             }),
         )
         .layer(layer);
-    let url = format!("http://{}/", serve(app).await);
+    let url = format!("{}/", serve(app).await);
     let http = client();
 
     for _ in 0..2 {

@@ -8,21 +8,16 @@
 
 mod common;
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
-    task::{Context, Poll},
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering::SeqCst},
 };
 
-use common::redis_server::RedisServer;
-use http::uri::PathAndQuery;
-use tonic::{Code, Status, body::Body, server::NamedService, transport::Server};
-use tower::Service;
+use common::{
+    grpc::{Methods, ServiceName, channel, incoming, unary},
+    redis_server::RedisServer,
+};
+use tonic::{Code, Status, transport::Server};
 use tower_rampart::idempotency::{IDEMPOTENT_REPLAYED, IdempotencyLayer, RedisStore, Store};
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -42,117 +37,47 @@ struct Receipt {
     run: u64,
 }
 
-type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+struct Payments;
 
-/// `test.Payments/Charge` answers a receipt naming its run; `test.Payments/Refuse` answers
-/// FAILED_PRECONDITION. Both count their executions.
-#[derive(Clone, Default)]
-struct Payments {
-    runs: Arc<AtomicUsize>,
-}
-
-impl NamedService for Payments {
+impl ServiceName for Payments {
     const NAME: &'static str = "test.Payments";
 }
 
-struct Charging(Payments);
-
-impl tonic::server::UnaryService<Charge> for Charging {
-    type Response = Receipt;
-    type Future = BoxFut<Result<tonic::Response<Receipt>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<Charge>) -> Self::Future {
-        let runs = self.0.runs.clone();
-        Box::pin(async move {
-            let run = runs.fetch_add(1, SeqCst) as u64 + 1;
-            let mut res = tonic::Response::new(Receipt {
-                order: req.into_inner().order,
-                run,
-            });
-            res.metadata_mut().insert("x-run", run.into());
-            Ok(res)
-        })
-    }
-}
-
-struct Refusing(Payments);
-
-impl tonic::server::UnaryService<Charge> for Refusing {
-    type Response = Receipt;
-    type Future = BoxFut<Result<tonic::Response<Receipt>, Status>>;
-
-    fn call(&mut self, _: tonic::Request<Charge>) -> Self::Future {
-        let runs = self.0.runs.clone();
-        Box::pin(async move {
-            let run = runs.fetch_add(1, SeqCst) + 1;
-            Err(Status::failed_precondition(format!(
-                "insufficient funds (run {run})"
-            )))
-        })
-    }
-}
-
-impl<B> Service<http::Request<B>> for Payments
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<tower_rampart::BoxError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFut<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let svc = self.clone();
-        Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(tonic_prost::ProstCodec::<Receipt, Charge>::default());
-            Ok(match req.uri().path() {
-                "/test.Payments/Charge" => grpc.unary(Charging(svc), req).await,
-                "/test.Payments/Refuse" => grpc.unary(Refusing(svc), req).await,
-                _ => Status::unimplemented("no such method").into_http(),
-            })
-        })
-    }
-}
-
 /// A tonic server on 127.0.0.1 behind the idempotency layer on `store`; its address and the
-/// executions.
-async fn server<St: Store>(store: St) -> (String, Arc<AtomicUsize>) {
+/// executions. `test.Payments/Charge` answers a receipt naming its run; `test.Payments/Refuse`
+/// answers FAILED_PRECONDITION. Both count their executions.
+async fn server<St: Store>(store: St) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let layer = IdempotencyLayer::builder()
         .store(store)
         .methods(&[http::Method::POST])
         .global_keys()
         .build()
         .unwrap();
-    let payments = Payments::default();
-    let runs = payments.runs.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        Server::builder()
-            .layer(layer)
-            .add_service(payments)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap()
-    });
-    (format!("http://{addr}"), runs)
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (charging, refusing) = (runs.clone(), runs.clone());
+    let payments = Methods::<Payments, Charge, Receipt>::default()
+        .unary("Charge", move |req| {
+            let run = charging.fetch_add(1, SeqCst) as u64 + 1;
+            let order = req.into_inner().order;
+            let mut res = tonic::Response::new(Receipt { order, run });
+            res.metadata_mut().insert("x-run", run.into());
+            Box::pin(async move { Ok(res) })
+        })
+        .unary("Refuse", move |_| {
+            let run = refusing.fetch_add(1, SeqCst) + 1;
+            let status = Status::failed_precondition(format!("insufficient funds (run {run})"));
+            Box::pin(async move { Err(status) })
+        });
+    let (incoming, addr) = incoming().await;
+    let server = Server::builder()
+        .layer(layer)
+        .add_service(payments)
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
+    (addr, runs)
 }
 
 type Client = tonic::client::Grpc<tonic::transport::Channel>;
-
-async fn client(addr: &str) -> Client {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tonic::client::Grpc::new(channel)
-}
 
 /// One unary call with `key` as `idempotency-key` metadata (none when `None`).
 async fn call(
@@ -161,18 +86,12 @@ async fn call(
     key: Option<&str>,
     charge: Charge,
 ) -> Result<tonic::Response<Receipt>, Status> {
-    grpc.ready().await.unwrap();
     let mut req = tonic::Request::new(charge);
     if let Some(key) = key {
         req.metadata_mut()
             .insert("idempotency-key", key.parse().unwrap());
     }
-    grpc.unary(
-        req,
-        PathAndQuery::from_static(method),
-        tonic_prost::ProstCodec::<Charge, Receipt>::default(),
-    )
-    .await
+    unary(grpc, method, req).await
 }
 
 fn charge(amount: u64) -> Charge {
@@ -188,7 +107,7 @@ fn replayed(meta: &tonic::metadata::MetadataMap) -> bool {
 
 async fn replays_ok_and_error_statuses<St: Store>(store: St) {
     let (addr, runs) = server(store).await;
-    let mut grpc = client(&addr).await;
+    let mut grpc = Client::new(channel(addr).await);
 
     // The first call runs once and answers OK.
     let first = call(&mut grpc, "/test.Payments/Charge", Some("k-ok"), charge(10))

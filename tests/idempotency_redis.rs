@@ -13,7 +13,11 @@ use std::{
 };
 
 use axum::{Router, extract::State as Shared, http::StatusCode, routing::post};
-use common::{redis_server::RedisServer, store_contract::contract};
+use common::{
+    http::{client, serve},
+    redis_server::RedisServer,
+    store_contract::contract,
+};
 use tower_rampart::idempotency::{
     IDEMPOTENT_REPLAYED, IdempotencyLayer, OnStoreError, RedisStore, Store,
 };
@@ -63,17 +67,11 @@ async fn app(
         )
         .with_state((runs, work))
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}/pay")
+    format!("{}/pay", serve(router).await)
 }
 
 async fn pay(url: &str, key: &str) -> reqwest::Response {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    client()
         .post(url)
         .header("idempotency-key", key)
         .body("{\"amount\":1}")

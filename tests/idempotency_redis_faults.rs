@@ -26,7 +26,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use common::redis_server::RedisServer;
+use common::{
+    http::{client, serve},
+    redis_server::RedisServer,
+};
 use tower_rampart::idempotency::{
     DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext, IdempotencyLayer, OnStoreError,
     RedisStore, Store, problem_types,
@@ -178,11 +181,8 @@ async fn app_with(
         .route("/pay", post(pay))
         .with_state(ledger.clone())
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     App {
-        url: format!("http://{addr}/pay"),
+        url: format!("{}/pay", serve(router).await),
         ledger,
         store,
     }
@@ -212,14 +212,6 @@ impl Answer {
     fn handler_lost(&self) -> bool {
         self.status == 503 && self.problem.is_none() && self.body == LOST_BODY
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
 }
 
 async fn send(url: &str, key: &str, work_ms: u64) -> Answer {

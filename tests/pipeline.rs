@@ -1,12 +1,10 @@
 //! The standard pipelines against real servers on 127.0.0.1: a reqwest client through the
 //! client pipeline, an axum router behind the server pipeline.
 
+mod common;
+
 use std::{
     convert::Infallible,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
     time::{Duration, Instant},
 };
 
@@ -16,6 +14,11 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{any, get},
+};
+use common::{
+    events::{RetryEvents, retry_events},
+    flaky::{Hits, counting_server, status},
+    http::{client as http, get_text, serve_addr as serve},
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rampart::{
@@ -27,25 +30,9 @@ use tower_rampart::{
     retry::{RetryEvent, RetryEventKind, RetryLayer},
 };
 
-/// Hits of the downstream, with their arrival times.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Instant>>>);
-
-impl Log {
-    fn hit(&self) -> usize {
-        let mut v = self.0.lock().unwrap();
-        v.push(Instant::now());
-        v.len()
-    }
-
-    fn times(&self) -> Vec<Instant> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
 /// `/flaky/{n}` fails its first `n` hits with 503 (with `Retry-After` when asked), then 200.
 async fn flaky(
-    Shared(log): Shared<Log>,
+    Shared(log): Shared<Hits>,
     axum::extract::Path(n): axum::extract::Path<usize>,
     headers: HeaderMap,
 ) -> Response {
@@ -59,24 +46,6 @@ async fn flaky(
     } else {
         (StatusCode::OK, format!("ok after {hit}")).into_response()
     }
-}
-
-async fn serve(app: Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-fn events() -> (
-    Arc<Mutex<Vec<RetryEventKind>>>,
-    impl Fn(&RetryEvent<'_>) + Send + Sync + 'static,
-) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    (log, move |e: &RetryEvent<'_>| {
-        l.lock().unwrap().push(e.kind)
-    })
 }
 
 fn pipeline(listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> StandardClientLayer {
@@ -94,31 +63,25 @@ fn pipeline(listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Stand
         .unwrap()
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-type Events = Arc<Mutex<Vec<RetryEventKind>>>;
-
 /// A flaky server, a reqwest client and the client through the standard pipeline.
 struct Flaky {
-    log: Log,
+    log: Hits,
     addr: std::net::SocketAddr,
-    events: Events,
+    events: RetryEvents,
     client: reqwest::Client,
     svc: tower_rampart::pipeline::StandardClient<reqwest::Client>,
 }
 
 impl Flaky {
     async fn start() -> Flaky {
-        let log = Log::default();
+        let log = Hits::default();
         let addr = serve(
             Router::new()
                 .route("/flaky/{n}", any(flaky))
                 .with_state(log.clone()),
         )
         .await;
-        let (events, listener) = events();
+        let (events, listener) = retry_events();
         let client = http();
         let svc = ServiceBuilder::new()
             .layer(pipeline(listener))
@@ -249,25 +212,9 @@ async fn a_streaming_body_is_sent_once() {
 
 #[tokio::test]
 async fn the_per_host_breaker_opens_for_the_failing_host_only() {
-    let (bad_hits, good_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let b = bad_hits.clone();
-    let bad = serve(Router::new().route(
-        "/",
-        get(move || {
-            b.fetch_add(1, SeqCst);
-            async { StatusCode::INTERNAL_SERVER_ERROR }
-        }),
-    ))
-    .await;
-    let g = good_hits.clone();
-    let good = serve(Router::new().route(
-        "/",
-        get(move || {
-            g.fetch_add(1, SeqCst);
-            async { "fine" }
-        }),
-    ))
-    .await;
+    let (bad, bad_hits) = counting_server(|_| status(StatusCode::INTERNAL_SERVER_ERROR));
+    let (good, good_hits) = counting_server(|_| status(StatusCode::OK));
+    let (bad, good) = (serve(bad).await, serve(good).await);
     let layer = StandardClientLayer::builder()
         .attempt_timeout(Duration::from_secs(2))
         .retry(RetryLayer::builder().max_attempts(1))
@@ -291,8 +238,8 @@ async fn the_per_host_breaker_opens_for_the_failing_host_only() {
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
-    assert_eq!(bad_hits.load(SeqCst), 3, "open after three failures");
-    assert_eq!(good_hits.load(SeqCst), 6);
+    assert_eq!(bad_hits.count(), 3, "open after three failures");
+    assert_eq!(good_hits.count(), 6);
     let key =
         |a: std::net::SocketAddr| http::uri::Authority::try_from(a.to_string().as_str()).unwrap();
     assert_eq!(breakers.get(&key(bad)).unwrap().state(), State::Open);
@@ -366,17 +313,7 @@ async fn the_server_pipeline_answers_504_503_and_fallbacks() {
         .layer(resilience);
     let addr = serve(app).await;
     let client = http();
-    let get = |path: &'static str| {
-        let client = client.clone();
-        async move {
-            let res = client
-                .get(format!("http://{addr}{path}"))
-                .send()
-                .await
-                .unwrap();
-            (res.status(), res.text().await.unwrap())
-        }
-    };
+    let get = |path: &str| get_text(&client, format!("http://{addr}{path}"));
     assert_eq!(get("/ok").await, (StatusCode::OK, "live".into()));
     let (status, body) = get("/slow").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
@@ -417,14 +354,14 @@ async fn a_hyper_util_client_through_the_pipeline() {
     use http_body_util::{BodyExt, Full};
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-    let log = Log::default();
+    let log = Hits::default();
     let addr = serve(
         Router::new()
             .route("/flaky/{n}", any(flaky))
             .with_state(log.clone()),
     )
     .await;
-    let (_, listener) = events();
+    let (_, listener) = retry_events();
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut svc = ServiceBuilder::new()
         .layer(pipeline(listener))

@@ -1,5 +1,7 @@
 //! The retry layer on paused time: limits, delays, hints, budgets, method safety, replay.
 
+mod common;
+
 use std::{
     convert::Infallible,
     sync::{
@@ -10,6 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use common::events::retry_events;
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -44,21 +47,10 @@ fn flaky(
     (calls, svc)
 }
 
-fn events() -> (
-    Arc<Mutex<Vec<RetryEventKind>>>,
-    impl Fn(&tower_rampart::retry::RetryEvent<'_>) + Send + Sync + 'static,
-) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    (log, move |e: &tower_rampart::retry::RetryEvent<'_>| {
-        l.lock().unwrap().push(e.kind)
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn retries_until_success_with_the_backoff_delays() {
     let (calls, inner) = flaky(2);
-    let (log, listener) = events();
+    let (log, listener) = retry_events();
     let layer = RetryLayer::builder()
         .max_attempts(3)
         .backoff(constant(100))
@@ -95,7 +87,7 @@ async fn retries_until_success_with_the_backoff_delays() {
 #[tokio::test(start_paused = true)]
 async fn gives_up_after_max_attempts_with_the_last_error() {
     let (calls, inner) = flaky(10);
-    let (log, listener) = events();
+    let (log, listener) = retry_events();
     let mut svc = RetryLayer::builder()
         .max_attempts(4)
         .backoff(constant(10))
@@ -118,7 +110,7 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
 #[tokio::test(start_paused = true)]
 async fn max_elapsed_stops_before_a_late_retry() {
     let (calls, inner) = flaky(10);
-    let (log, listener) = events();
+    let (log, listener) = retry_events();
     let mut svc = RetryLayer::builder()
         .max_attempts(10)
         .max_elapsed(Duration::from_millis(250))
@@ -202,7 +194,7 @@ async fn retry_after_replaces_the_backoff() {
 #[tokio::test(start_paused = true)]
 async fn a_hint_beyond_the_cap_ends_retrying() {
     let (times, inner) = scripted(vec![(503, Some("3600"))]);
-    let (log, listener) = events();
+    let (log, listener) = retry_events();
     let mut svc = http_retry(
         RetryLayer::builder()
             .retry_after(Some(Duration::from_secs(30)))
@@ -322,7 +314,7 @@ async fn the_key_layer_gives_every_attempt_the_same_key() {
 #[tokio::test(start_paused = true)]
 async fn a_budget_shared_by_clones_stops_a_retry_storm() {
     let (calls, inner) = flaky(u32::MAX);
-    let (log, listener) = events();
+    let (log, listener) = retry_events();
     let layer = RetryLayer::builder()
         .max_attempts(3)
         .backoff(constant(1))
@@ -489,7 +481,7 @@ async fn buffered_bodies_are_replayed_and_large_ones_sent_once() {
 #[tokio::test(start_paused = true)]
 async fn a_leaked_retry_layer_behaves_the_same() {
     let (calls, inner) = flaky(2);
-    let (log, listener) = events();
+    let (log, listener) = retry_events();
     let layer = RetryLayer::builder()
         .max_attempts(3)
         .max_elapsed(Duration::from_secs(1))

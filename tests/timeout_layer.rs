@@ -1,9 +1,12 @@
 //! Timeouts: error mode on paused time, HTTP 504 through a real axum server, gRPC
 //! DEADLINE_EXCEEDED with the client's grpc-timeout.
 
+mod common;
+
 use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
+use common::http::{client, serve_addr};
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -118,10 +121,8 @@ async fn an_axum_router_answers_504_over_real_http() {
         )
         .route("/fast", axum::routing::get(|| async { "fast" }))
         .layer(TimeoutLayer::new(Duration::from_millis(100)).respond_http());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let addr = serve_addr(app).await;
+    let client = client();
 
     let start = std::time::Instant::now();
     let res = client

@@ -1,21 +1,19 @@
 //! gRPC end to end: a real tonic server on 127.0.0.1 (hand-written prost messages, no protoc)
 //! and a tonic client channel wrapped in retry + breaker + timeout with gRPC classification.
 
+mod common;
+
 use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
-use http::uri::PathAndQuery;
-use tonic::{Code, Status, body::Body, server::NamedService, transport::Server};
-use tower::{Service, ServiceBuilder};
+use common::grpc::{Methods, ServiceName, channel, incoming, unary};
+use tonic::{Code, Status, body::Body, transport::Server};
+use tower::ServiceBuilder;
 use tower_rampart::{
     backoff::Backoff,
     circuit_breaker::{CircuitBreakerLayer, Config, State},
@@ -30,134 +28,61 @@ struct Ping {
     text: String,
 }
 
-type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+struct Echo;
 
-/// `test.Echo/Say` answers UNAVAILABLE for its first `fail_first` calls, then echoes;
-/// `test.Echo/Slow` takes ten seconds.
-#[derive(Clone)]
-struct Echo {
-    calls: Arc<AtomicUsize>,
-    fail_first: usize,
-}
-
-impl NamedService for Echo {
+impl ServiceName for Echo {
     const NAME: &'static str = "test.Echo";
 }
 
-struct Say(Echo);
-
-impl tonic::server::UnaryService<Ping> for Say {
-    type Response = Ping;
-    type Future = BoxFut<Result<tonic::Response<Ping>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<Ping>) -> Self::Future {
-        let echo = self.0.clone();
-        Box::pin(async move {
-            let n = echo.calls.fetch_add(1, SeqCst);
-            if n < echo.fail_first {
-                return Err(Status::unavailable(format!("warming up ({n})")));
-            }
-            Ok(tonic::Response::new(req.into_inner()))
-        })
-    }
-}
-
-struct Slow;
-
-impl tonic::server::UnaryService<Ping> for Slow {
-    type Response = Ping;
-    type Future = BoxFut<Result<tonic::Response<Ping>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<Ping>) -> Self::Future {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            Ok(tonic::Response::new(req.into_inner()))
-        })
-    }
-}
-
-impl<B> Service<http::Request<B>> for Echo
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<tower_rampart::BoxError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFut<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let echo = self.clone();
-        Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(tonic_prost::ProstCodec::<Ping, Ping>::default());
-            Ok(match req.uri().path() {
-                "/test.Echo/Say" => grpc.unary(Say(echo), req).await,
-                "/test.Echo/Slow" => grpc.unary(Slow, req).await,
-                _ => Status::unimplemented("no such method").into_http(),
+/// Starts the server (with a 200 ms gRPC-mode timeout) and returns its address and call count:
+/// `test.Echo/Say` answers UNAVAILABLE for its first `fail_first` calls, then echoes;
+/// `test.Echo/Slow` takes ten seconds.
+async fn server(fail_first: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let echo = Methods::<Echo, Ping, Ping>::default()
+        .unary("Say", move |req| {
+            let n = seen.fetch_add(1, SeqCst);
+            Box::pin(async move {
+                if n < fail_first {
+                    return Err(Status::unavailable(format!("warming up ({n})")));
+                }
+                Ok(tonic::Response::new(req.into_inner()))
             })
         })
-    }
-}
-
-/// Starts the server (with a 200 ms gRPC-mode timeout) and returns its address and call count.
-async fn server(fail_first: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let echo = Echo {
-        calls: calls.clone(),
-        fail_first,
-    };
-    tokio::spawn(async move {
-        Server::builder()
-            .layer(TimeoutLayer::new(Duration::from_millis(200)).respond_grpc())
-            .add_service(echo)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap()
-    });
+        .unary("Slow", |req| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(tonic::Response::new(req.into_inner()))
+            })
+        });
+    let (incoming, addr) = incoming().await;
+    let server = Server::builder()
+        .layer(TimeoutLayer::new(Duration::from_millis(200)).respond_grpc())
+        .add_service(echo)
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
     (addr, calls)
 }
 
-async fn call(
-    grpc: &mut tonic::client::Grpc<
-        impl tonic::client::GrpcService<
-            Body,
-            ResponseBody = impl http_body::Body<
-                Data = bytes::Bytes,
-                Error = impl Into<tower_rampart::BoxError>,
-            > + Send
-                           + 'static,
-        >,
-    >,
-    method: &'static str,
-) -> Result<Ping, Status> {
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unknown(e.into().to_string()))?;
-    grpc.unary(
-        tonic::Request::new(Ping {
-            text: "hello".into(),
-        }),
-        PathAndQuery::from_static(method),
-        tonic_prost::ProstCodec::<Ping, Ping>::default(),
-    )
-    .await
-    .map(tonic::Response::into_inner)
+async fn call<S>(grpc: &mut tonic::client::Grpc<S>, method: &'static str) -> Result<Ping, Status>
+where
+    S: tonic::client::GrpcService<Body>,
+    S::Error: Into<tower_rampart::BoxError>,
+    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<tower_rampart::BoxError>,
+{
+    let ping = Ping {
+        text: "hello".into(),
+    };
+    let reply = unary(grpc, method, tonic::Request::new(ping)).await;
+    reply.map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
 async fn retry_breaker_and_timeout_around_a_tonic_channel() {
     let (addr, calls) = server(2).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(addr).await;
     let breaker = CircuitBreakerLayer::new(
         Config::builder()
             .name("echo")
@@ -205,11 +130,7 @@ async fn retry_breaker_and_timeout_around_a_tonic_channel() {
 #[tokio::test]
 async fn the_breaker_opens_on_unavailable_and_refuses_without_calling() {
     let (addr, calls) = server(usize::MAX).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(addr).await;
     let breaker = CircuitBreakerLayer::new(
         Config::builder()
             .consecutive_failures(3)

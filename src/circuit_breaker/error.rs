@@ -3,9 +3,10 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 
 use super::{Rejected, State};
+use crate::problem;
 
 /// The call was not made because the circuit breaker is open.
 ///
@@ -51,47 +52,27 @@ impl CircuitOpen {
         self.retry_after
     }
 
-    /// A `503 Service Unavailable` response with an `application/problem+json` body and, when
-    /// the wait is known, a `Retry-After` header in whole seconds (rounded up). The response's
-    /// extensions hold this `CircuitOpen`.
+    /// A `503 Service Unavailable` response with an `application/problem+json` body of type
+    /// [`circuit-open`](crate::problems#circuit-open) and, when the wait is known, a
+    /// `Retry-After` header in whole seconds (rounded up, at least 1). The response's extensions
+    /// hold this `CircuitOpen`.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
-        let body = format!(
-            "{{\"type\":\"{PROBLEM_TYPE}\",\"title\":\"Circuit breaker open\",\"status\":503,\"detail\":\"{}\"}}",
-            json_escape(&self.to_string())
+        let mut res = problem::response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PROBLEM_TYPE,
+            self,
+            self.retry_after,
+            B::from,
         );
-        let mut res = Response::new(B::from(Bytes::from(body)));
-        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
         // Lets layers outside (a fallback) tell the breaker's 503 from the handler's.
         res.extensions_mut().insert(self.clone());
         res
     }
 }
 
-/// The problem `type` URI of the 503 answered by a breaker in HTTP mode.
-pub const PROBLEM_TYPE: &str =
-    "https://docs.rs/tower-rampart/latest/tower_rampart/problems#circuit-open";
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// The problem `type` URI of the 503 answered by a breaker in HTTP mode:
+/// [`problems::CIRCUIT_OPEN`](crate::problems::CIRCUIT_OPEN).
+pub const PROBLEM_TYPE: &str = crate::problems::CIRCUIT_OPEN;
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +93,7 @@ impl std::error::Error for CircuitOpen {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn http_form() {
@@ -126,6 +108,12 @@ mod tests {
         assert_eq!(res.status(), 503);
         assert_eq!(res.headers()[header::RETRY_AFTER], "2");
         assert!(res.body().contains("a\\\"b"), "{}", res.body());
+        let body: serde_json::Value = serde_json::from_str(res.body()).unwrap();
+        assert_eq!(body["type"], PROBLEM_TYPE);
+        assert_eq!(body["title"], "Service Unavailable");
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["detail"], e.to_string());
+        assert_eq!(res.extensions().get::<CircuitOpen>(), Some(&e));
         let forced = CircuitOpen {
             retry_after: None,
             state: State::ForcedOpen,

@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::{Cause, ResponseFuture, Trigger, Triggers, http_response_trigger, no_response_trigger};
 use crate::{
     classify::{AnyError, Classify},
-    retry::{CloneRequest, Replay},
+    replay::{CloneRequest, Replay},
 };
 
 /// Produces the degraded response.
@@ -155,7 +155,7 @@ impl<S> FallbackLayer<ServiceFallback<S, CloneRequest>> {
 
 impl<S, R, C, M> FallbackLayer<ServiceFallback<S, R>, C, M> {
     /// Copies requests for the fallback service with `replay` (e.g.
-    /// [`HttpReplay::any_method`](crate::retry::HttpReplay::any_method)).
+    /// [`HttpReplay::any_method`](crate::replay::HttpReplay::any_method)).
     pub fn replay<R2>(self, replay: R2) -> FallbackLayer<ServiceFallback<S, R2>, C, M> {
         FallbackLayer {
             fallback: ServiceFallback {

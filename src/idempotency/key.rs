@@ -52,6 +52,9 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
+/// The header name of the IETF Idempotency-Key draft.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -90,7 +93,7 @@ impl IdempotencyKey {
     /// assert_eq!(IdempotencyKey::from_headers(&headers), Err(KeyError::Repeated));
     /// ```
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Option<Self>, KeyError> {
-        let mut all = headers.get_all(super::IDEMPOTENCY_KEY).iter();
+        let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
         match (all.next(), all.next()) {
             (None, _) => Ok(None),
             (Some(v), None) => Self::parse(v).map(Some),

@@ -47,6 +47,7 @@ pub(crate) struct Options {
     pub(crate) response_body_timeout: Duration,
     pub(crate) keep: Option<KeepFn>,
     pub(crate) wait_for_in_flight: Option<Duration>,
+    pub(crate) in_flight_retry_after: Duration,
 }
 
 pub(crate) struct Settings<St> {
@@ -130,6 +131,7 @@ impl IdempotencyLayer {
                 response_body_timeout: Duration::from_secs(30),
                 keep: None,
                 wait_for_in_flight: None,
+                in_flight_retry_after: Duration::from_secs(1),
             },
         }
     }
@@ -257,6 +259,14 @@ impl<St: Store> Builder<St> {
     /// default.
     pub fn wait_for_in_flight(mut self, wait: Duration) -> Self {
         self.options.wait_for_in_flight = Some(wait);
+        self
+    }
+
+    /// The `Retry-After` sent with a 409 for a request whose first copy is still running (1 s
+    /// by default, and never longer than the time left on the first one's lease): a hint that
+    /// fits most handlers, rather than the whole lease.
+    pub fn in_flight_retry_after(mut self, hint: Duration) -> Self {
+        self.options.in_flight_retry_after = hint;
         self
     }
 

@@ -16,25 +16,30 @@
 //!
 //! - `RedisStore` (feature `redis`): Redis and Redis Cluster, one Lua script per operation.
 
+mod claim;
+mod context;
 mod fingerprint;
+mod instrument;
 mod key;
 mod layer;
 mod lease;
 mod owner;
 mod problem;
 mod record;
+mod request;
 mod service;
 mod store;
 pub mod testing;
 
-pub use crate::retry::IDEMPOTENCY_KEY;
+pub use context::{DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext};
 pub use fingerprint::Fingerprint;
-pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
+pub use instrument::metric_names;
+pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use layer::{Builder, IdempotencyLayer, OnStoreError};
 pub use lease::Lease;
 pub use problem::problem_types;
 pub use record::{Completion, DecodeError, StoredResponse};
-pub use service::{DoNotStore, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext};
+pub use service::Idempotency;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{

@@ -20,25 +20,26 @@ use tokio::{sync::oneshot, time::Instant};
 use tower_service::Service;
 
 use super::{
-    Completion, DoNotStore, Fingerprint, OwnerToken, Store, StoredResponse,
+    Completion, DoNotStore, Fingerprint, IdempotencyContext, OwnerToken, Store, StoredResponse,
+    instrument::{outcome, within},
     layer::Settings,
-    lease::LeaseSender,
+    lease::{LeaseSender, lease},
     problem::{problem, problem_types as kind},
-    service::{outcome, within},
+    request::Keyed,
 };
-use crate::{BoxError, retry::Buffered};
+use crate::{BoxError, replay::Buffered};
 
 pub(crate) type Answer<ResB, E> = Result<Response<Buffered<ResB>>, E>;
 
 /// One claimed key and what its owner needs.
-pub(crate) struct Owned<St> {
-    pub(crate) settings: Arc<Settings<St>>,
-    pub(crate) key: Arc<str>,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) token: OwnerToken,
-    pub(crate) lease: LeaseSender,
+struct Owned<St> {
+    settings: Arc<Settings<St>>,
+    key: Arc<str>,
+    fingerprint: Fingerprint,
+    token: OwnerToken,
+    lease: LeaseSender,
     /// When the claim was sent: the lease runs from there.
-    pub(crate) claimed_at: Instant,
+    claimed_at: Instant,
 }
 
 /// What the handler's run leaves to do with the key.
@@ -50,9 +51,64 @@ enum Done<ResB> {
     Release(Response<Buffered<ResB>>),
 }
 
+/// Runs the handler for a key just claimed with `token`, detached: a client that disconnects
+/// does not cancel it half-way. Answers with the handler's response.
+pub(crate) async fn start<S, St, B, ResB>(
+    settings: Arc<Settings<St>>,
+    service: S,
+    keyed: Keyed,
+    token: OwnerToken,
+    claimed_at: Instant,
+) -> Answer<ResB, S::Error>
+where
+    S: Service<Request<Buffered<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    B: Send + 'static,
+    ResB: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    outcome("new");
+    let (lease_tx, lease_rx) = lease();
+    let Keyed {
+        mut parts,
+        body,
+        key,
+        fingerprint,
+    } = keyed;
+    parts.extensions.insert(IdempotencyContext {
+        key: key.clone(),
+        token,
+        lease: lease_rx,
+    });
+    let req = Request::from_parts(parts, Buffered::<B>::full(body));
+    let lease = settings.lease;
+    let owned = Owned {
+        settings,
+        key,
+        fingerprint,
+        token,
+        lease: lease_tx,
+        claimed_at,
+    };
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(run(owned, service, req, tx));
+    match rx.await {
+        Ok(answer) => answer,
+        // The owner task itself was cancelled (runtime shutdown): nothing to replay.
+        Err(_) => Ok(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            kind::HANDLER_FAILED,
+            "the server is shutting down; the request may not have completed",
+            Some(lease),
+        )),
+    }
+}
+
 /// Runs the handler as the key's owner and answers the waiting request through `answer` (which
 /// may be gone: the client disconnected, the run goes on).
-pub(crate) async fn run<S, St, B, ResB>(
+async fn run<S, St, B, ResB>(
     owned: Owned<St>,
     mut service: S,
     req: Request<B>,

@@ -7,7 +7,7 @@ use http::{HeaderValue, Method};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::replay::IDEMPOTENCY_KEY;
+use crate::idempotency::IDEMPOTENCY_KEY;
 
 /// Adds `Idempotency-Key: "<uuid v4>"` (a Structured Field String, as the IETF draft says) to
 /// POST and PATCH requests that have none. Place it outside the retry layer, so the key is made

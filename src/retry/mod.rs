@@ -42,24 +42,27 @@
 //! ```
 
 mod budget;
-mod buffer;
 mod future;
 mod idempotency_key;
 mod layer;
 mod policy;
-mod replay;
 mod service;
 
 use std::time::Duration;
 
 pub use crate::ConfigError;
 pub use budget::Budget;
-pub use buffer::{BufferBody, BufferBodyLayer, BufferFuture, Buffered, DEFAULT_BUFFER_LIMIT};
 pub use future::ResponseFuture;
 pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
 pub use layer::RetryLayer;
 pub use policy::{Builder, GiveUp, metric_names};
-pub use replay::{CloneRequest, HttpReplay, IDEMPOTENCY_KEY, Replay, ReplayBody};
+// Copying requests lives in `crate::replay` (shared with fallback and idempotency); retry users
+// find what they stack with a retry layer here too.
+pub use crate::idempotency::IDEMPOTENCY_KEY;
+pub use crate::replay::{
+    BufferBody, BufferBodyLayer, BufferFuture, Buffered, CloneRequest, DEFAULT_BUFFER_LIMIT,
+    HttpReplay, Replay, ReplayBody,
+};
 pub use service::Retry;
 
 /// Something a retry layer did.

@@ -5,6 +5,8 @@ use std::{fmt, time::Duration};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::problem;
+
 /// The call took longer than the timeout.
 ///
 /// In error mode the layer returns it inside a [`BoxError`](crate::BoxError):
@@ -24,18 +26,11 @@ impl Elapsed {
         self.after
     }
 
-    /// An HTTP response with `status` (504 by default in the layer) and a problem+json body.
+    /// An HTTP response with `status` (504 by default in the layer) and an
+    /// `application/problem+json` body of type [`timeout`](crate::problems#timeout). The
+    /// response's extensions hold this `Elapsed`.
     pub fn to_http_response<B: From<Bytes>>(&self, status: StatusCode) -> Response<B> {
-        let body = format!(
-            "{{\"type\":\"{TIMEOUT_PROBLEM_TYPE}\",\"title\":\"Request timed out\",\"status\":{},\"detail\":\"{self}\"}}",
-            status.as_u16()
-        );
-        let mut res = Response::new(B::from(Bytes::from(body)));
-        *res.status_mut() = status;
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut res = problem::response(status, TIMEOUT_PROBLEM_TYPE, self, None, B::from);
         res.extensions_mut().insert(*self);
         res
     }
@@ -59,9 +54,9 @@ impl Elapsed {
     }
 }
 
-/// The problem `type` URI of the 504 answered in HTTP response mode.
-pub const TIMEOUT_PROBLEM_TYPE: &str =
-    "https://docs.rs/tower-rampart/latest/tower_rampart/problems#timeout";
+/// The problem `type` URI of the 504 answered in HTTP response mode:
+/// [`problems::TIMEOUT`](crate::problems::TIMEOUT).
+pub const TIMEOUT_PROBLEM_TYPE: &str = crate::problems::TIMEOUT;
 
 impl fmt::Display for Elapsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,3 +69,26 @@ impl fmt::Display for Elapsed {
 }
 
 impl std::error::Error for Elapsed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_form() {
+        let res = Elapsed::new(Duration::from_millis(1500))
+            .to_http_response::<Bytes>(StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(res.status(), 504);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
+        assert!(res.extensions().get::<Elapsed>().is_some());
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["type"], TIMEOUT_PROBLEM_TYPE);
+        assert_eq!(body["title"], "Gateway Timeout");
+        assert_eq!(body["status"], 504);
+        assert_eq!(body["detail"], "request timed out after 1.500s");
+    }
+}

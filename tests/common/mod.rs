@@ -1,5 +1,12 @@
-//! Helpers shared by the integration tests: the store contract and a real redis-server.
+//! Helpers shared by the integration tests: real HTTP and gRPC servers on free ports, clients,
+//! a flaky downstream, event collectors, breaker configurations, the store contract and a real
+//! redis-server. Each test binary uses a subset.
 #![allow(dead_code)]
 
+pub mod breakers;
+pub mod events;
+pub mod flaky;
+pub mod grpc;
+pub mod http;
 pub mod redis_server;
 pub mod store_contract;

@@ -267,7 +267,7 @@ impl MemoryStore {
             self.sweep_all(now, &mut shard);
             if !self.reserve(size) {
                 #[cfg(feature = "metrics")]
-                metrics::counter!("rampart_idempotency_store_full_total").increment(1);
+                metrics::counter!(crate::idempotency::metric_names::STORE_FULL).increment(1);
                 #[cfg(feature = "tracing")]
                 tracing::warn!(
                     max_bytes = self.inner.max_bytes,

@@ -1,9 +1,18 @@
-//! Making the copies that later attempts send, and deciding which requests may be sent twice.
+//! Sending a request a second time: bodies held in memory ([`Buffered`], [`BufferBodyLayer`]),
+//! copies of requests ([`Replay`], [`CloneRequest`], [`HttpReplay`]), and which requests may be
+//! sent twice at all.
+//!
+//! Shared by retry (another attempt), fallback (a backup service gets the request the primary
+//! failed) and idempotency (the handler gets the body the layer read to fingerprint it).
+
+mod body;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 
-use super::buffer::Buffered;
+pub use body::{BufferBody, BufferBodyLayer, BufferFuture, Buffered, DEFAULT_BUFFER_LIMIT};
+
+use crate::idempotency::IDEMPOTENCY_KEY;
 
 /// Makes a copy of a request for a later attempt.
 ///
@@ -17,7 +26,7 @@ pub trait Replay<Req> {
 /// Every `Req: Clone` can be sent again (non-HTTP services).
 ///
 /// ```
-/// use tower_rampart::retry::{CloneRequest, Replay};
+/// use tower_rampart::replay::{CloneRequest, Replay};
 ///
 /// assert_eq!(CloneRequest.replay(&"ping"), Some("ping"));
 /// ```
@@ -35,11 +44,11 @@ impl<Req: Clone> Replay<Req> for CloneRequest {
 ///
 /// By default GET, HEAD, OPTIONS, PUT, DELETE and TRACE are retried; POST and PATCH only when
 /// they carry an `Idempotency-Key` header (see
-/// [`IdempotencyKeyLayer`](super::IdempotencyKeyLayer), which adds one). Bodies must implement
-/// [`ReplayBody`]: wrap streaming bodies with [`BufferBodyLayer`](super::BufferBodyLayer) first.
+/// [`IdempotencyKeyLayer`](crate::retry::IdempotencyKeyLayer), which adds one). Bodies must
+/// implement [`ReplayBody`]: wrap streaming bodies with [`BufferBodyLayer`] first.
 ///
 /// ```
-/// use tower_rampart::retry::{HttpReplay, Replay};
+/// use tower_rampart::replay::{HttpReplay, Replay};
 ///
 /// let get = http::Request::get("/").body(String::new()).unwrap();
 /// let post = http::Request::post("/").body(String::from("{}")).unwrap();
@@ -76,9 +85,6 @@ impl HttpReplay {
             || headers.contains_key(IDEMPOTENCY_KEY)
     }
 }
-
-/// The header name of the IETF Idempotency-Key draft.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 impl<B: ReplayBody> Replay<Request<B>> for HttpReplay {
     fn replay(&self, req: &Request<B>) -> Option<Request<B>> {

@@ -1,0 +1,46 @@
+//! Outcomes and store latency, as metrics and events; store calls bounded by the store timeout.
+
+use std::{future::Future, time::Duration};
+
+use super::StoreError;
+
+/// Metric names of the Idempotency-Key layer.
+pub mod metric_names {
+    /// Counter of keyed requests by `outcome` (`new`, `replayed`, `conflict`, `mismatch`,
+    /// `store_error`, `store_full`, `unreadable_record`, `lease_lost`, ...).
+    pub const REQUESTS: &str = "rampart_idempotency_requests_total";
+    /// Histogram of store call latency in seconds, by `op` (`claim`, `complete`, `release`,
+    /// `renew`).
+    pub const STORE_SECONDS: &str = "rampart_idempotency_store_seconds";
+    /// Counter of new keys the memory store refused because it was full.
+    pub const STORE_FULL: &str = "rampart_idempotency_store_full_total";
+}
+
+pub(crate) fn outcome(label: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(metric_names::REQUESTS, "outcome" => label).increment(1);
+    #[cfg(feature = "tracing")]
+    tracing::debug!(outcome = label, "idempotency");
+    let _ = label;
+}
+
+/// One store call, bounded by the store timeout, its latency recorded.
+pub(crate) async fn within<T>(
+    op: &'static str,
+    limit: Duration,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    #[cfg(feature = "metrics")]
+    let start = tokio::time::Instant::now();
+    let out = tokio::time::timeout(limit, f).await;
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(metric_names::STORE_SECONDS, "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    let _ = op;
+    match out {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::new(
+            "the idempotency store did not answer in time",
+        )),
+    }
+}

@@ -1,0 +1,37 @@
+//! Event collectors: a listener to hand to a layer, and the log it fills.
+
+use std::sync::{Arc, Mutex};
+
+use tower_rampart::{
+    circuit_breaker::{Event, EventKind, State},
+    retry::{RetryEvent, RetryEventKind},
+};
+
+/// The retry events a listener saw, in order.
+pub type RetryEvents = Arc<Mutex<Vec<RetryEventKind>>>;
+
+/// A retry listener and the log it fills.
+pub fn retry_events() -> (
+    RetryEvents,
+    impl Fn(&RetryEvent<'_>) + Send + Sync + 'static,
+) {
+    let log = RetryEvents::default();
+    let seen = log.clone();
+    (log, move |e: &RetryEvent<'_>| {
+        seen.lock().unwrap().push(e.kind)
+    })
+}
+
+/// The state transitions a breaker made, in order.
+pub type Transitions = Arc<Mutex<Vec<(State, State)>>>;
+
+/// A breaker listener that records every transition, and the log it fills.
+pub fn transitions() -> (Transitions, impl Fn(&Event<'_>) + Send + Sync + 'static) {
+    let log = Transitions::default();
+    let seen = log.clone();
+    (log, move |event: &Event<'_>| {
+        if let EventKind::Transition { from, to } = event.kind {
+            seen.lock().unwrap().push((from, to));
+        }
+    })
+}

@@ -161,7 +161,7 @@ fn timeout_success(c: &mut Criterion) {
         "timeout_success",
         "rampart",
         &rt,
-        TimeoutLayer::new(d).layer(leaf()),
+        TimeoutLayer::new(d).unwrap().layer(leaf()),
     );
     bench(
         c,

@@ -1,7 +1,7 @@
 //! A `reqwest::Client` behind the standard client pipeline, against a real flaky axum server.
 //!
 //! The example serves one axum app on two ports of 127.0.0.1 (two "hosts", since breakers are
-//! kept per `host:port`) and calls it through `IdempotencyKeyLayer` > `StandardClientLayer`
+//! kept per `host:port`) and calls it through `SetIdempotencyKeyLayer` > `StandardClientLayer`
 //! (total timeout > retry > per-host breaker > attempt timeout). It shows, printing each retry,
 //! give-up and breaker transition as it happens:
 //!
@@ -38,7 +38,7 @@ use tower_rampart::{
     backoff::Backoff,
     circuit_breaker::{CircuitOpen, Config, Event, EventKind},
     pipeline::StandardClientLayer,
-    retry::{IDEMPOTENCY_KEY, IdempotencyKeyLayer, RetryEvent, RetryEventKind, RetryLayer},
+    retry::{self, IDEMPOTENCY_KEY, RetryLayer, SetIdempotencyKeyLayer},
 };
 
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -123,15 +123,15 @@ async fn serve(app: Router) -> Result<SocketAddr, BoxError> {
 static RETRIES: AtomicUsize = AtomicUsize::new(0);
 
 /// Prints every retry (the coming attempt's number and delay) and every give-up (and why).
-fn on_retry(e: &RetryEvent<'_>) {
+fn on_retry(e: &retry::Event<'_>) {
     let name = e.retry;
     match e.kind {
-        RetryEventKind::Retry { attempt, delay, .. } => {
+        retry::EventKind::Retry { attempt, delay, .. } => {
             RETRIES.fetch_add(1, SeqCst);
             let ms = delay.as_secs_f64() * 1e3;
             log!("retry `{name}`: attempt {attempt} after {ms:.1} ms");
         }
-        RetryEventKind::GaveUp { attempts, reason } => {
+        retry::EventKind::GaveUp { attempts, reason } => {
             log!("retry `{name}`: gave up after {attempts} attempt(s): {reason}");
         }
         _ => {}
@@ -181,7 +181,7 @@ async fn main() -> Result<(), BoxError> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     // The key is made outside the retry stage, so every attempt of one POST repeats it.
     let mut client = ServiceBuilder::new()
-        .layer(IdempotencyKeyLayer::new())
+        .layer(SetIdempotencyKeyLayer::new())
         .layer(layer)
         .service(http.clone());
 

@@ -36,7 +36,7 @@ use tower_rampart::{
     backoff::Backoff,
     circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config, Event, EventKind},
     classify::GrpcResponse,
-    retry::{BufferBodyLayer, Buffered, HttpReplay, RetryEvent, RetryEventKind, RetryLayer},
+    retry::{self, BufferBodyLayer, Buffered, HttpReplay, RetryLayer},
     timeout::TimeoutLayer,
 };
 
@@ -120,15 +120,15 @@ where
 static RETRIES: AtomicUsize = AtomicUsize::new(0);
 
 /// Prints every retry (the coming attempt's number and delay) and every give-up (and why).
-fn on_retry(e: &RetryEvent<'_>) {
+fn on_retry(e: &retry::Event<'_>) {
     let name = e.retry;
     match e.kind {
-        RetryEventKind::Retry { attempt, delay, .. } => {
+        retry::EventKind::Retry { attempt, delay, .. } => {
             RETRIES.fetch_add(1, SeqCst);
             let ms = delay.as_secs_f64() * 1e3;
             log!("retry `{name}`: attempt {attempt} after {ms:.1} ms");
         }
-        RetryEventKind::GaveUp { attempts, reason } => {
+        retry::EventKind::GaveUp { attempts, reason } => {
             log!("retry `{name}`: gave up after {attempts} attempt(s): {reason}");
         }
         _ => {}
@@ -219,7 +219,7 @@ async fn main() -> Result<(), BoxError> {
         .layer(retry)
         .layer(breaker)
         .map_request(|r: http::Request<Buffered<Body>>| r.map(Body::new))
-        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .layer(TimeoutLayer::new(Duration::from_secs(2))?)
         .service(channel);
     let mut grpc = tonic::client::Grpc::new(stack);
     let mut refused = 0;

@@ -1,8 +1,9 @@
-//! Errors shared by every layer's builder.
+//! Error types shared by every layer: the boxed error of error mode, and builders' refusals.
 
 use std::{any::Any, fmt};
 
-use crate::BoxError;
+/// The boxed error type layers return in error mode, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A builder refused a value. The message names the setting and the value.
 ///

@@ -13,6 +13,7 @@
 //! | Idempotency-Key | a retried POST never runs twice; memory, Redis and Redis Cluster stores | [`idempotency`] |
 //! | classification | one success/failure/ignore vocabulary for HTTP, gRPC and errors, shared by every layer | [`classify`] |
 //! | copying requests | bodies held in memory and copies of requests, for retries, backup services and idempotency | [`replay`] |
+//! | modes | one vocabulary for what a layer does with a refusal or a timeout: `.respond_http()`, `.respond_grpc()` | [`mode`] |
 //! | problem types | every `application/problem+json` `type` the layers send, documented | [`problems`] |
 //!
 //! ## Quick start
@@ -66,6 +67,7 @@ pub mod classify;
 mod error;
 pub mod fallback;
 pub mod idempotency;
+pub mod mode;
 pub mod pipeline;
 mod problem;
 pub mod problems;
@@ -75,18 +77,10 @@ mod time;
 pub mod timeout;
 mod window;
 
-pub use error::ConfigError;
+pub use error::{BoxError, ConfigError};
 
 // Every Rust snippet in the README is compiled (and run where it can be) as a doc test, so the
 // README cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-/// Mode marker: a layer's refusals and timeouts are returned as errors inside a [`BoxError`]
-/// (the default mode of every layer).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReturnError;
-
-/// The boxed error type layers return in error mode, as in tower.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -540,7 +540,7 @@ async fn a_handler_panicking_on_a_probe_over_http_does_not_wedge_the_server_brea
             .unwrap(),
     )
     .classify(HttpStatus::default())
-    .respond_503();
+    .respond_http();
     let handle = layer.handle();
     let app = Router::new()
         .route("/ok", get(|| async { "ok" }))

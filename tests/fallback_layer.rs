@@ -61,7 +61,7 @@ async fn circuit_open_and_timeout_errors_are_recognised() {
             assert_eq!(cause.elapsed().unwrap().after(), Duration::from_millis(50));
             "cached"
         }))
-        .layer(TimeoutLayer::new(Duration::from_millis(50)))
+        .layer(TimeoutLayer::new(Duration::from_millis(50)).unwrap())
         .service_fn(|_: ()| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Ok::<_, Infallible>("live")
@@ -96,7 +96,7 @@ async fn failure_responses_need_the_failure_trigger() {
     let fallback = || {
         FallbackLayer::from_fn(|_| http::Response::new(String::from("fallback")))
             .classify(HttpStatus::default())
-            .http()
+            .recognise_http()
     };
     let mut on_failure = fallback().on(&[Trigger::Failure]).layer(inner);
     let res = on_failure.ready().await.unwrap().call(502).await.unwrap();
@@ -119,7 +119,7 @@ async fn failure_responses_need_the_failure_trigger() {
 async fn axum_router_degrades_on_timeouts_and_open_breakers_only() {
     let breaker = CircuitBreakerLayer::new(Config::builder().build().unwrap())
         .classify(HttpStatus::default())
-        .respond_503();
+        .respond_http();
     let handle = breaker.handle();
     let app = axum::Router::new()
         .route(
@@ -144,10 +144,14 @@ async fn axum_router_degrades_on_timeouts_and_open_breakers_only() {
                         };
                         (StatusCode::OK, why).into_response()
                     })
-                    .http(),
+                    .recognise_http(),
                 )
                 .layer(breaker)
-                .layer(TimeoutLayer::new(Duration::from_millis(100)).respond_http()),
+                .layer(
+                    TimeoutLayer::new(Duration::from_millis(100))
+                        .unwrap()
+                        .respond_http(),
+                ),
         );
     let base = serve(app).await;
     let client = client();

@@ -36,7 +36,7 @@ use tower_rampart::{
 async fn one_breaker_guards_every_route_of_a_router() {
     let layer = CircuitBreakerLayer::new(window_of_ten("app").build().unwrap())
         .classify(HttpStatus::default())
-        .respond_503();
+        .respond_http();
     let handle = layer.handle();
 
     let b_hits = Arc::new(AtomicUsize::new(0));
@@ -116,7 +116,7 @@ async fn one_breaker_guards_every_route_of_a_router() {
 async fn healthy_app_stays_closed() {
     let layer = CircuitBreakerLayer::new(window_of_ten("healthy").build().unwrap())
         .classify(HttpStatus::default())
-        .respond_503();
+        .respond_http();
     let handle = layer.handle();
     let app = Router::new()
         .route("/ok", get(|| async { "ok" }))
@@ -378,7 +378,7 @@ async fn server_side_503_carries_the_downstream_retry_after() {
             .unwrap(),
     )
     .classify(HttpStatus::default())
-    .respond_503();
+    .respond_http();
     let handle = layer.handle();
     let app = Router::new()
         .route(

@@ -27,7 +27,7 @@ use tower_rampart::{
     circuit_breaker::{CircuitOpen, Config, State},
     fallback::Trigger,
     pipeline::{StandardClientLayer, StandardServerLayer},
-    retry::{RetryEvent, RetryEventKind, RetryLayer},
+    retry::{Event, EventKind, RetryLayer},
 };
 
 /// `/flaky/{n}` fails its first `n` hits with 503 (with `Retry-After` when asked), then 200.
@@ -48,7 +48,7 @@ async fn flaky(
     }
 }
 
-fn pipeline(listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> StandardClientLayer {
+fn pipeline(listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> StandardClientLayer {
     StandardClientLayer::builder()
         .name("test-client")
         .total_timeout(Duration::from_secs(10))
@@ -118,7 +118,7 @@ async fn reqwest_through_the_pipeline_retries_and_counts() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|e| matches!(e, RetryEventKind::Retry { .. }))
+        .filter(|e| matches!(e, EventKind::Retry { .. }))
         .count();
     assert_eq!(retries, 2);
 }
@@ -203,7 +203,7 @@ async fn a_streaming_body_is_sent_once() {
     assert_eq!(log.times().len(), 1);
     assert!(matches!(
         events.lock().unwrap().last(),
-        Some(RetryEventKind::GaveUp {
+        Some(EventKind::GaveUp {
             reason: tower_rampart::retry::GiveUp::NotRetryable,
             ..
         })

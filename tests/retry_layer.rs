@@ -22,8 +22,7 @@ use tower_rampart::{
     circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config},
     classify::HttpStatus,
     retry::{
-        Budget, BufferBodyLayer, GiveUp, HttpReplay, IdempotencyKeyLayer, RetryEventKind,
-        RetryLayer,
+        Budget, BufferBodyLayer, EventKind, GiveUp, HttpReplay, RetryLayer, SetIdempotencyKeyLayer,
     },
 };
 
@@ -70,12 +69,12 @@ async fn retries_until_success_with_the_backoff_delays() {
     assert_eq!(
         *log.lock().unwrap(),
         vec![
-            RetryEventKind::Retry {
+            EventKind::Retry {
                 attempt: 2,
                 delay,
                 after_error: true
             },
-            RetryEventKind::Retry {
+            EventKind::Retry {
                 attempt: 3,
                 delay,
                 after_error: true
@@ -100,7 +99,7 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
     assert_eq!(calls.load(SeqCst), 4);
     assert_eq!(
         log.lock().unwrap().last(),
-        Some(&RetryEventKind::GaveUp {
+        Some(&EventKind::GaveUp {
             attempts: 4,
             reason: GiveUp::Attempts
         })
@@ -124,7 +123,7 @@ async fn max_elapsed_stops_before_a_late_retry() {
     assert_eq!(calls.load(SeqCst), 3);
     assert_eq!(
         log.lock().unwrap().last(),
-        Some(&RetryEventKind::GaveUp {
+        Some(&EventKind::GaveUp {
             attempts: 3,
             reason: GiveUp::Elapsed
         })
@@ -216,7 +215,7 @@ async fn a_hint_beyond_the_cap_ends_retrying() {
     assert_eq!(times.lock().unwrap().len(), 1);
     assert_eq!(
         *log.lock().unwrap(),
-        vec![RetryEventKind::GaveUp {
+        vec![EventKind::GaveUp {
             attempts: 1,
             reason: GiveUp::RetryAfter
         }]
@@ -294,7 +293,7 @@ async fn the_key_layer_gives_every_attempt_the_same_key() {
         }
     });
     let mut svc = ServiceBuilder::new()
-        .layer(IdempotencyKeyLayer::new())
+        .layer(SetIdempotencyKeyLayer::new())
         .layer(http_retry(RetryLayer::builder().backoff(constant(1))))
         .service(inner);
     for _ in 0..2 {
@@ -335,7 +334,7 @@ async fn a_budget_shared_by_clones_stops_a_retry_storm() {
         .unwrap()
         .iter()
         .filter_map(|e| match e {
-            RetryEventKind::GaveUp { reason, .. } => Some(*reason),
+            EventKind::GaveUp { reason, .. } => Some(*reason),
             _ => None,
         })
         .collect();
@@ -369,6 +368,50 @@ async fn circuit_open_refusals_are_not_retried_unless_asked() {
             Duration::from_millis(if retry_open { 2 } else { 0 })
         );
     }
+}
+
+/// The retry layer asks its classifier what a refusal is: a classifier that calls another
+/// breaker's error a refusal stops retrying on it, as on a `CircuitOpen`.
+#[tokio::test(start_paused = true)]
+async fn the_classifier_says_what_a_refusal_is() {
+    use tower_rampart::classify::{Classify, Outcome};
+
+    #[derive(Clone)]
+    struct FlakyIsRefusal;
+
+    impl Classify<u32, &'static str> for FlakyIsRefusal {
+        fn classify(&self, result: Result<&u32, &&'static str>) -> Outcome {
+            if result.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::FAILURE
+            }
+        }
+
+        fn is_refusal(&self, error: &&'static str) -> bool {
+            *error == "flaky"
+        }
+    }
+
+    let (calls, inner) = flaky(5);
+    let (log, listener) = retry_events();
+    let mut svc = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(constant(1))
+        .on_event(listener)
+        .build()
+        .unwrap()
+        .classify(FlakyIsRefusal)
+        .layer(inner);
+    svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(calls.load(SeqCst), 1, "a refusal is not retried");
+    assert_eq!(
+        log.lock().unwrap().last(),
+        Some(&EventKind::GaveUp {
+            attempts: 1,
+            reason: GiveUp::CircuitOpen,
+        })
+    );
 }
 
 /// A request that counts its clones.

@@ -117,10 +117,10 @@ async fn inner_errors_pass_through_unchanged() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn respond_503_keeps_an_infallible_error_type() {
+async fn respond_http_keeps_an_infallible_error_type() {
     let layer = CircuitBreakerLayer::new(Config::builder().build().unwrap())
         .classify(tower_rampart::classify::HttpStatus::default())
-        .respond_503();
+        .respond_http();
     layer.handle().force_open();
     let mut svc = layer.layer(service_fn(|_: ()| async {
         Ok::<_, Infallible>(http::Response::new(bytes::Bytes::from("hello")))
@@ -150,4 +150,79 @@ async fn a_leaked_layer_shares_one_breaker_too() {
     assert!(err.downcast_ref::<CircuitOpen>().is_some());
     handle.reset();
     assert_eq!(b.ready().await.unwrap().call(false).await.unwrap(), "ok");
+}
+
+/// Every service type is shaped like tower's: `new` takes what its layer takes, and
+/// `get_ref`, `get_mut` and `into_inner` reach the wrapped service.
+#[tokio::test(start_paused = true)]
+async fn every_service_has_new_get_ref_get_mut_and_into_inner() {
+    use tower_rampart::{
+        fallback::{FallbackLayer, FallbackService},
+        idempotency::{Idempotency, IdempotencyLayer},
+        replay::BufferBody,
+        retry::{Retry, RetryLayer, SetIdempotencyKey},
+        timeout::Timeout,
+    };
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Inner(u32);
+
+    fn check<T>(
+        mut svc: T,
+        get_ref: fn(&T) -> &Inner,
+        get_mut: fn(&mut T) -> &mut Inner,
+        into_inner: fn(T) -> Inner,
+    ) {
+        assert_eq!(get_ref(&svc), &Inner(1));
+        get_mut(&mut svc).0 = 2;
+        assert_eq!(into_inner(svc), Inner(2));
+    }
+
+    let config = || Config::builder().build().unwrap();
+    check(
+        tower_rampart::circuit_breaker::CircuitBreaker::new(Inner(1), config()),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
+    let retry = RetryLayer::builder().build().unwrap();
+    check(
+        Retry::new(Inner(1), &retry),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
+    check(
+        SetIdempotencyKey::new(Inner(1)),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
+    check(
+        Timeout::new(Inner(1), Duration::from_secs(1)).unwrap(),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
+    assert!(Timeout::new(Inner(1), Duration::ZERO).is_err());
+    let fallback = FallbackLayer::value(0u32);
+    check(
+        FallbackService::new(Inner(1), &fallback),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
+    let idempotency = IdempotencyLayer::builder().global_keys().build().unwrap();
+    check(
+        Idempotency::new(Inner(1), &idempotency),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
+    check(
+        BufferBody::new(Inner(1), 1024),
+        |s| s.get_ref(),
+        |s| s.get_mut(),
+        |s| s.into_inner(),
+    );
 }

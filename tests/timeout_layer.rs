@@ -29,7 +29,9 @@ fn slow(
 
 #[tokio::test(start_paused = true)]
 async fn error_mode_fails_with_elapsed_exactly_on_time() {
-    let mut late = TimeoutLayer::new(Duration::from_millis(100)).layer(service_fn(slow(1000)));
+    let mut late = TimeoutLayer::new(Duration::from_millis(100))
+        .unwrap()
+        .layer(service_fn(slow(1000)));
     let start = Instant::now();
     let err = late.ready().await.unwrap().call(()).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_millis(100));
@@ -39,7 +41,9 @@ async fn error_mode_fails_with_elapsed_exactly_on_time() {
     );
     assert_eq!(err.to_string(), "request timed out after 0.100s");
 
-    let mut fast = TimeoutLayer::new(Duration::from_millis(100)).layer(service_fn(slow(99)));
+    let mut fast = TimeoutLayer::new(Duration::from_millis(100))
+        .unwrap()
+        .layer(service_fn(slow(99)));
     assert_eq!(fast.ready().await.unwrap().call(()).await.unwrap(), 99);
 }
 
@@ -50,7 +54,7 @@ async fn timeouts_are_failures_for_a_breaker_outside() {
     let handle = breaker.handle();
     let mut svc = ServiceBuilder::new()
         .layer(breaker)
-        .layer(TimeoutLayer::new(Duration::from_millis(10)))
+        .layer(TimeoutLayer::new(Duration::from_millis(10)).unwrap())
         .service_fn(slow(1000));
     for _ in 0..3 {
         svc.ready().await.unwrap().call(()).await.unwrap_err();
@@ -65,6 +69,7 @@ async fn grpc_mode_answers_deadline_exceeded_and_honours_grpc_timeout() {
         Ok::<_, Infallible>(Response::new(Bytes::from_static(b"late")))
     });
     let mut svc = TimeoutLayer::new(Duration::from_secs(1))
+        .unwrap()
         .respond_grpc()
         .layer(handler);
     let start = Instant::now();
@@ -120,7 +125,11 @@ async fn an_axum_router_answers_504_over_real_http() {
             }),
         )
         .route("/fast", axum::routing::get(|| async { "fast" }))
-        .layer(TimeoutLayer::new(Duration::from_millis(100)).respond_http());
+        .layer(
+            TimeoutLayer::new(Duration::from_millis(100))
+                .unwrap()
+                .respond_http(),
+        );
     let addr = serve_addr(app).await;
     let client = client();
 

@@ -58,7 +58,11 @@ async fn server(fail_first: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         });
     let (incoming, addr) = incoming().await;
     let server = Server::builder()
-        .layer(TimeoutLayer::new(Duration::from_millis(200)).respond_grpc())
+        .layer(
+            TimeoutLayer::new(Duration::from_millis(200))
+                .unwrap()
+                .respond_grpc(),
+        )
         .add_service(echo)
         .serve_with_incoming(incoming);
     tokio::spawn(server);
@@ -106,7 +110,7 @@ async fn retry_breaker_and_timeout_around_a_tonic_channel() {
         )
         .layer(breaker)
         .map_request(|r: http::Request<tower_rampart::retry::Buffered<Body>>| r.map(Body::new))
-        .layer(TimeoutLayer::new(Duration::from_secs(5)))
+        .layer(TimeoutLayer::new(Duration::from_secs(5)).unwrap())
         .service(channel);
     let mut grpc = tonic::client::Grpc::new(stack);
 

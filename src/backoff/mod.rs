@@ -29,6 +29,8 @@ use std::{
     time::Duration,
 };
 
+use crate::ConfigError;
+
 /// How a computed delay is randomised (applied after the cap, so capped delays still vary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Jitter {
@@ -166,12 +168,19 @@ impl Backoff {
     }
 
     /// Checks the values; the retry builder calls it.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the value out of range: a zero base delay (except for a
+    /// constant backoff), a cap below the base delay, a multiplier below 1 or not finite, or
+    /// proportional jitter above 1000 thousandths.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError::new("backoff", m));
         if self.base.is_zero() && !matches!(self.curve, Curve::Constant) {
-            return Err("backoff base delay must be above zero".into());
+            return err("backoff base delay must be above zero".into());
         }
         if self.max < self.base {
-            return Err(format!(
+            return err(format!(
                 "backoff max delay ({:?}) is below the base delay ({:?})",
                 self.max, self.base
             ));
@@ -179,14 +188,14 @@ impl Backoff {
         if let Curve::Exponential { multiplier } = self.curve
             && !(multiplier.is_finite() && multiplier >= 1.0)
         {
-            return Err(format!(
+            return err(format!(
                 "backoff multiplier must be a finite number >= 1, got {multiplier}"
             ));
         }
         if let Jitter::Proportional(f) = self.jitter
             && f > 1000
         {
-            return Err(format!(
+            return err(format!(
                 "proportional jitter is in thousandths (0..=1000), got {f}"
             ));
         }

@@ -124,6 +124,7 @@ fn validation() {
         Backoff::exponential(Duration::ZERO)
             .validate()
             .unwrap_err()
+            .message()
             .contains("base")
     );
     assert!(
@@ -131,6 +132,7 @@ fn validation() {
             .multiplier(0.5)
             .validate()
             .unwrap_err()
+            .message()
             .contains("multiplier")
     );
     assert!(
@@ -138,6 +140,7 @@ fn validation() {
             .max_delay(ms(10))
             .validate()
             .unwrap_err()
+            .message()
             .contains("max")
     );
     assert!(

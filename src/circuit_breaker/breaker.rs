@@ -299,6 +299,11 @@ impl Breaker {
     }
 
     /// Asks for leave to make one call.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] when the breaker refuses the call (open, forced open, or half-open with
+    /// every probe permit taken).
     #[inline]
     pub fn try_acquire(&self, now: impl FnOnce() -> Instant) -> Result<Permit, Rejected> {
         let mut clock = Clock::new(now);

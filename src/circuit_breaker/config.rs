@@ -301,6 +301,11 @@ impl Builder {
     }
 
     /// Checks every value and returns the configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first value out of range (each setter gives its range) or
+    /// settings that contradict each other.
     pub fn build(self) -> Result<Config, ConfigError> {
         let err = |msg: String| Err(ConfigError::new("circuit breaker", msg));
         let rate_ok = |r: f64| r > 0.0 && r <= 1.0;

@@ -58,6 +58,10 @@ pin_project! {
     ///
     /// `R` is what a rejected call yields: a [`CircuitOpen`] error (error mode) or a ready
     /// `503` response (HTTP mode).
+    ///
+    /// # Panics
+    ///
+    /// A refused call's future panics when polled again after it completed.
     pub struct ResponseFuture<F, C, R = CircuitOpen, B = Arc<Breaker>>
     where
         B: Deref<Target = Breaker>,

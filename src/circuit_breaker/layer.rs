@@ -8,10 +8,13 @@ use tower_layer::Layer;
 
 use super::{
     Breaker, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
-    KeyedBreakers, Respond503,
+    KeyedBreakers,
     select::{Single, Static},
 };
-use crate::{ReturnError, classify::AnyError};
+use crate::{
+    classify::AnyError,
+    mode::{RespondHttp, ReturnError},
+};
 
 /// Applies a circuit breaker to services.
 ///
@@ -21,7 +24,7 @@ use crate::{ReturnError, classify::AnyError};
 ///
 /// By default every `Err` is a failure ([`AnyError`]) and a refused call fails with a boxed
 /// [`CircuitOpen`](super::CircuitOpen). Change the classifier with [`classify`](Self::classify)
-/// and answer refusals with `503` responses with [`respond_503`](Self::respond_503).
+/// and answer refusals with `503` responses with [`respond_http`](Self::respond_http).
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -126,10 +129,12 @@ impl<C, M> CircuitBreakerLayer<C, M, Single> {
         CircuitBreakerHandle::new(self.picker.0.clone())
     }
 
-    /// Moves the breaker to static memory, never freed, so that calls hold it without
-    /// reference counting: two atomic read-modify-writes fewer per call, and no cache line
-    /// that every core writes. For layers built once for the life of the process (the usual
-    /// case); a program that builds layers again and again should not leak them.
+    /// Moves the layer's shared state (here the breaker) to static memory, never freed, so
+    /// that calls hold it without reference counting: two atomic read-modify-writes fewer per
+    /// call, and no cache line that every core writes. Nothing else changes: the services
+    /// behave the same, and handles taken before or after steer the same breaker. For layers
+    /// built once for the life of the process (the usual case): each call leaks one small
+    /// allocation, so a program that builds layers again and again should not leak them.
     ///
     /// ```
     /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
@@ -198,7 +203,7 @@ impl<C, M, P> CircuitBreakerLayer<C, M, P> {
 
     /// Answers refused calls with `503 Service Unavailable` (with `Retry-After` when known and an
     /// `application/problem+json` body) instead of an error, keeping the inner error type.
-    pub fn respond_503(self) -> CircuitBreakerLayer<C, Respond503, P> {
+    pub fn respond_http(self) -> CircuitBreakerLayer<C, RespondHttp, P> {
         CircuitBreakerLayer {
             picker: self.picker,
             classifier: self.classifier,

@@ -35,7 +35,7 @@
 //!         .build()?,
 //! )
 //! .classify(HttpStatus::default())
-//! .respond_503();
+//! .respond_http();
 //!
 //! let app: axum::Router = axum::Router::new()
 //!     .route("/", axum::routing::get(|| async { "hello" }))
@@ -62,7 +62,6 @@ pub(crate) mod sync;
 mod loom_tests;
 
 pub use crate::ConfigError;
-pub use crate::ReturnError;
 pub use breaker::{Breaker, Permit, Rejected, Snapshot};
 pub use config::{Builder, Config, WindowKind};
 pub use error::{CircuitOpen, PROBLEM_TYPE};
@@ -72,5 +71,5 @@ pub use handle::CircuitBreakerHandle;
 pub use keyed::{ByAuthority, KeyFn, Keyed, KeyedBreakers};
 pub use layer::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
 pub use select::{SelectBreaker, Single, Static};
-pub use service::{CircuitBreaker, Respond503};
+pub use service::CircuitBreaker;
 pub use state::State;

@@ -2,6 +2,7 @@
 
 use std::{
     marker::PhantomData,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -11,17 +12,15 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{
-    CircuitOpen,
+    Breaker, CircuitOpen, Config,
     future::{Guard, ResponseFuture},
-    select::SelectBreaker,
+    select::{SelectBreaker, Single},
 };
-use crate::{BoxError, ReturnError, classify::Classify};
-
-/// Mode marker: a rejected call is answered with `503 Service Unavailable`, `Retry-After` and a
-/// problem+json body, and the service keeps its inner error type (an axum `Router` stays
-/// `Infallible`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Respond503;
+use crate::{
+    BoxError,
+    classify::{AnyError, Classify},
+    mode::{RespondHttp, ReturnError},
+};
 
 /// A service guarded by a circuit breaker. Made by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer); every clone shares the layer's breaker.
@@ -51,10 +50,35 @@ impl<S: std::fmt::Debug, C, M, P> std::fmt::Debug for CircuitBreaker<S, C, M, P>
     }
 }
 
+impl<S> CircuitBreaker<S, AnyError, ReturnError, Single> {
+    /// `inner` guarded by a breaker of its own built from `config`: the same as
+    /// [`CircuitBreakerLayer::new(config)`](super::CircuitBreakerLayer::new)`.layer(inner)`.
+    /// Build the layer instead to share one breaker among services, steer it through a handle,
+    /// or choose a classifier and a mode.
+    pub fn new(inner: S, config: Config) -> Self {
+        CircuitBreaker {
+            inner,
+            picker: Single(Arc::new(Breaker::new(config))),
+            classifier: AnyError,
+            _mode: PhantomData,
+        }
+    }
+}
+
 impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 
     /// Starts a call: a permitted one is handed to the inner service, a refused one becomes
@@ -109,7 +133,7 @@ where
     }
 }
 
-impl<S, C, P, Req, B> Service<Req> for CircuitBreaker<S, C, Respond503, P>
+impl<S, C, P, Req, B> Service<Req> for CircuitBreaker<S, C, RespondHttp, P>
 where
     S: Service<Req, Response = Response<B>>,
     B: From<Bytes>,

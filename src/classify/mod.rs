@@ -1,8 +1,8 @@
 //! One outcome vocabulary for every layer: was a call a success, a failure, or neither?
 //!
-//! Every layer in this crate (the circuit breaker today, retry and timeouts next) asks a
-//! [`Classify`] implementation what a finished call meant. Ready-made classifiers cover the common
-//! cases:
+//! The circuit breaker, retry and fallback layers ask a [`Classify`] implementation what a
+//! finished call meant, and the retry layer also asks it whether an error is a circuit breaker's
+//! refusal ([`Classify::is_refusal`]). Ready-made classifiers cover the common cases:
 //!
 //! | classifier | for | failures by default |
 //! |---|---|---|
@@ -103,6 +103,20 @@ impl Outcome {
 pub trait Classify<Res, Err> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
+
+    /// Whether `error` is a circuit breaker's refusal: "not now" rather than a failed call. The
+    /// retry layer does not retry refusals unless told to
+    /// ([`retry_circuit_open`](crate::retry::Builder::retry_circuit_open)).
+    ///
+    /// By default, a [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) error, by itself or
+    /// inside a [`BoxError`](crate::BoxError) (how a breaker in error mode returns it).
+    /// Override it to recognise the refusals of other breakers.
+    fn is_refusal(&self, error: &Err) -> bool
+    where
+        Err: 'static,
+    {
+        crate::error::find_error::<crate::circuit_breaker::CircuitOpen, Err>(error).is_some()
+    }
 }
 
 /// Every `Err` is a failure, every `Ok` a success. The default for services that are not HTTP.

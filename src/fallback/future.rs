@@ -100,6 +100,10 @@ where
 
 pin_project! {
     /// The future of a [`ServiceFallback`](super::ServiceFallback): ready the service, call it.
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed without calling the service.
     pub struct ServiceCall<S, Req>
     where
         S: Service<Req>,

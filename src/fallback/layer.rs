@@ -13,6 +13,7 @@ use tower_service::Service;
 use super::{Cause, ResponseFuture, Trigger, Triggers, http_response_trigger, no_response_trigger};
 use crate::{
     classify::{AnyError, Classify},
+    mode::{AnyResponse, RecogniseHttp},
     replay::{CloneRequest, Replay},
 };
 
@@ -93,15 +94,6 @@ where
 }
 
 use super::future::ServiceCall;
-
-/// Mode: responses of any type; breaker and timeout triggers match their errors.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AnyResponse;
-
-/// Mode: `http::Response`s; breaker and timeout triggers also match the 503 / 504 / gRPC
-/// responses those layers answer in response mode (they mark them in the extensions).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpResponse;
 
 /// Turns chosen failures into a fallback response.
 ///
@@ -209,8 +201,10 @@ impl<F, C, M> FallbackLayer<F, C, M> {
     }
 
     /// For `http::Response`s: recognise the breaker's 503 and the timeout's 504 / gRPC
-    /// responses as [`Trigger::CircuitOpen`] and [`Trigger::Timeout`].
-    pub fn http(self) -> FallbackLayer<F, C, HttpResponse> {
+    /// responses (layers in [`RespondHttp`](crate::mode::RespondHttp) or
+    /// [`RespondGrpc`](crate::mode::RespondGrpc) mode) as [`Trigger::CircuitOpen`] and
+    /// [`Trigger::Timeout`].
+    pub fn recognise_http(self) -> FallbackLayer<F, C, RecogniseHttp> {
         FallbackLayer {
             fallback: self.fallback,
             classifier: self.classifier,
@@ -256,7 +250,32 @@ impl<S: Clone, F: Clone, C: Clone, M> Clone for FallbackService<S, F, C, M> {
     }
 }
 
+impl<S, F: Clone, C: Clone, M> FallbackService<S, F, C, M> {
+    /// `inner` with `layer`'s fallback, classifier, triggers and mode: the same as
+    /// `layer.layer(inner)` (a fallback layer is made by [`FallbackLayer::value`],
+    /// [`FallbackLayer::from_fn`], [`FallbackLayer::service`] or
+    /// [`FallbackLayer::with_fallback`]).
+    pub fn new(inner: S, layer: &FallbackLayer<F, C, M>) -> Self {
+        layer.layer(inner)
+    }
+}
+
 impl<S, F, C, M> FallbackService<S, F, C, M> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     fn start<Req>(
         &mut self,
         req: Req,
@@ -280,7 +299,7 @@ impl<S, F, C, M> FallbackService<S, F, C, M> {
 }
 
 /// How a fallback mode recognises the responses our own layers made (a breaker's 503, a
-/// timeout's 504): [`AnyResponse`] never does, [`HttpResponse`] reads their marks.
+/// timeout's 504): [`AnyResponse`] never does, [`RecogniseHttp`] reads their marks.
 pub trait ResponseMarks<Res> {
     /// The trigger a response made by one of our layers matches, if it is one.
     fn trigger(res: &Res) -> Option<Trigger>;
@@ -292,7 +311,7 @@ impl<Res> ResponseMarks<Res> for AnyResponse {
     }
 }
 
-impl<B> ResponseMarks<http::Response<B>> for HttpResponse {
+impl<B> ResponseMarks<http::Response<B>> for RecogniseHttp {
     fn trigger(res: &http::Response<B>) -> Option<Trigger> {
         http_response_trigger(res)
     }

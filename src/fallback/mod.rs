@@ -5,7 +5,7 @@
 //!
 //! | trigger | what it matches |
 //! |---|---|
-//! | [`Trigger::CircuitOpen`] | a breaker's refusal: a `CircuitOpen` error, or the 503 of a breaker in `respond_503` mode |
+//! | [`Trigger::CircuitOpen`] | a breaker's refusal: a `CircuitOpen` error, or the 503 of a breaker in `respond_http` mode |
 //! | [`Trigger::Timeout`] | an `Elapsed` error, or the 504 / DEADLINE_EXCEEDED of a timeout in response mode |
 //! | [`Trigger::Error`] | any other `Err` |
 //! | [`Trigger::Failure`] | an `Ok` response the classifier calls a failure |
@@ -27,11 +27,12 @@
 //!             .layer(
 //!                 FallbackLayer::from_fn(|_cause| "41.80 (cached)".into_response())
 //!                     .on(&[Trigger::Timeout])
-//!                     .http(),
+//!                     .recognise_http(),
 //!             )
-//!             .layer(TimeoutLayer::new(Duration::from_millis(200)).respond_http()),
+//!             .layer(TimeoutLayer::new(Duration::from_millis(200))?.respond_http()),
 //!     );
 //! # let _ = app;
+//! # Ok::<_, tower_rampart::ConfigError>(())
 //! ```
 
 mod future;
@@ -40,8 +41,8 @@ mod layer;
 pub use future::ResponseFuture;
 pub use future::ServiceCall;
 pub use layer::{
-    AnyResponse, Fallback, FallbackLayer, FallbackService, FnFallback, HttpResponse, ResponseMarks,
-    ServiceFallback, ValueFallback,
+    Fallback, FallbackLayer, FallbackService, FnFallback, ResponseMarks, ServiceFallback,
+    ValueFallback,
 };
 
 use crate::{circuit_breaker::CircuitOpen, error::find_error as downcast, timeout::Elapsed};

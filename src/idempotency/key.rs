@@ -60,6 +60,10 @@ pub const MAX_KEY_LEN: usize = 255;
 
 impl IdempotencyKey {
     /// Parses a header value.
+    ///
+    /// # Errors
+    ///
+    /// A [`KeyError`] when the value is empty, too long ([`MAX_KEY_LEN`]) or not a valid key.
     pub fn parse(value: &HeaderValue) -> Result<Self, KeyError> {
         // Structured-field parsing drops surrounding spaces.
         let raw = value.as_bytes().trim_ascii();
@@ -82,6 +86,11 @@ impl IdempotencyKey {
 
     /// The request's key: exactly one `Idempotency-Key` header, parsed. `Ok(None)` when there is
     /// none.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Repeated`] for more than one header, or the header's own [`parse`](Self::parse)
+    /// error.
     ///
     /// ```
     /// use tower_rampart::idempotency::{IdempotencyKey, KeyError};

@@ -271,6 +271,11 @@ impl<St: Store> Builder<St> {
     }
 
     /// Checks the values.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first value out of range or settings that contradict each
+    /// other.
     pub fn build(self) -> Result<IdempotencyLayer<St>, ConfigError> {
         let err = |m: &str| Err(ConfigError::new("idempotency", m));
         let o = &self.options;

@@ -141,6 +141,10 @@ impl Completion {
 
     /// Reads the binary form back (this version's and every earlier one). Never panics: any
     /// input that is not a record is a [`DecodeError`].
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] for input that is not a record this version can read.
     pub fn decode(mut bytes: &[u8]) -> Result<Self, DecodeError> {
         let bytes = &mut bytes;
         let head = take(bytes, 4)?;

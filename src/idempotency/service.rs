@@ -28,6 +28,30 @@ pub struct Idempotency<S, St> {
     pub(crate) settings: Arc<Settings<St>>,
 }
 
+impl<S, St> Idempotency<S, St> {
+    /// `inner` behind `layer`'s settings and store: the same as `layer.layer(inner)` (an
+    /// Idempotency-Key layer is made by
+    /// [`IdempotencyLayer::builder`](super::IdempotencyLayer::builder)).
+    pub fn new(inner: S, layer: &super::IdempotencyLayer<St>) -> Self {
+        tower_layer::Layer::layer(layer, inner)
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: Clone, St> Clone for Idempotency<S, St> {
     fn clone(&self) -> Self {
         Idempotency {

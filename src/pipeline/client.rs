@@ -6,12 +6,13 @@ use http::uri::Authority;
 use tower_layer::Layer;
 
 use crate::{
-    ConfigError, ReturnError,
+    ConfigError,
     backoff::Backoff,
     circuit_breaker::{
         self, ByAuthority, CircuitBreaker, CircuitBreakerLayer, Keyed, KeyedBreakers,
     },
     classify::HttpStatus,
+    mode::ReturnError,
     retry::{self, Budget, HttpReplay, Retry, RetryLayer},
     timeout::{Timeout, TimeoutLayer},
 };
@@ -156,6 +157,11 @@ impl ClientBuilder {
     }
 
     /// Checks every stage, and that an attempt cannot outlast the whole call.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when a timeout is zero, the attempt timeout exceeds the total timeout,
+    /// or the retry or breaker settings are refused by their own builders.
     pub fn build(self) -> Result<StandardClientLayer, ConfigError> {
         let err = |m: String| Err(ConfigError::new("standard client pipeline", m));
         if self.total.is_zero() || self.attempt.is_zero() {
@@ -195,11 +201,11 @@ impl ClientBuilder {
             .name(self.name.as_str())
             .build()?;
         Ok(StandardClientLayer {
-            total: TimeoutLayer::new(self.total),
+            total: TimeoutLayer::new(self.total)?,
             retry,
             breaker: CircuitBreakerLayer::keyed_by_authority(breaker)
                 .classify(HttpStatus::default()),
-            attempt: TimeoutLayer::new(self.attempt),
+            attempt: TimeoutLayer::new(self.attempt)?,
         })
     }
 }

@@ -11,22 +11,19 @@ use tower_layer::Layer;
 
 use crate::{
     ConfigError,
-    circuit_breaker::{
-        self, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, Respond503, Single,
-    },
+    circuit_breaker::{self, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, Single},
     classify::HttpStatus,
-    fallback::{
-        Cause, Fallback, FallbackLayer, FallbackService, FnFallback, HttpResponse, Trigger,
-    },
-    timeout::{RespondHttp, Timeout, TimeoutLayer},
+    fallback::{Cause, Fallback, FallbackLayer, FallbackService, FnFallback, Trigger},
+    mode::{RecogniseHttp, RespondHttp},
+    timeout::{Timeout, TimeoutLayer},
 };
 
 /// The service a [`StandardServerLayer`] makes around a router or handler `S`.
 pub type StandardServer<S, F> = FallbackService<
-    CircuitBreaker<Timeout<S, RespondHttp>, HttpStatus, Respond503, Single>,
+    CircuitBreaker<Timeout<S, RespondHttp>, HttpStatus, RespondHttp, Single>,
     F,
     HttpStatus,
-    HttpResponse,
+    RecogniseHttp,
 >;
 
 /// Fallback > circuit breaker (503 + `Retry-After`) > timeout (504), for an axum `Router` or
@@ -60,8 +57,8 @@ pub type StandardServer<S, F> = FallbackService<
 /// ```
 #[derive(Clone)]
 pub struct StandardServerLayer<F = NoFallback> {
-    fallback: FallbackLayer<F, HttpStatus, HttpResponse>,
-    breaker: CircuitBreakerLayer<HttpStatus, Respond503, Single>,
+    fallback: FallbackLayer<F, HttpStatus, RecogniseHttp>,
+    breaker: CircuitBreakerLayer<HttpStatus, RespondHttp, Single>,
     timeout: TimeoutLayer<RespondHttp>,
 }
 
@@ -157,6 +154,11 @@ impl<F> ServerBuilder<F> {
     }
 
     /// Checks the stages.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the timeout is zero or the breaker's settings are refused by its
+    /// builder.
     pub fn build(self) -> Result<StandardServerLayer<F>, ConfigError> {
         if self.timeout.is_zero() {
             return Err(ConfigError::new(
@@ -178,9 +180,9 @@ impl<F> ServerBuilder<F> {
             fallback: FallbackLayer::with_fallback(self.fallback)
                 .on(&self.triggers)
                 .classify(HttpStatus::default())
-                .http(),
-            breaker: breaker.classify(HttpStatus::default()).respond_503(),
-            timeout: TimeoutLayer::new(self.timeout).respond_http_with(self.status),
+                .recognise_http(),
+            breaker: breaker.classify(HttpStatus::default()).respond_http(),
+            timeout: TimeoutLayer::new(self.timeout)?.respond_http_with(self.status),
         })
     }
 }

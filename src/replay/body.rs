@@ -192,6 +192,29 @@ pub struct BufferBody<S> {
     limit: usize,
 }
 
+impl<S> BufferBody<S> {
+    /// `inner` with request bodies of up to `limit` bytes buffered, like
+    /// [`BufferBodyLayer::new`].
+    pub fn new(inner: S, limit: usize) -> Self {
+        BufferBody { inner, limit }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S, B> Service<Request<B>> for BufferBody<S>
 where
     S: Service<Request<Buffered<B>>> + Clone,

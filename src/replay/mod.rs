@@ -44,7 +44,7 @@ impl<Req: Clone> Replay<Req> for CloneRequest {
 ///
 /// By default GET, HEAD, OPTIONS, PUT, DELETE and TRACE are retried; POST and PATCH only when
 /// they carry an `Idempotency-Key` header (see
-/// [`IdempotencyKeyLayer`](crate::retry::IdempotencyKeyLayer), which adds one). Bodies must
+/// [`SetIdempotencyKeyLayer`](crate::retry::SetIdempotencyKeyLayer), which adds one). Bodies must
 /// implement [`ReplayBody`]: wrap streaming bodies with [`BufferBodyLayer`] first.
 ///
 /// ```

@@ -14,6 +14,7 @@ use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use crate::{
+    ConfigError,
     time::nanos_since,
     window::{Sample, TimeWindow},
 };
@@ -40,7 +41,7 @@ use crate::{
 ///     budget.record_outcome(true);
 /// }
 /// assert!(budget.try_retry(now));
-/// # Ok::<_, String>(())
+/// # Ok::<_, tower_rampart::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct Budget(Arc<Kind>);
@@ -104,14 +105,19 @@ const MILLI: u64 = 1000;
 impl Budget {
     /// gRPC retry throttling: `max_tokens` in 1..=1000, `token_ratio` in (0, 1] (gRPC allows
     /// three decimal places; more are rounded).
-    pub fn token_bucket(max_tokens: u32, token_ratio: f64) -> Result<Budget, String> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when a value is out of range.
+    pub fn token_bucket(max_tokens: u32, token_ratio: f64) -> Result<Budget, ConfigError> {
+        let err = |m: String| Err(ConfigError::new("retry budget", m));
         if !(1..=1000).contains(&max_tokens) {
-            return Err(format!(
+            return err(format!(
                 "token bucket max_tokens must be in 1..=1000, got {max_tokens}"
             ));
         }
         if !(token_ratio > 0.0 && token_ratio <= 1.0) {
-            return Err(format!(
+            return err(format!(
                 "token bucket token_ratio must be in (0, 1], got {token_ratio}"
             ));
         }
@@ -125,14 +131,19 @@ impl Budget {
 
     /// Finagle-style: retries in the last `ttl` may be `percent` (in [0, 10]) of the requests in
     /// that time plus `min_per_sec * ttl`. Finagle's defaults are 0.2, 10 and 10 s.
-    pub fn percent(percent: f64, min_per_sec: u32, ttl: Duration) -> Result<Budget, String> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `percent` is outside [0, 10] or `ttl` outside 1 s..=60 s.
+    pub fn percent(percent: f64, min_per_sec: u32, ttl: Duration) -> Result<Budget, ConfigError> {
+        let err = |m: String| Err(ConfigError::new("retry budget", m));
         if !(0.0..=10.0).contains(&percent) {
-            return Err(format!(
+            return err(format!(
                 "percent budget must be in [0, 10] (a fraction of requests), got {percent}"
             ));
         }
         if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
-            return Err(format!(
+            return err(format!(
                 "percent budget ttl must be within 1 s..=60 s, got {ttl:?}"
             ));
         }

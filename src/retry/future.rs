@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::{
     Replay,
-    policy::{Held, Next, Policy},
+    policy::{Held, Next},
 };
 use crate::{BoxError, backoff::Delays, classify::Classify};
 
@@ -103,7 +103,7 @@ where
                     if !outcome.is_failure() {
                         return Poll::Ready(result.map_err(Into::into));
                     }
-                    let open = matches!(&result, Err(e) if Policy::is_circuit_open(e));
+                    let open = matches!(&result, Err(e) if this.classifier.is_refusal(e));
                     match policy.next(
                         attempts,
                         &outcome,

@@ -49,6 +49,11 @@ impl RetryLayer {
 
 impl Builder {
     /// Checks every value and returns the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `max_attempts` is outside 1..=100, `max_elapsed` is zero, or the
+    /// backoff is refused by [`Backoff::validate`](crate::backoff::Backoff::validate).
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         Ok(RetryLayer {
             policy: Held::Shared(Arc::new(self.build_policy()?)),
@@ -82,9 +87,21 @@ impl<C, R> RetryLayer<C, R> {
         &self.policy.name
     }
 
-    /// Moves the policy (and so the budget's handle) to static memory, never freed, so that
-    /// calls hold it without reference counting. For layers built once for the life of the
-    /// process; a program that builds layers again and again should not leak them.
+    /// Moves the layer's shared state (here the policy, with its budget and listeners) to
+    /// static memory, never freed, so that calls hold it without reference counting: two
+    /// atomic read-modify-writes fewer per call, and no cache line that every core writes.
+    /// Nothing else changes: the services behave the same, and clones of the budget keep
+    /// sharing it. For layers built once for the life of the process (the usual case): each
+    /// call leaks one small allocation, so a program that builds layers again and again should
+    /// not leak them. Leaking a leaked layer leaks nothing more.
+    ///
+    /// ```
+    /// use tower_rampart::retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::builder().name("static").build()?.leak();
+    /// assert_eq!(layer.name(), "static");
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
     pub fn leak(self) -> Self {
         let policy = match self.policy {
             Held::Shared(arc) => {

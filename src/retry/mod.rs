@@ -10,7 +10,7 @@
 //! - Requests are copied for later attempts by a [`Replay`]: `Clone` for plain services,
 //!   [`HttpReplay`] for `http::Request` and `reqwest::Request` (only methods safe to repeat,
 //!   POST/PATCH only with an `Idempotency-Key`), with [`BufferBodyLayer`] to make streaming
-//!   bodies replayable up to a limit. [`IdempotencyKeyLayer`] gives POST/PATCH a key once per
+//!   bodies replayable up to a limit. [`SetIdempotencyKeyLayer`] gives POST/PATCH a key once per
 //!   logical request.
 //! - A circuit breaker's refusal is never retried unless asked.
 //!
@@ -20,7 +20,7 @@
 //! use tower_rampart::{
 //!     backoff::Backoff,
 //!     classify::HttpStatus,
-//!     retry::{Budget, BufferBodyLayer, HttpReplay, IdempotencyKeyLayer, RetryLayer},
+//!     retry::{Budget, BufferBodyLayer, HttpReplay, SetIdempotencyKeyLayer, RetryLayer},
 //! };
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +33,7 @@
 //!     .classify(HttpStatus::retryable())
 //!     .replay(HttpReplay::default());
 //! let stack = ServiceBuilder::new()
-//!     .layer(IdempotencyKeyLayer::new())
+//!     .layer(SetIdempotencyKeyLayer::new())
 //!     .layer(BufferBodyLayer::default())
 //!     .layer(retry);
 //! # let _ = stack;
@@ -43,19 +43,19 @@
 
 mod budget;
 mod future;
-mod idempotency_key;
 mod layer;
 mod policy;
 mod service;
+mod set_idempotency_key;
 
 use std::time::Duration;
 
 pub use crate::ConfigError;
 pub use budget::Budget;
 pub use future::ResponseFuture;
-pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
 pub use layer::RetryLayer;
 pub use policy::{Builder, GiveUp, metric_names};
+pub use set_idempotency_key::{SetIdempotencyKey, SetIdempotencyKeyLayer};
 // Copying requests lives in `crate::replay` (shared with fallback and idempotency); retry users
 // find what they stack with a retry layer here too.
 pub use crate::idempotency::IDEMPOTENCY_KEY;
@@ -67,17 +67,17 @@ pub use service::Retry;
 
 /// Something a retry layer did.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryEvent<'a> {
+pub struct Event<'a> {
     /// The layer's name.
     pub retry: &'a str,
     /// What happened.
-    pub kind: RetryEventKind,
+    pub kind: EventKind,
 }
 
-/// The kinds of [`RetryEvent`].
+/// The kinds of [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum RetryEventKind {
+pub enum EventKind {
     /// Attempt `attempt` (2 for the first retry) starts after `delay`.
     Retry {
         /// The number of the coming attempt.

@@ -4,11 +4,10 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{Budget, RetryEvent, RetryEventKind};
+use super::{Budget, Event, EventKind};
 use crate::{
     ConfigError,
     backoff::{Backoff, Delays},
-    circuit_breaker::CircuitOpen,
     classify::Outcome,
 };
 
@@ -77,7 +76,7 @@ pub(crate) enum Next {
     Wait(Duration),
 }
 
-type Listener = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
 
 /// Shared by every service the layer makes.
 pub(crate) struct Policy {
@@ -115,10 +114,6 @@ pub mod metric_names {
 }
 
 impl Policy {
-    pub(crate) fn is_circuit_open<E: 'static>(err: &E) -> bool {
-        crate::error::find_error::<CircuitOpen, E>(err).is_some()
-    }
-
     /// What to do after attempt number `attempts` (1 for the first) ended with `outcome`.
     pub(crate) fn next(
         &self,
@@ -192,9 +187,9 @@ impl Policy {
         self.metrics.attempts.increment(1);
     }
 
-    fn emit(&self, kind: RetryEventKind) {
+    fn emit(&self, kind: EventKind) {
         if !self.listeners.is_empty() {
-            let e = RetryEvent {
+            let e = Event {
                 retry: &self.name,
                 kind,
             };
@@ -214,7 +209,7 @@ impl Policy {
             }
             self.metrics.delay.record(delay.as_secs_f64());
         }
-        self.emit(RetryEventKind::Retry {
+        self.emit(EventKind::Retry {
             attempt: attempts + 1,
             delay,
             after_error: error,
@@ -227,7 +222,7 @@ impl Policy {
             .increment(1);
         #[cfg(feature = "tracing")]
         tracing::debug!(retry = %self.name, attempts, reason = reason.as_str(), "gave up retrying");
-        self.emit(RetryEventKind::GaveUp { attempts, reason });
+        self.emit(EventKind::GaveUp { attempts, reason });
     }
 }
 
@@ -336,7 +331,7 @@ impl Builder {
     }
 
     /// Calls `listener` for every retry and every give-up.
-    pub fn on_event(mut self, listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
         self.listeners.push(Arc::new(listener));
         self
     }
@@ -352,8 +347,8 @@ impl Builder {
         if self.max_elapsed.is_some_and(|e| e.is_zero()) {
             return err("max_elapsed must be above zero".into());
         }
-        if let Err(m) = self.backoff.validate() {
-            return err(m);
+        if let Err(e) = self.backoff.validate() {
+            return err(e.message().to_owned());
         }
         #[cfg(feature = "metrics")]
         let metrics = {

@@ -5,7 +5,9 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Replay, future::ResponseFuture, policy::Held};
+use tower_layer::Layer;
+
+use super::{Replay, RetryLayer, future::ResponseFuture, policy::Held};
 use crate::{BoxError, classify::Classify};
 
 /// A service whose failed calls are retried. Made by [`RetryLayer`](super::RetryLayer).
@@ -33,6 +35,31 @@ impl<S: std::fmt::Debug, C, R> std::fmt::Debug for Retry<S, C, R> {
             .field("inner", &self.inner)
             .field("name", &self.policy.name)
             .finish_non_exhaustive()
+    }
+}
+
+impl<S, C: Clone, R: Clone> Retry<S, C, R> {
+    /// `inner` retried by `layer`'s policy, classifier and replay, sharing its budget: the same
+    /// as `layer.layer(inner)` (a retry layer is made by [`RetryLayer::builder`]).
+    pub fn new(inner: S, layer: &RetryLayer<C, R>) -> Self {
+        layer.layer(inner)
+    }
+}
+
+impl<S, C, R> Retry<S, C, R> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

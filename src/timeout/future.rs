@@ -13,8 +13,11 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{Elapsed, RespondGrpc, RespondHttp};
-use crate::{BoxError, ReturnError};
+use super::Elapsed;
+use crate::{
+    BoxError,
+    mode::{RespondGrpc, RespondHttp, ReturnError},
+};
 
 pin_project! {
     /// The future of [`Timeout`](super::Timeout).

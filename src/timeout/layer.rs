@@ -5,8 +5,11 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::{RespondGrpc, RespondHttp, Timeout};
-use crate::ReturnError;
+use super::Timeout;
+use crate::{
+    ConfigError,
+    mode::{RespondGrpc, RespondHttp, ReturnError},
+};
 
 /// Applies a timeout to every call.
 ///
@@ -21,8 +24,9 @@ use crate::ReturnError;
 ///
 /// let app: axum::Router = axum::Router::new()
 ///     .route("/", axum::routing::get(|| async { "fast" }))
-///     .layer(TimeoutLayer::new(Duration::from_secs(10)).respond_http());
+///     .layer(TimeoutLayer::new(Duration::from_secs(10))?.respond_http());
 /// # let _ = app;
+/// # Ok::<_, tower_rampart::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer<M = ReturnError> {
@@ -32,11 +36,27 @@ pub struct TimeoutLayer<M = ReturnError> {
 
 impl TimeoutLayer {
     /// Calls that take longer than `timeout` fail with [`Elapsed`](super::Elapsed).
-    pub fn new(timeout: Duration) -> Self {
-        TimeoutLayer {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `timeout` is zero (every call would time out).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::timeout::TimeoutLayer;
+    ///
+    /// assert!(TimeoutLayer::new(Duration::from_secs(1)).is_ok());
+    /// let err = TimeoutLayer::new(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid timeout configuration: timeout must be above zero");
+    /// ```
+    pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "timeout must be above zero"));
+        }
+        Ok(TimeoutLayer {
             timeout,
             mode: ReturnError,
-        }
+        })
     }
 }
 

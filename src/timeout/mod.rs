@@ -4,7 +4,8 @@
 //! out call is a failure for every classifier: in error mode it fails with [`Elapsed`]; in
 //! response mode an HTTP server answers `504 Gateway Timeout` (problem+json) and a gRPC server a
 //! trailers-only response with `grpc-status: 4` (DEADLINE_EXCEEDED), honouring the client's
-//! `grpc-timeout` when it is shorter.
+//! `grpc-timeout` when it is shorter. A zero timeout is refused with a
+//! [`ConfigError`](crate::ConfigError).
 //!
 //! ```
 //! use std::time::Duration;
@@ -12,15 +13,16 @@
 //! use tower_rampart::timeout::{Elapsed, TimeoutLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), tower_rampart::BoxError> {
 //! let mut svc = ServiceBuilder::new()
-//!     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(1))?)
 //!     .service_fn(|_: ()| async {
 //!         tokio::time::sleep(Duration::from_secs(5)).await;
 //!         Ok::<_, std::convert::Infallible>("late")
 //!     });
 //! let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
 //! assert_eq!(err.downcast_ref::<Elapsed>().unwrap().after(), Duration::from_secs(1));
+//! # Ok(())
 //! # }
 //! ```
 
@@ -34,4 +36,4 @@ pub use error::{Elapsed, TIMEOUT_PROBLEM_TYPE};
 pub use future::ResponseFuture;
 pub use grpc_timeout::parse_grpc_timeout;
 pub use layer::TimeoutLayer;
-pub use service::{RespondGrpc, RespondHttp, Timeout};
+pub use service::Timeout;

@@ -6,39 +6,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tower_service::Service;
 
-use super::{ResponseFuture, parse_grpc_timeout};
-use crate::{BoxError, ReturnError};
+use tower_layer::Layer;
 
-/// Mode: answer an HTTP response with this status and a problem+json body.
-#[derive(Debug, Clone, Copy)]
-pub struct RespondHttp {
-    // The status code as a whole word (see the future's fields).
-    status: u64,
-}
-
-impl RespondHttp {
-    pub(crate) fn new(status: StatusCode) -> Self {
-        RespondHttp {
-            status: u64::from(status.as_u16()),
-        }
-    }
-
-    pub(crate) fn status_of(code: u64) -> StatusCode {
-        u16::try_from(code)
-            .ok()
-            .and_then(|s| StatusCode::from_u16(s).ok())
-            .unwrap_or(StatusCode::GATEWAY_TIMEOUT)
-    }
-}
-
-/// Mode: answer a gRPC trailers-only DEADLINE_EXCEEDED.
-#[derive(Debug, Clone, Copy)]
-pub struct RespondGrpc {
-    pub(crate) honour_grpc_timeout: bool,
-}
+use super::{ResponseFuture, TimeoutLayer, parse_grpc_timeout};
+use crate::{
+    BoxError, ConfigError,
+    mode::{RespondGrpc, RespondHttp, ReturnError},
+};
 
 /// A service whose calls time out. Made by [`TimeoutLayer`](super::TimeoutLayer).
 #[derive(Debug, Clone)]
@@ -48,10 +25,32 @@ pub struct Timeout<S, M> {
     pub(crate) mode: M,
 }
 
+impl<S> Timeout<S, ReturnError> {
+    /// `inner` with calls that fail with [`Elapsed`](super::Elapsed) after `timeout`: the same
+    /// as [`TimeoutLayer::new(timeout)`](super::TimeoutLayer::new)`?.layer(inner)`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `timeout` is zero.
+    pub fn new(inner: S, timeout: Duration) -> Result<Self, ConfigError> {
+        Ok(TimeoutLayer::new(timeout)?.layer(inner))
+    }
+}
+
 impl<S, M> Timeout<S, M> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

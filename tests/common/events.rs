@@ -4,20 +4,20 @@ use std::sync::{Arc, Mutex};
 
 use tower_rampart::{
     circuit_breaker::{Event, EventKind, State},
-    retry::{RetryEvent, RetryEventKind},
+    retry,
 };
 
 /// The retry events a listener saw, in order.
-pub type RetryEvents = Arc<Mutex<Vec<RetryEventKind>>>;
+pub type RetryEvents = Arc<Mutex<Vec<retry::EventKind>>>;
 
 /// A retry listener and the log it fills.
 pub fn retry_events() -> (
     RetryEvents,
-    impl Fn(&RetryEvent<'_>) + Send + Sync + 'static,
+    impl Fn(&retry::Event<'_>) + Send + Sync + 'static,
 ) {
     let log = RetryEvents::default();
     let seen = log.clone();
-    (log, move |e: &RetryEvent<'_>| {
+    (log, move |e: &retry::Event<'_>| {
         seen.lock().unwrap().push(e.kind)
     })
 }

@@ -15,12 +15,12 @@ use crate::idempotency::IDEMPOTENCY_KEY;
 ///
 /// ```
 /// use tower::{Service, ServiceBuilder, ServiceExt};
-/// use tower_rampart::retry::IdempotencyKeyLayer;
+/// use tower_rampart::retry::SetIdempotencyKeyLayer;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let mut svc = ServiceBuilder::new()
-///     .layer(IdempotencyKeyLayer::new())
+///     .layer(SetIdempotencyKeyLayer::new())
 ///     .service_fn(|req: http::Request<()>| async move {
 ///         Ok::<_, std::convert::Infallible>(req.headers().get("idempotency-key").cloned())
 ///     });
@@ -32,41 +32,66 @@ use crate::idempotency::IDEMPOTENCY_KEY;
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct IdempotencyKeyLayer {
+pub struct SetIdempotencyKeyLayer {
     bare: bool,
 }
 
-impl IdempotencyKeyLayer {
+impl SetIdempotencyKeyLayer {
     /// Quoted keys (`"0f6c…"`), as the draft specifies.
     pub fn new() -> Self {
-        IdempotencyKeyLayer { bare: false }
+        SetIdempotencyKeyLayer { bare: false }
     }
 
     /// Bare keys (`0f6c…`), for servers that expect a plain token.
     pub fn bare() -> Self {
-        IdempotencyKeyLayer { bare: true }
+        SetIdempotencyKeyLayer { bare: true }
     }
 }
 
-impl<S> Layer<S> for IdempotencyKeyLayer {
-    type Service = IdempotencyKey<S>;
+impl<S> Layer<S> for SetIdempotencyKeyLayer {
+    type Service = SetIdempotencyKey<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        IdempotencyKey {
+        SetIdempotencyKey {
             inner,
             bare: self.bare,
         }
     }
 }
 
-/// The service of [`IdempotencyKeyLayer`].
+/// The service of [`SetIdempotencyKeyLayer`].
 #[derive(Debug, Clone)]
-pub struct IdempotencyKey<S> {
+pub struct SetIdempotencyKey<S> {
     inner: S,
     bare: bool,
 }
 
-impl<S> IdempotencyKey<S> {
+impl<S> SetIdempotencyKey<S> {
+    /// Gives `inner`'s POST and PATCH requests quoted keys, like [`SetIdempotencyKeyLayer::new`].
+    pub fn new(inner: S) -> Self {
+        SetIdempotencyKey { inner, bare: false }
+    }
+
+    /// Gives `inner`'s POST and PATCH requests bare keys, like [`SetIdempotencyKeyLayer::bare`].
+    pub fn bare(inner: S) -> Self {
+        SetIdempotencyKey { inner, bare: true }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     fn key(&self) -> HeaderValue {
         let id = uuid::Uuid::new_v4();
         let mut buf = [0u8; 38];
@@ -86,7 +111,7 @@ fn needs_key(method: &Method, headers: &http::HeaderMap) -> bool {
     (*method == Method::POST || *method == Method::PATCH) && !headers.contains_key(IDEMPOTENCY_KEY)
 }
 
-impl<S, B> Service<http::Request<B>> for IdempotencyKey<S>
+impl<S, B> Service<http::Request<B>> for SetIdempotencyKey<S>
 where
     S: Service<http::Request<B>>,
 {
@@ -108,7 +133,7 @@ where
 }
 
 #[cfg(feature = "reqwest")]
-impl<S> Service<reqwest::Request> for IdempotencyKey<S>
+impl<S> Service<reqwest::Request> for SetIdempotencyKey<S>
 where
     S: Service<reqwest::Request>,
 {

@@ -61,6 +61,9 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 pub mod backoff;
 pub mod circuit_breaker;
 pub mod classify;

@@ -66,20 +66,7 @@ impl<S> CircuitBreaker<S, AnyError, ReturnError, Single> {
 }
 
 impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 
     /// Starts a call: a permitted one is handed to the inner service, a refused one becomes
     /// `reject(error)`.

@@ -261,20 +261,7 @@ impl<S, F: Clone, C: Clone, M> FallbackService<S, F, C, M> {
 }
 
 impl<S, F, C, M> FallbackService<S, F, C, M> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 
     fn start<Req>(
         &mut self,

@@ -47,20 +47,7 @@ impl<S, C: Clone, R: Clone> Retry<S, C, R> {
 }
 
 impl<S, C, R> Retry<S, C, R> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 impl<S, C, R, Req> Service<Req> for Retry<S, C, R>

@@ -77,20 +77,7 @@ impl<S> SetIdempotencyKey<S> {
         SetIdempotencyKey { inner, bare: true }
     }
 
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 
     fn key(&self) -> HeaderValue {
         let id = uuid::Uuid::new_v4();

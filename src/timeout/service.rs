@@ -38,20 +38,7 @@ impl<S> Timeout<S, ReturnError> {
 }
 
 impl<S, M> Timeout<S, M> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 impl<S, Req> Service<Req> for Timeout<S, ReturnError>

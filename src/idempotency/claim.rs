@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::{
-    Claim, Completion, Fingerprint, OwnerToken, Store, StoreError, StoreErrorKind,
+    Claim, Completion, EventKind, Fingerprint, OwnerToken, Store, StoreError, StoreErrorKind,
     instrument::{outcome, within},
     layer::{OnStoreError, Settings},
     owner::replay,
@@ -85,14 +85,19 @@ fn forget_claim<St: Store>(settings: &Arc<Settings<St>>, key: &Arc<str>, token: 
 }
 
 /// The answer to a claim that found the key taken: a replay, 409 or 422.
-pub(crate) fn taken<St, ResB>(claim: Claim, settings: &Settings<St>) -> Response<Buffered<ResB>> {
+pub(crate) fn taken<St, ResB>(
+    claim: Claim,
+    key: &str,
+    settings: &Settings<St>,
+) -> Response<Buffered<ResB>> {
+    let outcome = |kind| outcome(settings, Some(key), kind);
     match claim {
         Claim::Completed(Completion::Response(stored)) => {
-            outcome("replayed");
+            outcome(EventKind::Replayed);
             replay(stored)
         }
         Claim::Completed(Completion::NotReplayable { status }) => {
-            outcome("not_replayable");
+            outcome(EventKind::NotReplayable);
             let msg = format!(
                 "a request with this key already completed with status {}, but its response could not be kept; it was not run again",
                 status.as_u16()
@@ -100,14 +105,14 @@ pub(crate) fn taken<St, ResB>(claim: Claim, settings: &Settings<St>) -> Response
             problem(StatusCode::CONFLICT, kind::NOT_REPLAYABLE, &msg, None)
         }
         Claim::InFlight { lease_left } => {
-            outcome("conflict");
+            outcome(EventKind::Conflict);
             let msg = "a request with this key is still being processed";
             // A short hint (capped by the lease): most handlers finish long before it ends.
             let hint = settings.in_flight_retry_after.min(lease_left);
             problem(StatusCode::CONFLICT, kind::IN_FLIGHT, msg, Some(hint))
         }
         Claim::Mismatch => {
-            outcome("mismatch");
+            outcome(EventKind::Mismatch);
             let msg = "this key was used for a different request";
             problem(StatusCode::UNPROCESSABLE_ENTITY, kind::MISMATCH, msg, None)
         }
@@ -119,31 +124,33 @@ pub(crate) fn taken<St, ResB>(claim: Claim, settings: &Settings<St>) -> Response
 /// request unprotected (only an unavailable store, and only when failing open).
 pub(crate) fn store_failed<St, ResB>(
     e: &StoreError,
+    key: &str,
     settings: &Settings<St>,
 ) -> Option<Response<Buffered<ResB>>> {
+    let outcome = |kind| outcome(settings, Some(key), kind);
     let msg = format!("the request was not run: {e}");
     let one_second = Some(Duration::from_secs(1));
     Some(match (e.kind(), settings.on_store_error) {
         (StoreErrorKind::Full, _) => {
-            outcome("store_full");
+            outcome(EventKind::StoreFull);
             let status = StatusCode::SERVICE_UNAVAILABLE;
             problem(status, kind::STORE_FULL, &msg, one_second)
         }
         (StoreErrorKind::Unreadable, _) => {
-            outcome("unreadable_record");
+            outcome(EventKind::UnreadableRecord);
             #[cfg(feature = "tracing")]
             tracing::error!(error = %e, "idempotency record unreadable: the request was not run");
             let status = StatusCode::INTERNAL_SERVER_ERROR;
             problem(status, kind::UNREADABLE_RECORD, &msg, None)
         }
         (_, OnStoreError::FailOpen) => {
-            outcome("fail_open");
+            outcome(EventKind::FailOpen);
             #[cfg(feature = "tracing")]
             tracing::warn!(error = %e, "idempotency store down: running the handler unprotected");
             return None;
         }
         (_, OnStoreError::FailClosed) => {
-            outcome("store_error");
+            outcome(EventKind::StoreError);
             let status = StatusCode::SERVICE_UNAVAILABLE;
             problem(status, kind::STORE_UNAVAILABLE, &msg, one_second)
         }

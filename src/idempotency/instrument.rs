@@ -2,7 +2,7 @@
 
 use std::{future::Future, time::Duration};
 
-use super::StoreError;
+use super::{Event, EventKind, StoreError, layer::Options};
 
 /// Metric names of the Idempotency-Key layer.
 pub mod metric_names {
@@ -16,12 +16,20 @@ pub mod metric_names {
     pub const STORE_FULL: &str = "rampart_idempotency_store_full_total";
 }
 
-pub(crate) fn outcome(label: &'static str) {
+/// Tells the listeners, the metrics and the log what happened to a request.
+pub(crate) fn outcome(options: &Options, key: Option<&str>, kind: EventKind) {
+    let label = kind.as_str();
     #[cfg(feature = "metrics")]
     metrics::counter!(metric_names::REQUESTS, "outcome" => label).increment(1);
     #[cfg(feature = "tracing")]
-    tracing::debug!(outcome = label, "idempotency");
+    tracing::debug!(outcome = label, key, "idempotency");
     let _ = label;
+    if !options.listeners.is_empty() {
+        let event = Event { key, kind };
+        for listener in &options.listeners {
+            listener(&event);
+        }
+    }
 }
 
 /// One store call, bounded by the store timeout, its latency recorded.

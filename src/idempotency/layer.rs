@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use http::{HeaderName, Method, request, response};
 use tower_layer::Layer;
 
-use super::{Idempotency, MemoryStore, Store};
+use super::{Event, Idempotency, MemoryStore, Store, events::Listener};
 use crate::ConfigError;
 
 type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
@@ -48,6 +48,7 @@ pub(crate) struct Options {
     pub(crate) keep: Option<KeepFn>,
     pub(crate) wait_for_in_flight: Option<Duration>,
     pub(crate) in_flight_retry_after: Duration,
+    pub(crate) listeners: Vec<Listener>,
 }
 
 pub(crate) struct Settings<St> {
@@ -132,6 +133,7 @@ impl IdempotencyLayer {
                 keep: None,
                 wait_for_in_flight: None,
                 in_flight_retry_after: Duration::from_secs(1),
+                listeners: Vec::new(),
             },
         }
     }
@@ -267,6 +269,30 @@ impl<St: Store> Builder<St> {
     /// fits most handlers, rather than the whole lease.
     pub fn in_flight_retry_after(mut self, hint: Duration) -> Self {
         self.options.in_flight_retry_after = hint;
+        self
+    }
+
+    /// Calls `listener` with every [`Event`] (each request's outcome, lease losses, completions
+    /// that did not land). Listeners run inline: keep them short.
+    ///
+    /// ```
+    /// use tower_rampart::idempotency::{EventKind, IdempotencyLayer};
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// let layer = IdempotencyLayer::builder()
+    ///     .global_keys()
+    ///     .on_event(|e| {
+    ///         if e.kind == EventKind::LeaseLost {
+    ///             eprintln!("lease lost for {:?}", e.key);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.options.listeners.push(Arc::new(listener));
         self
     }
 

@@ -18,6 +18,7 @@
 
 mod claim;
 mod context;
+mod events;
 mod fingerprint;
 mod instrument;
 mod key;
@@ -32,6 +33,7 @@ mod store;
 pub mod testing;
 
 pub use context::{DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext};
+pub use events::{Event, EventKind};
 pub use fingerprint::Fingerprint;
 pub use instrument::metric_names;
 pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN};

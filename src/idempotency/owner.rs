@@ -20,7 +20,8 @@ use tokio::{sync::oneshot, time::Instant};
 use tower_service::Service;
 
 use super::{
-    Completion, DoNotStore, Fingerprint, IdempotencyContext, OwnerToken, Store, StoredResponse,
+    Completion, DoNotStore, EventKind, Fingerprint, IdempotencyContext, OwnerToken, Store,
+    StoredResponse,
     instrument::{outcome, within},
     layer::Settings,
     lease::{LeaseSender, lease},
@@ -69,7 +70,7 @@ where
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    outcome("new");
+    outcome(&settings, Some(&keyed.key), EventKind::New);
     let (lease_tx, lease_rx) = lease();
     let Keyed {
         mut parts,
@@ -150,7 +151,7 @@ async fn run<S, St, B, ResB>(
             return;
         }
         Err(_panic) => {
-            outcome("handler_panicked");
+            outcome(st, Some(&owned.key), EventKind::HandlerPanicked);
             let _ = release().await;
             let msg = "the handler failed; the key was released, so the request may be retried";
             let res = problem(
@@ -198,7 +199,7 @@ async fn run<S, St, B, ResB>(
                 Ok(true) => return,
                 Ok(false) => return lost_completion(&owned),
                 Err(_) if Instant::now() >= give_up => {
-                    outcome("complete_abandoned");
+                    outcome(st, Some(&owned.key), EventKind::CompleteAbandoned);
                     #[cfg(feature = "tracing")]
                     tracing::error!(
                         key = %owned.key,
@@ -218,7 +219,7 @@ async fn run<S, St, B, ResB>(
 
 fn lost_completion<St>(owned: &Owned<St>) {
     // Another owner claimed the key after this lease was lost: its execution stands.
-    outcome("complete_lost");
+    outcome(&owned.settings, Some(&owned.key), EventKind::CompleteLost);
     owned.lease.lose();
     #[cfg(feature = "tracing")]
     tracing::warn!(key = %owned.key, "idempotency lease lost before the response was stored");
@@ -248,7 +249,7 @@ async fn heartbeat<St: Store>(owned: &Owned<St>) -> std::convert::Infallible {
             }
             Ok(false) => {
                 if owned.lease.is_held() {
-                    outcome("lease_lost");
+                    outcome(st, Some(&owned.key), EventKind::LeaseLost);
                     #[cfg(feature = "tracing")]
                     tracing::warn!(key = %owned.key, "idempotency lease lost: another owner may run");
                 }
@@ -259,7 +260,7 @@ async fn heartbeat<St: Store>(owned: &Owned<St>) -> std::convert::Infallible {
                 let now = Instant::now();
                 if now >= held_since + st.lease && owned.lease.is_held() {
                     // The store may have let the key go: the handler must not count on it.
-                    outcome("lease_lost");
+                    outcome(st, Some(&owned.key), EventKind::LeaseLost);
                     owned.lease.lose();
                 }
                 next = now + again;
@@ -289,41 +290,39 @@ where
         )));
     }
     let deadline = Instant::now() + st.response_body_timeout;
-    Ok(
-        match read_up_to(body, st.max_response_body, deadline).await {
-            Read::Whole(data, trailers) => {
-                let completion = Completion::Response(StoredResponse {
-                    status: parts.status,
-                    headers: replayable(&parts.headers),
-                    body: data.clone(),
-                    trailers: trailers.as_ref().map(replayable),
-                });
-                let body = Buffered::full_with_trailers(data, trailers);
-                Done::Keep(Response::from_parts(parts, body), completion)
-            }
-            Read::Partial(body) => {
-                // Too large or too slow to keep: the first caller gets it all, later ones learn
-                // that it ran. The key is never released once the handler has answered.
-                let completion = Completion::NotReplayable {
-                    status: parts.status,
-                };
-                Done::Keep(Response::from_parts(parts, body), completion)
-            }
-            Read::Failed(status) => {
-                let completion = Completion::NotReplayable { status };
-                let msg = "the handler's response body failed after the handler ran; the request will not run again";
-                Done::Keep(
-                    problem(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        kind::HANDLER_FAILED,
-                        msg,
-                        None,
-                    ),
-                    completion,
-                )
-            }
-        },
-    )
+    Ok(match read_up_to(st, body, deadline).await {
+        Read::Whole(data, trailers) => {
+            let completion = Completion::Response(StoredResponse {
+                status: parts.status,
+                headers: replayable(&parts.headers),
+                body: data.clone(),
+                trailers: trailers.as_ref().map(replayable),
+            });
+            let body = Buffered::full_with_trailers(data, trailers);
+            Done::Keep(Response::from_parts(parts, body), completion)
+        }
+        Read::Partial(body) => {
+            // Too large or too slow to keep: the first caller gets it all, later ones learn
+            // that it ran. The key is never released once the handler has answered.
+            let completion = Completion::NotReplayable {
+                status: parts.status,
+            };
+            Done::Keep(Response::from_parts(parts, body), completion)
+        }
+        Read::Failed(status) => {
+            let completion = Completion::NotReplayable { status };
+            let msg = "the handler's response body failed after the handler ran; the request will not run again";
+            Done::Keep(
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    kind::HANDLER_FAILED,
+                    msg,
+                    None,
+                ),
+                completion,
+            )
+        }
+    })
 }
 
 enum Read<B> {
@@ -333,12 +332,13 @@ enum Read<B> {
     Failed(StatusCode),
 }
 
-/// Reads the whole body if it fits `limit` and ends before `deadline`.
-async fn read_up_to<B>(mut body: B, limit: usize, deadline: Instant) -> Read<B>
+/// Reads the whole body if it fits the response limit and ends before `deadline`.
+async fn read_up_to<St, B>(st: &Settings<St>, mut body: B, deadline: Instant) -> Read<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    let limit = st.max_response_body;
     if body.size_hint().lower() > limit as u64 {
         return Read::Partial(Buffered::streaming(None, body));
     }
@@ -347,7 +347,7 @@ where
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Ok(frame) => frame,
             Err(_) => {
-                outcome("response_body_timeout");
+                outcome(st, None, EventKind::ResponseBodyTimeout);
                 let prefix = (!read.is_empty()).then(|| read.freeze());
                 return Read::Partial(Buffered::streaming(prefix, body));
             }

@@ -9,7 +9,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{
-    Fingerprint, IdempotencyKey,
+    EventKind, Fingerprint, IdempotencyKey,
     instrument::outcome,
     layer::{Options, Scope},
     problem::{problem, problem_types as kind},
@@ -42,8 +42,8 @@ where
     if !options.methods.contains(req.method()) {
         return Prepared::Pass(req);
     }
-    let refuse = |status, label, kind, msg: &str| {
-        outcome(label);
+    let refuse = |status, event, kind, msg: &str| {
+        outcome(options, None, event);
         Prepared::Answer(problem(status, kind, msg, None))
     };
     let key = match IdempotencyKey::from_headers(req.headers()) {
@@ -52,7 +52,7 @@ where
             let msg = "this request needs an Idempotency-Key header";
             return refuse(
                 StatusCode::BAD_REQUEST,
-                "missing_key",
+                EventKind::MissingKey,
                 kind::MISSING_KEY,
                 msg,
             );
@@ -62,7 +62,7 @@ where
             let msg = e.to_string();
             return refuse(
                 StatusCode::BAD_REQUEST,
-                "invalid_key",
+                EventKind::InvalidKey,
                 kind::INVALID_KEY,
                 &msg,
             );
@@ -78,7 +78,7 @@ where
                 let msg = "this request has no principal to scope its Idempotency-Key to";
                 return refuse(
                     StatusCode::BAD_REQUEST,
-                    "no_principal",
+                    EventKind::NoPrincipal,
                     kind::NO_PRINCIPAL,
                     msg,
                 );
@@ -93,7 +93,7 @@ where
         let msg = format!("the request body is larger than {max} bytes");
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            EventKind::TooLarge,
             kind::TOO_LARGE,
             &msg,
         )
@@ -107,7 +107,12 @@ where
         Err(e) => {
             let msg = format!("the request body could not be read: {e}");
             let kind = kind::UNREADABLE_BODY;
-            return refuse(StatusCode::BAD_REQUEST, "unreadable_body", kind, &msg);
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                EventKind::UnreadableBody,
+                kind,
+                &msg,
+            );
         }
     };
 

@@ -119,8 +119,8 @@ where
     let claimed = claim_key(&settings, &keyed.key, &keyed.fingerprint).await;
     match claimed.answer {
         Ok(Claim::New) => owner::start(settings, service, keyed, claimed.token, claimed.at).await,
-        Ok(claim) => Ok(taken(claim, &settings)),
-        Err(e) => match store_failed(&e, &settings) {
+        Ok(claim) => Ok(taken(claim, &keyed.key, &settings)),
+        Err(e) => match store_failed(&e, &keyed.key, &settings) {
             Some(res) => Ok(res),
             None => {
                 let req = Request::from_parts(keyed.parts, Buffered::full(keyed.body));

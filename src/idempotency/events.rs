@@ -1,0 +1,92 @@
+//! What the Idempotency-Key layer did with a request, for listeners, metrics and logs.
+
+use std::{fmt, sync::Arc};
+
+/// Something the Idempotency-Key layer did.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// The key as stored (scope, then the client's key), once the request has one.
+    pub key: Option<&'a str>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`Event`]. Each is also the `outcome` label of
+/// [`metric_names::REQUESTS`](super::metric_names::REQUESTS) ([`EventKind::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A new key: the handler runs as its owner.
+    New,
+    /// A completed key: its response was replayed.
+    Replayed,
+    /// A completed key whose response could not be kept: 409, not run again.
+    NotReplayable,
+    /// The key's first request is still running: 409.
+    Conflict,
+    /// The key was used for another request: 422.
+    Mismatch,
+    /// No key where one is required: 400.
+    MissingKey,
+    /// A malformed or repeated key: 400.
+    InvalidKey,
+    /// Keys are scoped and the request has no principal: 400.
+    NoPrincipal,
+    /// The request body is over the limit: 413.
+    TooLarge,
+    /// The request body could not be read: 400.
+    UnreadableBody,
+    /// The store failed or did not answer: 503.
+    StoreError,
+    /// The store is full and took no new key: 503.
+    StoreFull,
+    /// The key's record cannot be read: 500, not run.
+    UnreadableRecord,
+    /// The store failed and the layer fails open: the handler runs unprotected.
+    FailOpen,
+    /// The handler panicked: its key was released.
+    HandlerPanicked,
+    /// The owner's lease was lost (or could no longer be confirmed) before completion.
+    LeaseLost,
+    /// Another owner held the key when the completion was stored: this one was not kept.
+    CompleteLost,
+    /// The store never took the completion within the TTL: the key may run again.
+    CompleteAbandoned,
+    /// The response body was still streaming after the body timeout: kept as not replayable.
+    ResponseBodyTimeout,
+}
+
+impl EventKind {
+    /// The kind as a metric label.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::New => "new",
+            EventKind::Replayed => "replayed",
+            EventKind::NotReplayable => "not_replayable",
+            EventKind::Conflict => "conflict",
+            EventKind::Mismatch => "mismatch",
+            EventKind::MissingKey => "missing_key",
+            EventKind::InvalidKey => "invalid_key",
+            EventKind::NoPrincipal => "no_principal",
+            EventKind::TooLarge => "too_large",
+            EventKind::UnreadableBody => "unreadable_body",
+            EventKind::StoreError => "store_error",
+            EventKind::StoreFull => "store_full",
+            EventKind::UnreadableRecord => "unreadable_record",
+            EventKind::FailOpen => "fail_open",
+            EventKind::HandlerPanicked => "handler_panicked",
+            EventKind::LeaseLost => "lease_lost",
+            EventKind::CompleteLost => "complete_lost",
+            EventKind::CompleteAbandoned => "complete_abandoned",
+            EventKind::ResponseBodyTimeout => "response_body_timeout",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+pub(crate) type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;

@@ -36,7 +36,7 @@ use tower_rampart::{
     backoff::Backoff,
     circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config, Event, EventKind},
     classify::GrpcResponse,
-    retry::{self, BufferBodyLayer, Buffered, HttpReplay, RetryLayer},
+    retry::{self, BufferBodyLayer, Buffered, GrpcReplay, RetryLayer},
     timeout::TimeoutLayer,
 };
 
@@ -202,8 +202,9 @@ async fn main() -> Result<(), BoxError> {
         .on_event(on_retry)
         .build()?
         .classify(GrpcResponse::default())
-        // gRPC calls are POSTs: which codes are safe to retry is the classifier's call.
-        .replay(HttpReplay::any_method());
+        // gRPC calls are POSTs: gRPC's own rule sends any call again (the classifier picks the
+        // codes worth it); a method that must not run twice would be marked `.never(..)`.
+        .replay(GrpcReplay::default());
     // Breaker: open after 3 failures in a row, for 1 s; then one probe decides.
     let config = Config::builder()
         .name("echo")

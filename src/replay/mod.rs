@@ -91,13 +91,69 @@ impl<B: ReplayBody> Replay<Request<B>> for HttpReplay {
         if !self.allows(req.method(), req.headers()) {
             return None;
         }
-        let mut copy = Request::new(req.body().try_clone_body()?);
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Some(copy)
+        copy(req)
+    }
+}
+
+/// A copy of an HTTP request whose body can be copied.
+fn copy<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+    let mut copy = Request::new(req.body().try_clone_body()?);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+/// gRPC calls: every call is a POST, so the HTTP method says nothing. As in gRPC's own retry
+/// policy, a call may be sent again unless its method is marked as not safe to repeat; which
+/// statuses are worth another attempt is the classifier's call
+/// ([`GrpcResponse`](crate::classify::GrpcResponse): UNAVAILABLE by default).
+///
+/// Methods are named by their path, `/package.Service/Method`; a whole service by
+/// `/package.Service/`. Bodies must be in memory: put [`BufferBodyLayer`] outside the retry.
+///
+/// ```
+/// use tower_rampart::replay::{GrpcReplay, Replay};
+///
+/// let replay = GrpcReplay::default().never("/payments.Payments/Charge");
+/// let call = |path: &str| http::Request::post(path).body(bytes::Bytes::new()).unwrap();
+/// assert!(replay.replay(&call("/payments.Payments/Get")).is_some());
+/// assert!(replay.replay(&call("/payments.Payments/Charge")).is_none());
+/// assert!(GrpcReplay::default().never("/payments.Payments/").replay(&call("/payments.Payments/Get")).is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct GrpcReplay {
+    never: Vec<Box<str>>,
+}
+
+impl GrpcReplay {
+    /// Never sends calls to `method` (`/package.Service/Method`) twice, or to any method of a
+    /// service given as `/package.Service/`: for RPCs that are not idempotent.
+    pub fn never(mut self, method: &str) -> Self {
+        self.never.push(method.into());
+        self
+    }
+
+    /// Whether a call to this path may be sent twice.
+    pub fn allows(&self, path: &str) -> bool {
+        !self.never.iter().any(|m| {
+            if m.ends_with('/') {
+                path.starts_with(&**m)
+            } else {
+                path == &**m
+            }
+        })
+    }
+}
+
+impl<B: ReplayBody> Replay<Request<B>> for GrpcReplay {
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        if !self.allows(req.uri().path()) {
+            return None;
+        }
+        copy(req)
     }
 }
 

@@ -61,7 +61,7 @@ pub use set_idempotency_key::{SetIdempotencyKey, SetIdempotencyKeyLayer};
 pub use crate::idempotency::IDEMPOTENCY_KEY;
 pub use crate::replay::{
     BufferBody, BufferBodyLayer, BufferFuture, Buffered, CloneRequest, DEFAULT_BUFFER_LIMIT,
-    HttpReplay, Replay, ReplayBody,
+    GrpcReplay, HttpReplay, Replay, ReplayBody,
 };
 pub use service::Retry;
 

@@ -18,7 +18,8 @@
 //!   fields 422) has `"type": "about:blank"` and says why in `detail`, and its key is released
 //!   so a corrected retry may reuse it.
 //! - `GET /payments`: the payments this process created. `GET /healthz`: 200.
-//!   `GET /readyz`: 200 when the store answers, else 503. `GET /metrics`: Prometheus text.
+//!   `GET /readyz`: `application/health+json` from `tower_rampart::health::Readiness`, 200
+//!   when the store answers within a second, else 503. `GET /metrics`: Prometheus text.
 //!
 //! One log line per request, with the idempotency outcome.
 
@@ -40,8 +41,9 @@ use axum::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use tower_rampart::idempotency::{
-    IDEMPOTENT_REPLAYED, IdempotencyLayer, MemoryStore, RedisStore, Store,
+use tower_rampart::{
+    health::Readiness,
+    idempotency::{IDEMPOTENT_REPLAYED, IdempotencyLayer, MemoryStore, RedisStore, Store},
 };
 
 #[derive(Deserialize)]
@@ -118,13 +120,6 @@ async fn list<St>(State(app): State<App<St>>) -> Json<Vec<Payment>> {
     Json(app.payments.lock().expect("not poisoned").clone())
 }
 
-async fn ready<St: Store>(State(app): State<App<St>>) -> StatusCode {
-    match tokio::time::timeout(Duration::from_secs(1), app.store.ready()).await {
-        Ok(Ok(())) => StatusCode::OK,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
 async fn render_metrics<St>(State(app): State<App<St>>) -> String {
     app.metrics.render()
 }
@@ -184,6 +179,13 @@ fn router<St: Store + Clone>(
         store,
         metrics,
     };
+    // Ready when the idempotency store answers within a second (503 otherwise). A server that
+    // calls downstreams through breakers adds them here: `.critical(handle)` for those it
+    // cannot serve without, `.breaker(handle)` for those a fallback covers. Liveness
+    // (`/healthz`) deliberately checks nothing.
+    let readiness = Readiness::new()
+        .store(app.store.clone())
+        .store_timeout(Duration::from_secs(1));
     Ok(Router::new()
         .route(
             "/payments",
@@ -192,7 +194,7 @@ fn router<St: Store + Clone>(
                 .get(list::<St>),
         )
         .route("/healthz", get(|| async { StatusCode::OK }))
-        .route("/readyz", get(ready::<St>))
+        .route_service("/readyz", readiness)
         .route("/metrics", get(render_metrics::<St>))
         .with_state(app)
         .layer(middleware::from_fn(log)))

@@ -15,6 +15,8 @@
 //! | copying requests | bodies held in memory and copies of requests, for retries, backup services and idempotency | [`replay`] |
 //! | modes | one vocabulary for what a layer does with a refusal or a timeout: `.respond_http()`, `.respond_grpc()` | [`mode`] |
 //! | problem types | every `application/problem+json` `type` the layers send, documented | [`problems`] |
+//! | fault injection (feature `chaos`) | latency, errors, HTTP and gRPC statuses or aborted calls in a seeded fraction of calls, switchable at run time | `chaos` |
+//! | health and readiness | breaker snapshots and store reachability as an `application/health+json` readiness probe | [`health`] |
 //!
 //! ## Quick start
 //!
@@ -58,6 +60,9 @@
 //! - `reqwest`: classify `reqwest::Response`s, retry `reqwest::Request`s, key breakers by their
 //!   authority.
 //! - `redis`: `RedisStore` for the Idempotency-Key layer.
+//! - `axum` (default): build `axum::body::Body` answers (breaker 503, timeout 504, canned
+//!   fallbacks) through `axum-core`.
+//! - `chaos`: `ChaosLayer`, fault injection for testing your own stacks.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -65,10 +70,13 @@
 mod macros;
 
 pub mod backoff;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
 pub mod fallback;
+pub mod health;
 pub mod idempotency;
 pub mod mode;
 pub mod pipeline;

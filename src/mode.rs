@@ -33,8 +33,154 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Response bodies
+//!
+//! In HTTP mode a layer builds its own answer, so it must be able to make the response body type
+//! of the service it wraps: that type implements [`ResponseBody`]. The crate implements it for
+//! the bodies axum, tonic and hyper services answer with:
+//!
+//! | body | for |
+//! |---|---|
+//! | `axum::body::Body` (feature `axum`, on by default) | axum routers and handlers |
+//! | `tonic::body::Body` (feature `tonic`) | tonic servers |
+//! | `http_body_util::Full<D>`, `BoxBody<D, E>`, `UnsyncBoxBody<D, E>` (`D: From<Bytes>`) | hyper services |
+//! | `String`, `Bytes`, `Vec<u8>` | tests and simple services |
+//!
+//! A body the layers cannot build (a hyper client's `Incoming`, a streaming body of your own)
+//! fails to compile with a message naming `ResponseBody`: box the body first
+//! (`res.map(BodyExt::boxed_unsync)`) or implement the trait for your type.
 
+use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::{
+    BodyExt, Full,
+    combinators::{BoxBody, UnsyncBoxBody},
+};
+
+/// A response body the layers can build their own answers in: the circuit breaker's 503 and
+/// the timeout's 504 problem+json bodies in [`RespondHttp`] mode, and the canned response of
+/// [`FallbackLayer::response`](crate::fallback::FallbackLayer::response).
+///
+/// Implemented for `axum::body::Body` (feature `axum`), `tonic::body::Body` (feature `tonic`),
+/// `http_body_util::Full<D>`, `BoxBody<D, E>` and `UnsyncBoxBody<D, E>` (for any `D:
+/// From<Bytes>` and any error `E`), `String`, `Bytes` and `Vec<u8>`. The bytes are shared, not
+/// copied, except for `String`, which reuses them when they are not shared and checks they are
+/// UTF-8 (the crate's own answers always are).
+///
+/// Your own body type can implement it:
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_rampart::mode::ResponseBody;
+///
+/// struct MyBody(Bytes);
+///
+/// impl ResponseBody for MyBody {
+///     fn from_bytes(bytes: Bytes) -> Self {
+///         MyBody(bytes)
+///     }
+/// }
+/// ```
+///
+/// A body it is not implemented for is named in the error wherever a function requires the
+/// stack to be a service (axum's `Router::layer` and `axum::serve`, tonic's `Server::layer`,
+/// `ServiceBuilder::check_service`):
+///
+/// ```compile_fail
+/// use std::{convert::Infallible, time::Duration};
+/// use tower::{Layer, Service};
+/// use tower_rampart::timeout::TimeoutLayer;
+///
+/// struct Streaming; // no way to build one from bytes
+///
+/// fn serve<S: Service<()>>(_: S) {}
+///
+/// let inner = tower::service_fn(|_: ()| async { Ok::<_, Infallible>(http::Response::new(Streaming)) });
+/// // error[E0277]: `Streaming` is not a response body the timeout or breaker can build in HTTP mode
+/// serve(TimeoutLayer::new(Duration::from_secs(1)).unwrap().respond_http().layer(inner));
+/// ```
+///
+/// A method call on the stack itself (`svc.oneshot(req)`) only says that the method's "trait
+/// bounds were not satisfied" (rustc does not name the inner bound there): check the body type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a response body the timeout or breaker can build in HTTP mode",
+    label = "the layer in `respond_http` mode must build `{Self}` for its 503 / 504 answer",
+    note = "`tower_rampart::mode::ResponseBody` is implemented for axum::body::Body (feature `axum`), tonic::body::Body (feature `tonic`), http_body_util::{{Full, BoxBody, UnsyncBoxBody}}, String, Bytes and Vec<u8>",
+    note = "box a streaming body before the layer (`res.map(BodyExt::boxed_unsync)`), implement `ResponseBody` for your type, or leave the layer in error mode"
+)]
+pub trait ResponseBody: Sized {
+    /// A body holding `bytes` (a problem+json document, or a canned fallback response).
+    fn from_bytes(bytes: Bytes) -> Self;
+}
+
+impl ResponseBody for Bytes {
+    #[inline]
+    fn from_bytes(bytes: Bytes) -> Self {
+        bytes
+    }
+}
+
+impl ResponseBody for Vec<u8> {
+    #[inline]
+    fn from_bytes(bytes: Bytes) -> Self {
+        // Reuses the buffer when `bytes` is its only owner.
+        Vec::from(bytes)
+    }
+}
+
+impl ResponseBody for String {
+    #[inline]
+    fn from_bytes(bytes: Bytes) -> Self {
+        String::from_utf8(Vec::from(bytes))
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+impl<D> ResponseBody for Full<D>
+where
+    D: bytes::Buf + From<Bytes>,
+{
+    #[inline]
+    fn from_bytes(bytes: Bytes) -> Self {
+        Full::new(D::from(bytes))
+    }
+}
+
+impl<D, E> ResponseBody for BoxBody<D, E>
+where
+    D: bytes::Buf + From<Bytes> + Send + Sync + 'static,
+    E: 'static,
+{
+    fn from_bytes(bytes: Bytes) -> Self {
+        BoxBody::new(Full::new(D::from(bytes)).map_err(|never| match never {}))
+    }
+}
+
+impl<D, E> ResponseBody for UnsyncBoxBody<D, E>
+where
+    D: bytes::Buf + From<Bytes> + Send + 'static,
+    E: 'static,
+{
+    fn from_bytes(bytes: Bytes) -> Self {
+        UnsyncBoxBody::new(Full::new(D::from(bytes)).map_err(|never| match never {}))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl ResponseBody for axum_core::body::Body {
+    #[inline]
+    fn from_bytes(bytes: Bytes) -> Self {
+        axum_core::body::Body::from(bytes)
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl ResponseBody for tonic::body::Body {
+    fn from_bytes(bytes: Bytes) -> Self {
+        tonic::body::Body::new(Full::new(bytes))
+    }
+}
 
 /// Mode marker: a layer's refusals and timeouts are returned as errors inside a
 /// [`BoxError`](crate::BoxError) (the default mode of the circuit breaker and the timeout).

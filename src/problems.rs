@@ -168,6 +168,17 @@
 //!   part of its work); after a failed body a retry gets
 //!   [idempotency-response-not-replayable](#idempotency-response-not-replayable); after a
 //!   shutdown, retry after `Retry-After`.
+//!
+//! # Chaos layer
+//!
+//! ## chaos-fault-injected
+//!
+//! [`CHAOS_FAULT_INJECTED`]: the **4xx or 5xx** the fault names, or **500** for an injected
+//! error, sent by a `ChaosLayer` (feature `chaos`) in `respond_http` mode; the response's
+//! extensions hold the `Injected` fault.
+//!
+//! - **When:** fault injection chose this call; the request was not run.
+//! - **Retry:** as for the real status: the point of injecting it is to see what your clients do.
 
 /// The absolute `type` URI for the heading `$fragment` of this page.
 macro_rules! problem_type {
@@ -208,6 +219,8 @@ pub const IDEMPOTENCY_STORE_FULL: &str = problem_type!("idempotency-store-full")
 pub const IDEMPOTENCY_RECORD_UNREADABLE: &str = problem_type!("idempotency-record-unreadable");
 /// [500 or 503: the handler failed or the server shut down](crate::problems#idempotency-handler-failed).
 pub const IDEMPOTENCY_HANDLER_FAILED: &str = problem_type!("idempotency-handler-failed");
+/// [4xx/5xx: a fault the chaos layer injected](crate::problems#chaos-fault-injected).
+pub const CHAOS_FAULT_INJECTED: &str = problem_type!("chaos-fault-injected");
 
 #[cfg(test)]
 mod tests {
@@ -229,6 +242,7 @@ mod tests {
         IDEMPOTENCY_STORE_FULL,
         IDEMPOTENCY_RECORD_UNREADABLE,
         IDEMPOTENCY_HANDLER_FAILED,
+        CHAOS_FAULT_INJECTED,
     ];
 
     const SOURCE: &str = include_str!("problems.rs");

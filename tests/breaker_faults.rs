@@ -19,7 +19,9 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::{
     BoxError,
-    circuit_breaker::{Breaker, CircuitBreakerLayer, CircuitOpen, Config, State},
+    circuit_breaker::{
+        Breaker, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, Config, State,
+    },
     classify::Outcome,
 };
 
@@ -55,6 +57,57 @@ fn refused(result: &Result<&'static str, BoxError>) -> bool {
     matches!(result, Err(e) if e.downcast_ref::<CircuitOpen>().is_some())
 }
 
+/// Opens at the first failure for `open`, then lets `probes` probes in, with no half-open max
+/// wait: a probe that is held keeps the breaker half-open.
+fn without_max_wait(open: Duration, probes: u32) -> Config {
+    one_probe(open)
+        .half_open_permits(probes)
+        .half_open_max_wait(None)
+        .build()
+        .unwrap()
+}
+
+/// `one_probe` for 1 s, named `name` (a keyed breaker's name prefix).
+fn named(name: &str) -> Config {
+    one_probe(Duration::from_secs(1))
+        .name(name)
+        .build()
+        .unwrap()
+}
+
+/// A breaker over `inner`, and its handle.
+fn guarded(
+    config: Config,
+) -> (
+    CircuitBreakerHandle,
+    impl Service<Act, Response = &'static str, Error = BoxError, Future: Unpin + Send + 'static>,
+) {
+    let layer = CircuitBreakerLayer::new(config);
+    (layer.handle(), layer.layer(service_fn(inner)))
+}
+
+/// One call through `svc` once it is ready.
+async fn send<S: Service<R, Response = &'static str, Error = BoxError>, R>(
+    svc: &mut S,
+    req: R,
+) -> Result<&'static str, BoxError> {
+    svc.ready().await.unwrap().call(req).await
+}
+
+/// Opens a breaker that opens at the first failure for 1 s, and waits until it lets probes in.
+async fn open_until_half_open<S: Service<Act, Response = &'static str, Error = BoxError>>(
+    svc: &mut S,
+) {
+    send(svc, Act::Fail).await.unwrap_err();
+    tokio::time::advance(Duration::from_secs(1)).await;
+}
+
+/// Takes a permit of the bare breaker `b` at `t` and records `outcome` for it at once.
+fn settle(b: &Breaker, outcome: &Outcome, t: Instant) {
+    let p = b.try_acquire(|| t).unwrap();
+    b.record(p, outcome, || t);
+}
+
 /// Polls `fut` once; it must still be pending.
 fn poll_once<F: Future + Unpin>(fut: &mut F) {
     let waker = futures_util::task::noop_waker();
@@ -69,15 +122,8 @@ fn poll_once<F: Future + Unpin>(fut: &mut F) {
 /// with one permit and no max wait, a lost permit would refuse every call forever.
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_call_gives_the_probe_permit_back() {
-    let layer = CircuitBreakerLayer::new(
-        one_probe(Duration::from_secs(1))
-            .half_open_max_wait(None)
-            .build()
-            .unwrap(),
-    );
-    let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(inner));
-    assert!(!refused(&svc.ready().await.unwrap().call(Act::Fail).await));
+    let (handle, mut svc) = guarded(without_max_wait(Duration::from_secs(1), 1));
+    assert!(!refused(&send(&mut svc, Act::Fail).await));
     assert_eq!(handle.state(), State::Open);
     tokio::time::advance(Duration::from_secs(1)).await;
 
@@ -86,7 +132,7 @@ async fn a_panic_in_call_gives_the_probe_permit_back() {
     assert!(panicked.is_err(), "the inner call panicked");
     assert_eq!(handle.state(), State::HalfOpen);
 
-    let probe = svc.ready().await.unwrap().call(Act::Ok).await;
+    let probe = send(&mut svc, Act::Ok).await;
     assert_eq!(
         probe.unwrap(),
         "ok",
@@ -98,38 +144,20 @@ async fn a_panic_in_call_gives_the_probe_permit_back() {
 /// A panic in `call()` while closed leaves the breaker working and records nothing.
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_call_while_closed_records_nothing() {
-    let layer = CircuitBreakerLayer::new(one_probe(Duration::from_secs(1)).build().unwrap());
-    let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(inner));
+    let (handle, mut svc) = guarded(one_probe(Duration::from_secs(1)).build().unwrap());
     let svc_ref = svc.ready().await.unwrap();
     assert!(catch_unwind(AssertUnwindSafe(|| svc_ref.call(Act::PanicInCall))).is_err());
     assert_eq!(handle.state(), State::Closed);
     assert_eq!(handle.snapshot().calls, 0);
-    assert_eq!(
-        svc.ready().await.unwrap().call(Act::Ok).await.unwrap(),
-        "ok"
-    );
+    assert_eq!(send(&mut svc, Act::Ok).await.unwrap(), "ok");
 }
 
 /// A probe whose future panics while polled (the task dies, its future is dropped) gives its
 /// permit back too.
 #[tokio::test(start_paused = true)]
 async fn a_panic_while_polling_a_probe_gives_the_permit_back() {
-    let layer = CircuitBreakerLayer::new(
-        one_probe(Duration::from_secs(1))
-            .half_open_max_wait(None)
-            .build()
-            .unwrap(),
-    );
-    let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(inner));
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Act::Fail)
-        .await
-        .unwrap_err();
-    tokio::time::advance(Duration::from_secs(1)).await;
+    let (handle, mut svc) = guarded(without_max_wait(Duration::from_secs(1), 1));
+    open_until_half_open(&mut svc).await;
 
     let probe = svc.ready().await.unwrap().call(Act::PanicInPoll);
     assert_eq!(handle.state(), State::HalfOpen);
@@ -137,8 +165,7 @@ async fn a_panic_while_polling_a_probe_gives_the_permit_back() {
     assert!(joined.unwrap_err().is_panic());
     assert_eq!(handle.state(), State::HalfOpen, "a panic decides nothing");
 
-    let probe = svc.ready().await.unwrap().call(Act::Ok).await;
-    assert_eq!(probe.unwrap(), "ok");
+    assert_eq!(send(&mut svc, Act::Ok).await.unwrap(), "ok");
     assert_eq!(handle.state(), State::Closed);
 }
 
@@ -153,28 +180,10 @@ async fn cancellation_at_every_await_in_every_state() {
             State::Disabled,
             State::MetricsOnly,
         ] {
-            let layer = CircuitBreakerLayer::new(
-                Config::builder()
-                    .consecutive_failures(1)
-                    .open_duration(Duration::from_secs(1))
-                    .half_open_permits(2)
-                    .half_open_max_wait(None)
-                    .build()
-                    .unwrap(),
-            );
-            let handle = layer.handle();
-            let mut svc = layer.layer(service_fn(inner));
+            let (handle, mut svc) = guarded(without_max_wait(Duration::from_secs(1), 2));
             match state {
                 State::Closed => {}
-                State::HalfOpen => {
-                    svc.ready()
-                        .await
-                        .unwrap()
-                        .call(Act::Fail)
-                        .await
-                        .unwrap_err();
-                    tokio::time::advance(Duration::from_secs(1)).await;
-                }
+                State::HalfOpen => open_until_half_open(&mut svc).await,
                 State::Disabled => handle.disable(),
                 State::MetricsOnly => handle.metrics_only(),
                 _ => unreachable!(),
@@ -187,13 +196,13 @@ async fn cancellation_at_every_await_in_every_state() {
                 }
                 assert_eq!(handle.state(), state, "round {round}");
                 if state == State::HalfOpen {
-                    let third = svc.ready().await.unwrap().call(Act::Ok).await;
+                    let third = send(&mut svc, Act::Ok).await;
                     assert!(refused(&third), "only two probes at a time");
                 }
                 drop(calls);
             }
             assert_eq!(handle.state(), state, "cancelled calls decide nothing");
-            let ok = svc.ready().await.unwrap().call(Act::Ok).await;
+            let ok = send(&mut svc, Act::Ok).await;
             assert_eq!(
                 ok.unwrap(),
                 "ok",
@@ -207,42 +216,23 @@ async fn cancellation_at_every_await_in_every_state() {
 /// period: its release is fenced by the generation.
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_from_an_earlier_period_gives_nothing_to_the_next() {
-    let layer = CircuitBreakerLayer::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_secs(1))
-            .half_open_permits(2)
-            .half_open_max_wait(None)
-            .build()
-            .unwrap(),
-    );
-    let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(inner));
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Act::Fail)
-        .await
-        .unwrap_err();
-    tokio::time::advance(Duration::from_secs(1)).await;
+    let (handle, mut svc) = guarded(without_max_wait(Duration::from_secs(1), 2));
+    open_until_half_open(&mut svc).await;
     let mut stale = svc.ready().await.unwrap().call(Act::Hang);
     poll_once(&mut stale);
     // The other probe fails: open again, then a new half-open period with both permits taken.
-    assert!(!refused(&svc.ready().await.unwrap().call(Act::Fail).await));
+    assert!(!refused(&send(&mut svc, Act::Fail).await));
     assert_eq!(handle.state(), State::Open);
     tokio::time::advance(Duration::from_secs(1)).await;
     let held: Vec<_> = (0..2).map(|_| svc.call(Act::Hang)).collect();
     assert_eq!(handle.state(), State::HalfOpen);
     drop(stale);
     assert!(
-        refused(&svc.ready().await.unwrap().call(Act::Ok).await),
+        refused(&send(&mut svc, Act::Ok).await),
         "the stale probe's release must not free a permit of this period"
     );
     drop(held);
-    assert_eq!(
-        svc.ready().await.unwrap().call(Act::Ok).await.unwrap(),
-        "ok"
-    );
+    assert_eq!(send(&mut svc, Act::Ok).await.unwrap(), "ok");
 }
 
 /// With the default configuration a probe that never completes and is never dropped does not
@@ -253,36 +243,25 @@ async fn a_hung_probe_held_forever_does_not_wedge_the_breaker() {
     let max_wait = config
         .half_open_max_wait()
         .expect("half-open max wait is on by default");
-    let layer = CircuitBreakerLayer::new(config);
-    let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(inner));
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Act::Fail)
-        .await
-        .unwrap_err();
-    tokio::time::advance(Duration::from_secs(1)).await;
+    let (handle, mut svc) = guarded(config);
+    open_until_half_open(&mut svc).await;
 
     let mut hung = svc.ready().await.unwrap().call(Act::Hang);
     poll_once(&mut hung);
     assert_eq!(handle.state(), State::HalfOpen);
     tokio::time::advance(max_wait - Duration::from_millis(1)).await;
-    let err = svc.ready().await.unwrap().call(Act::Ok).await.unwrap_err();
+    let err = send(&mut svc, Act::Ok).await.unwrap_err();
     let open = err.downcast_ref::<CircuitOpen>().expect("refused");
     assert_eq!(open.state(), State::HalfOpen, "still waiting for the probe");
 
     tokio::time::advance(Duration::from_millis(1)).await;
-    let err = svc.ready().await.unwrap().call(Act::Ok).await.unwrap_err();
+    let err = send(&mut svc, Act::Ok).await.unwrap_err();
     let open = err.downcast_ref::<CircuitOpen>().expect("refused");
     assert_eq!(open.state(), State::Open, "no decision within the max wait");
     assert_eq!(open.retry_after(), Some(Duration::from_secs(1)));
 
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(
-        svc.ready().await.unwrap().call(Act::Ok).await.unwrap(),
-        "ok"
-    );
+    assert_eq!(send(&mut svc, Act::Ok).await.unwrap(), "ok");
     assert_eq!(handle.state(), State::Closed);
     // The hung probe, still held, belongs to an earlier period and changes nothing.
     poll_once(&mut hung);
@@ -298,8 +277,7 @@ fn a_hung_probe_on_the_bare_breaker_recovers_after_the_default_max_wait() {
     let open = config.open_duration_after(1);
     let b = Breaker::new(config);
     let t0 = Instant::now();
-    let p = b.try_acquire(|| t0).unwrap();
-    b.record(p, &Outcome::FAILURE, || t0);
+    settle(&b, &Outcome::FAILURE, t0);
     let mut t = t0 + open;
     // Every permit is taken by a probe that never finishes.
     let mut held_forever = Vec::new();
@@ -325,15 +303,11 @@ fn a_hung_probe_on_the_bare_breaker_recovers_after_the_default_max_wait() {
 /// Turning the max wait off keeps the old behaviour: a held probe keeps the breaker half-open.
 #[test]
 fn the_max_wait_can_be_turned_off() {
-    let config = one_probe(Duration::from_secs(1))
-        .half_open_max_wait(None)
-        .build()
-        .unwrap();
+    let config = without_max_wait(Duration::from_secs(1), 1);
     assert_eq!(config.half_open_max_wait(), None);
     let b = Breaker::new(config);
     let t0 = Instant::now();
-    let p = b.try_acquire(|| t0).unwrap();
-    b.record(p, &Outcome::FAILURE, || t0);
+    settle(&b, &Outcome::FAILURE, t0);
     let held = b.try_acquire(|| t0 + Duration::from_secs(1)).unwrap();
     let much_later = t0 + Duration::from_secs(365 * 24 * 3600);
     assert_eq!(
@@ -348,25 +322,16 @@ fn the_max_wait_can_be_turned_off() {
 /// not called again just because other hosts arrived.
 #[test]
 fn keyed_eviction_keeps_open_breakers() {
-    let layer = CircuitBreakerLayer::keyed(
-        one_probe(Duration::from_secs(1))
-            .name("hosts")
-            .build()
-            .unwrap(),
-        |k: &&'static str| *k,
-    )
-    .max_keys(2);
+    let layer = CircuitBreakerLayer::keyed(named("hosts"), |k: &&'static str| *k).max_keys(2);
     let breakers = layer.breakers();
     let t = Instant::now();
     let down = breakers.get_or_insert("down", t);
-    let p = down.try_acquire(|| t).unwrap();
-    down.record(p, &Outcome::FAILURE, || t);
+    settle(&down, &Outcome::FAILURE, t);
     assert_eq!(down.state(), State::Open);
     // "up" is used more recently than "down": a plain LRU would evict "down".
     let later = t + Duration::from_millis(10);
     let up = breakers.get_or_insert("up", later);
-    let p = up.try_acquire(|| later).unwrap();
-    up.record(p, &Outcome::Success, || later);
+    settle(&up, &Outcome::Success, later);
 
     let new = breakers.get_or_insert("new", later + Duration::from_millis(10));
     assert_eq!(new.name(), "hosts/new");
@@ -381,28 +346,21 @@ fn keyed_eviction_keeps_open_breakers() {
 /// (named `<name>/(other)`) instead of evicting one of them.
 #[tokio::test(start_paused = true)]
 async fn keyed_new_keys_share_an_overflow_breaker_when_every_slot_is_open() {
-    let layer = CircuitBreakerLayer::keyed(
-        one_probe(Duration::from_secs(1))
-            .name("hosts")
-            .build()
-            .unwrap(),
-        |req: &(&'static str, Act)| req.0,
-    )
-    .max_keys(2);
+    let layer =
+        CircuitBreakerLayer::keyed(named("hosts"), |req: &(&'static str, Act)| req.0).max_keys(2);
     let breakers = layer.breakers();
     let mut svc = layer.layer(service_fn(|req: (&'static str, Act)| inner(req.1)));
     for host in ["a", "b"] {
-        let r = svc.ready().await.unwrap().call((host, Act::Fail)).await;
-        assert!(!refused(&r));
+        assert!(!refused(&send(&mut svc, (host, Act::Fail)).await));
     }
     for host in ["a", "b"] {
-        let r = svc.ready().await.unwrap().call((host, Act::Ok)).await;
+        let r = send(&mut svc, (host, Act::Ok)).await;
         assert!(refused(&r), "{host} is open and stays so");
     }
     // A third host: both slots hold open breakers, so it goes through the overflow breaker.
-    let r = svc.ready().await.unwrap().call(("c", Act::Fail)).await;
+    let r = send(&mut svc, ("c", Act::Fail)).await;
     assert_eq!(r.unwrap_err().to_string(), "boom", "c reached its service");
-    let r = svc.ready().await.unwrap().call(("d", Act::Ok)).await;
+    let r = send(&mut svc, ("d", Act::Ok)).await;
     let err = r.unwrap_err();
     let open = err
         .downcast_ref::<CircuitOpen>()
@@ -413,24 +371,13 @@ async fn keyed_new_keys_share_an_overflow_breaker_when_every_slot_is_open() {
     assert_eq!(keys, ["a", "b"]);
     // Once a slot frees (a breaker closes and goes idle), new keys get their own breaker again.
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(("a", Act::Ok))
-            .await
-            .unwrap(),
-        "ok"
-    );
-    assert_eq!(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(("e", Act::Ok))
-            .await
-            .unwrap(),
-        "ok"
-    );
+    for host in ["a", "e"] {
+        assert_eq!(
+            send(&mut svc, (host, Act::Ok)).await.unwrap(),
+            "ok",
+            "{host}"
+        );
+    }
     let mut keys = breakers.keys();
     keys.sort();
     assert_eq!(keys, ["b", "e"]);
@@ -475,27 +422,25 @@ mod keyed_metrics {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            let layer = CircuitBreakerLayer::keyed(
-                one_probe(Duration::from_secs(1))
-                    .name("churn")
-                    .build()
-                    .unwrap(),
-                |k: &String| k.clone(),
-            )
-            .max_keys(3);
+            let layer =
+                CircuitBreakerLayer::keyed(named("churn"), |k: &String| k.clone()).max_keys(3);
             let breakers = layer.breakers();
             let t0 = Instant::now();
             for i in 0..50u64 {
                 let t = t0 + Duration::from_millis(10 * i);
-                let b = breakers.get_or_insert(format!("host{i}"), t);
-                let p = b.try_acquire(|| t).unwrap();
-                b.record(p, &Outcome::Success, || t);
+                settle(
+                    &breakers.get_or_insert(format!("host{i}"), t),
+                    &Outcome::Success,
+                    t,
+                );
             }
             // One of the live ones opens.
             let t = t0 + Duration::from_secs(1);
-            let b = breakers.get_or_insert("host49".to_owned(), t);
-            let p = b.try_acquire(|| t).unwrap();
-            b.record(p, &Outcome::FAILURE, || t);
+            settle(
+                &breakers.get_or_insert("host49".to_owned(), t),
+                &Outcome::FAILURE,
+                t,
+            );
             assert_eq!(breakers.len(), 3);
 
             let gauges = state_gauges(&snapshotter);
@@ -530,17 +475,12 @@ async fn panicking_handler() -> &'static str {
 #[tokio::test]
 async fn a_handler_panicking_on_a_probe_over_http_does_not_wedge_the_server_breaker() {
     use axum::{Router, http::StatusCode, routing::get};
-    use common::http::{client, serve};
-    use tower_rampart::classify::HttpStatus;
+    use common::{
+        breakers::server_side,
+        http::{client, serve},
+    };
 
-    let layer = CircuitBreakerLayer::new(
-        one_probe(Duration::from_millis(50))
-            .half_open_max_wait(None)
-            .build()
-            .unwrap(),
-    )
-    .classify(HttpStatus::default())
-    .respond_http();
+    let layer = server_side(without_max_wait(Duration::from_millis(50), 1));
     let handle = layer.handle();
     let app = Router::new()
         .route("/ok", get(|| async { "ok" }))

@@ -77,7 +77,7 @@ async fn a_backup_service_gets_a_copy_of_the_request() {
     let primary =
         service_fn(|n: u32| async move { Err::<u32, _>(format!("primary down for {n}")) });
     let backup = service_fn(|n: u32| async move { Ok::<_, String>(n * 10) });
-    let mut svc = FallbackLayer::service(backup)
+    let mut svc = FallbackLayer::service(backup, tower_rampart::replay::CloneRequest)
         .on(&[Trigger::Error])
         .layer(primary);
     assert_eq!(svc.ready().await.unwrap().call(4).await, Ok(40));

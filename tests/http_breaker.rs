@@ -17,7 +17,7 @@ use axum::{
     routing::get,
 };
 use common::{
-    breakers::window_of_ten,
+    breakers::{server_side, window_of_ten},
     events::transitions,
     flaky::{counting_server, status},
     http::{client, serve, serve_addr},
@@ -34,9 +34,7 @@ use tower_rampart::{
 /// 503 (with `Retry-After` and a problem+json body) without reaching their handlers.
 #[tokio::test]
 async fn one_breaker_guards_every_route_of_a_router() {
-    let layer = CircuitBreakerLayer::new(window_of_ten("app").build().unwrap())
-        .classify(HttpStatus::default())
-        .respond_http();
+    let layer = server_side(window_of_ten("app").build().unwrap());
     let handle = layer.handle();
 
     let b_hits = Arc::new(AtomicUsize::new(0));
@@ -114,9 +112,7 @@ async fn one_breaker_guards_every_route_of_a_router() {
 /// sick server) all count as successes.
 #[tokio::test]
 async fn healthy_app_stays_closed() {
-    let layer = CircuitBreakerLayer::new(window_of_ten("healthy").build().unwrap())
-        .classify(HttpStatus::default())
-        .respond_http();
+    let layer = server_side(window_of_ten("healthy").build().unwrap());
     let handle = layer.handle();
     let app = Router::new()
         .route("/ok", get(|| async { "ok" }))
@@ -369,16 +365,14 @@ async fn downstream_retry_after_lengthens_the_open_duration() {
 /// the downstream's two minutes on to its callers in `Retry-After`.
 #[tokio::test]
 async fn server_side_503_carries_the_downstream_retry_after() {
-    let layer = CircuitBreakerLayer::new(
+    let layer = server_side(
         Config::builder()
             .name("gateway")
             .consecutive_failures(2)
             .open_duration(Duration::from_secs(1))
             .build()
             .unwrap(),
-    )
-    .classify(HttpStatus::default())
-    .respond_http();
+    );
     let handle = layer.handle();
     let app = Router::new()
         .route(

@@ -8,6 +8,8 @@
 //! - every answer is a documented status;
 //! - no key is stuck: one lease after the faults clear, a retry is answered (replay or run).
 
+mod common;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -25,12 +27,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use common::http::Answer;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tower::ServiceExt;
 use tower_rampart::idempotency::{
-    DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext, IdempotencyLayer, MemoryStore,
-    OnStoreError, problem_types,
+    DoNotStore, IdempotencyContext, IdempotencyLayer, MemoryStore, OnStoreError, problem_types,
     testing::{Fault, FaultyStore, Op},
 };
 
@@ -119,12 +121,19 @@ fn app(store: FaultyStore<MemoryStore>, ledger: Ledger, body_timeout: Duration) 
         .layer(layer)
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct Answer {
-    status: StatusCode,
-    replayed: bool,
-    problem: Option<String>,
-    body: String,
+/// `pay` at `/pay` behind `layer`, paying into `ledger`.
+fn pay_app(layer: IdempotencyLayer<FaultyStore<MemoryStore>>, ledger: &Ledger) -> Router {
+    Router::new()
+        .route("/pay", post(pay))
+        .with_state(ledger.clone())
+        .layer(layer)
+}
+
+/// A memory store that meets `fault` on the `calls`-th calls of `op`.
+fn faulty(op: Op, calls: std::ops::Range<usize>, fault: Fault) -> FaultyStore<MemoryStore> {
+    let store = FaultyStore::new(MemoryStore::new());
+    store.inject(op, calls, fault);
+    store
 }
 
 async fn send(app: &Router, path: &str) -> Answer {
@@ -133,29 +142,14 @@ async fn send(app: &Router, path: &str) -> Answer {
         .body(Body::from("{\"amount\":1}"))
         .unwrap();
     let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let replayed = res.headers().contains_key(IDEMPOTENT_REPLAYED);
-    let is_problem = res
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v == "application/problem+json");
-    let body =
-        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    let problem = is_problem.then(|| {
-        let v: serde_json::Value = serde_json::from_str(&body).expect("problem+json is JSON");
-        v["type"].as_str().unwrap().to_owned()
-    });
-    Answer {
-        status,
-        replayed,
-        problem,
-        body,
-    }
+    let (status, headers) = (res.status(), res.headers().clone());
+    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+    Answer::new(status, &headers, String::from_utf8(body).unwrap())
 }
 
 /// The statuses the README documents for this layer and this handler.
 fn documented(a: &Answer) {
-    let ok = match a.status.as_u16() {
+    let ok = match a.status {
         201 => a.problem.is_none(),
         409 => {
             a.problem.as_deref() == Some(problem_types::IN_FLIGHT)
@@ -402,8 +396,7 @@ async fn a_body_that_fails_midway_is_never_rerun() {
 /// moment later runs instead of meeting a 409 for a whole lease.
 #[tokio::test(start_paused = true)]
 async fn a_claim_that_timed_out_does_not_block_the_key() {
-    let store = FaultyStore::new(MemoryStore::new());
-    store.inject(Op::Claim, 0..1, Fault::Delay(Duration::from_millis(400)));
+    let store = faulty(Op::Claim, 0..1, Fault::Delay(Duration::from_millis(400)));
     let ledger = Ledger::default();
     let layer = IdempotencyLayer::builder()
         .store(store.clone())
@@ -412,10 +405,7 @@ async fn a_claim_that_timed_out_does_not_block_the_key() {
         .store_timeout(STORE_TIMEOUT)
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/pay", post(pay))
-        .with_state(ledger.clone())
-        .layer(layer);
+    let app = pay_app(layer, &ledger);
     let first = send(&app, "/pay").await;
     assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -429,8 +419,7 @@ async fn a_claim_that_timed_out_does_not_block_the_key() {
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_record_never_runs_the_handler() {
     for on_error in [OnStoreError::FailClosed, OnStoreError::FailOpen] {
-        let store = FaultyStore::new(MemoryStore::new());
-        store.inject(Op::Claim, 0..2, Fault::Corrupt);
+        let store = faulty(Op::Claim, 0..2, Fault::Corrupt);
         let ledger = Ledger::default();
         let layer = IdempotencyLayer::builder()
             .store(store.clone())
@@ -438,10 +427,7 @@ async fn an_unreadable_record_never_runs_the_handler() {
             .on_store_error(on_error)
             .build()
             .unwrap();
-        let app = Router::new()
-            .route("/pay", post(pay))
-            .with_state(ledger.clone())
-            .layer(layer);
+        let app = pay_app(layer, &ledger);
         for _ in 0..2 {
             let a = send(&app, "/pay").await;
             assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{on_error:?}");
@@ -458,8 +444,7 @@ async fn an_unreadable_record_never_runs_the_handler() {
 #[tokio::test(start_paused = true)]
 async fn the_handler_observes_a_lost_lease() {
     for (fault, calls) in [(Fault::ExpireLease, 0..1), (Fault::Fail, 0..100)] {
-        let store = FaultyStore::new(MemoryStore::new());
-        store.inject(Op::Renew, calls, fault);
+        let store = faulty(Op::Renew, calls, fault);
         let lost_after = Arc::new(Mutex::new(None));
         let layer = IdempotencyLayer::builder()
             .store(store)

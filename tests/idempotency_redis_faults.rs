@@ -27,12 +27,12 @@ use axum::{
     routing::post,
 };
 use common::{
-    http::{client, serve},
+    http::{Answer, client, serve},
     redis_server::RedisServer,
 };
 use tower_rampart::idempotency::{
-    DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext, IdempotencyLayer, OnStoreError,
-    RedisStore, Store, problem_types,
+    DoNotStore, IdempotencyContext, IdempotencyLayer, OnStoreError, RedisStore, Store,
+    problem_types,
 };
 
 const LEASE: Duration = Duration::from_millis(400);
@@ -188,27 +188,29 @@ async fn app_with(
     }
 }
 
+/// A new store connected to `redis`.
+async fn connect(redis: &RedisServer) -> RedisStore {
+    RedisStore::connect(&redis.url()).await.unwrap()
+}
+
+/// `app_with` on a new connection to `redis`.
+async fn app_on(
+    redis: &RedisServer,
+    lease: Duration,
+    timeout: Duration,
+    on_error: OnStoreError,
+) -> App {
+    app_with(connect(redis).await, lease, timeout, on_error).await
+}
+
 async fn app(redis: &RedisServer) -> App {
-    let store = RedisStore::connect(&redis.url()).await.unwrap();
-    app_with(store, LEASE, STORE_TIMEOUT, OnStoreError::FailClosed).await
+    app_on(redis, LEASE, STORE_TIMEOUT, OnStoreError::FailClosed).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Answers.
 
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    replayed: bool,
-    problem: Option<String>,
-    body: String,
-}
-
 impl Answer {
-    fn is_problem(&self, kind: &str) -> bool {
-        self.problem.as_deref() == Some(kind)
-    }
-
     fn handler_lost(&self) -> bool {
         self.status == 503 && self.problem.is_none() && self.body == LOST_BODY
     }
@@ -223,26 +225,8 @@ async fn send(url: &str, key: &str, work_ms: u64) -> Answer {
         .send()
         .await
         .unwrap();
-    let status = res.status().as_u16();
-    let replayed = res
-        .headers()
-        .get(IDEMPOTENT_REPLAYED)
-        .is_some_and(|v| v == "true");
-    let is_problem = res
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v == "application/problem+json");
-    let body = res.text().await.unwrap();
-    let problem = is_problem.then(|| {
-        let v: serde_json::Value = serde_json::from_str(&body).expect("problem+json is JSON");
-        v["type"].as_str().expect("a problem type").to_owned()
-    });
-    Answer {
-        status,
-        replayed,
-        problem,
-        body,
-    }
+    let (status, headers) = (res.status(), res.headers().clone());
+    Answer::new(status, &headers, res.text().await.unwrap())
 }
 
 /// Every answer is one the README documents (for this layer and this handler).
@@ -274,6 +258,20 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Starts a request for `key` whose handler works for `LONG_WORK`, and waits until it runs;
+/// returns the request and its handler's owner token.
+async fn slow_owner(app: &App, key: &'static str) -> (tokio::task::JoinHandle<Answer>, u128) {
+    let first = tokio::spawn({
+        let url = app.url.clone();
+        async move { send(&url, key, LONG_WORK).await }
+    });
+    until("the first handler runs", || {
+        app.ledger.invocations(key) == 1
+    })
+    .await;
+    (first, app.ledger.first_token(key))
 }
 
 /// One lease after the fault cleared, a retry is replayed or runs once, and the key then
@@ -352,15 +350,7 @@ async fn redis_paused_mid_handler_runs_the_key_once() {
     let key = "a-paused";
     assert_eq!(send(&app.url, "a-warm-up", 0).await.status, 201);
 
-    let first = tokio::spawn({
-        let url = app.url.clone();
-        async move { send(&url, key, LONG_WORK).await }
-    });
-    until("the first handler runs", || {
-        app.ledger.invocations(key) == 1
-    })
-    .await;
-    let owner = app.ledger.first_token(key);
+    let (first, owner) = slow_owner(&app, key).await;
 
     let mut answers = Vec::new();
     {
@@ -418,15 +408,7 @@ async fn redis_restarted_without_the_claim_tells_the_owner() {
     let key = "b-restarted";
     assert_eq!(send(&app.url, "b-warm-up", 0).await.status, 201);
 
-    let first = tokio::spawn({
-        let url = app.url.clone();
-        async move { send(&url, key, LONG_WORK).await }
-    });
-    until("the first handler runs", || {
-        app.ledger.invocations(key) == 1
-    })
-    .await;
-    let owner = app.ledger.first_token(key);
+    let (first, owner) = slow_owner(&app, key).await;
 
     blocking(|| {
         redis.kill();
@@ -494,20 +476,8 @@ async fn unreadable_records_never_run_and_always_expire() {
     let redis = RedisServer::start();
     // A generous store timeout: these answers must not be confused with a slow store.
     let timeout = Duration::from_millis(300);
-    let closed = app_with(
-        RedisStore::connect(&redis.url()).await.unwrap(),
-        LEASE,
-        timeout,
-        OnStoreError::FailClosed,
-    )
-    .await;
-    let open = app_with(
-        RedisStore::connect(&redis.url()).await.unwrap(),
-        LEASE,
-        timeout,
-        OnStoreError::FailOpen,
-    )
-    .await;
+    let closed = app_on(&redis, LEASE, timeout, OnStoreError::FailClosed).await;
+    let open = app_on(&redis, LEASE, timeout, OnStoreError::FailOpen).await;
     let mut conn = raw(&redis).await;
 
     // A real completed record, to damage.
@@ -623,10 +593,7 @@ async fn unreadable_records_never_run_and_always_expire() {
 async fn an_unreadable_record_expires_after_its_ttl_and_the_key_runs_again() {
     let redis = RedisServer::start();
     let ttl = Duration::from_millis(500);
-    let store = RedisStore::connect(&redis.url())
-        .await
-        .unwrap()
-        .unreadable_ttl(ttl);
+    let store = connect(&redis).await.unreadable_ttl(ttl);
     let app = app_with(
         store,
         LEASE,
@@ -658,15 +625,7 @@ async fn a_key_deleted_mid_handler_loses_the_lease() {
 
     // DEL, with a duplicate right behind it that may run; FLUSHALL, with none.
     for (key, wipe, duplicate) in [("d-del", "DEL", true), ("d-flushall", "FLUSHALL", false)] {
-        let first = tokio::spawn({
-            let url = app.url.clone();
-            async move { send(&url, key, LONG_WORK).await }
-        });
-        until("the first handler runs", || {
-            app.ledger.invocations(key) == 1
-        })
-        .await;
-        let owner = app.ledger.first_token(key);
+        let (first, owner) = slow_owner(&app, key).await;
         let rk = redis_key(key);
         let args: &[&str] = if wipe == "DEL" {
             &["DEL", &rk]
@@ -709,8 +668,7 @@ async fn a_late_claim_does_not_hold_the_key_for_a_lease() {
     let lease = Duration::from_millis(600);
     let timeout = Duration::from_millis(80);
     let pause = Duration::from_millis(250);
-    let store = RedisStore::connect(&redis.url()).await.unwrap();
-    let app = app_with(store, lease, timeout, OnStoreError::FailClosed).await;
+    let app = app_on(&redis, lease, timeout, OnStoreError::FailClosed).await;
     let key = "e-late";
     assert_eq!(send(&app.url, "e-warm-up", 0).await.status, 201);
 
@@ -750,19 +708,23 @@ fn link_up(replica: &RedisServer) -> bool {
         .is_some_and(|i| i.lines().any(|l| l.trim() == "master_link_status:up"))
 }
 
+/// Waits until `replica` has synced with its primary; `never` is the failure message.
+async fn until_synced(replica: &RedisServer, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !blocking(|| link_up(replica)) {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_replica_refuses_when_it_is_gone() {
     let primary = RedisServer::start();
     let port = primary.port.to_string();
     let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !blocking(|| link_up(&replica)) {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let store = RedisStore::connect(&primary.url())
+    until_synced(&replica, "the replica never synced").await;
+    let store = connect(&primary)
         .await
-        .unwrap()
         .wait_for_replicas(1, Duration::from_millis(100));
     let app = app_with(
         store,
@@ -793,11 +755,7 @@ async fn waiting_for_a_replica_refuses_when_it_is_gone() {
 
     // The replica comes back: the refused key runs once.
     blocking(|| replica.restart());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !blocking(|| link_up(&replica)) {
-        assert!(Instant::now() < deadline, "the replica never synced again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_synced(&replica, "the replica never synced again").await;
     let a = send(&app.url, "f-unreplicated", 0).await;
     assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
     assert_eq!(app.ledger.invocations("f-unreplicated"), 1);

@@ -55,24 +55,36 @@ async fn claim(store: &MemoryStore, key: &str) -> Result<Claim, StoreErrorKind> 
         .map_err(|e| e.kind())
 }
 
+/// Claims `key` as a new key; the owner's token.
+async fn claim_new(store: &MemoryStore, key: &str) -> OwnerToken {
+    let owner = OwnerToken::new();
+    assert_eq!(
+        store.claim(key, &fp(1), owner, LEASE).await.unwrap(),
+        Claim::New,
+        "{key}"
+    );
+    owner
+}
+
+/// `running` is still in flight and `done` still answers its completion.
+async fn live_keys_are_answered_right(store: &MemoryStore) {
+    assert!(matches!(
+        claim(store, "running").await,
+        Ok(Claim::InFlight { .. })
+    ));
+    assert_eq!(
+        claim(store, "done").await,
+        Ok(Claim::Completed(created("{\"id\":1}")))
+    );
+}
+
 /// The bug this replaces: an entry-bounded cache evicted live records, so after enough other
 /// keys an in-flight or completed key was claimable again and its handler ran twice.
 #[tokio::test(start_paused = true)]
 async fn a_full_store_refuses_new_keys_and_never_forgets_live_ones() {
     let store = MemoryStore::with_max_bytes(64 * 1024);
-    let running = OwnerToken::new();
-    assert_eq!(
-        store
-            .claim("running", &fp(1), running, LEASE)
-            .await
-            .unwrap(),
-        Claim::New
-    );
-    let done = OwnerToken::new();
-    assert_eq!(
-        store.claim("done", &fp(1), done, LEASE).await.unwrap(),
-        Claim::New
-    );
+    let running = claim_new(&store, "running").await;
+    let done = claim_new(&store, "done").await;
     assert!(
         store
             .complete("done", &fp(1), done, &created("{\"id\":1}"), TTL)
@@ -93,27 +105,13 @@ async fn a_full_store_refuses_new_keys_and_never_forgets_live_ones() {
     assert!(store.bytes() <= 64 * 1024, "{} bytes", store.bytes());
 
     // Existing keys are still answered, and answered right.
-    assert!(matches!(
-        claim(&store, "running").await,
-        Ok(Claim::InFlight { .. })
-    ));
-    assert_eq!(
-        claim(&store, "done").await,
-        Ok(Claim::Completed(created("{\"id\":1}")))
-    );
+    live_keys_are_answered_right(&store).await;
 
     // Once the other claims' leases end, their room comes back; the completed key stays.
     assert!(store.renew("running", running, LEASE * 2).await.unwrap());
     tokio::time::advance(LEASE + Duration::from_secs(1)).await;
     assert_eq!(claim(&store, "after").await, Ok(Claim::New));
-    assert!(matches!(
-        claim(&store, "running").await,
-        Ok(Claim::InFlight { .. })
-    ));
-    assert_eq!(
-        claim(&store, "done").await,
-        Ok(Claim::Completed(created("{\"id\":1}")))
-    );
+    live_keys_are_answered_right(&store).await;
 }
 
 /// A response too large for the room left is kept as "ran, not replayable": the key still
@@ -121,11 +119,7 @@ async fn a_full_store_refuses_new_keys_and_never_forgets_live_ones() {
 #[tokio::test(start_paused = true)]
 async fn a_completion_that_does_not_fit_is_kept_as_not_replayable() {
     let store = MemoryStore::with_max_bytes(16 * 1024);
-    let t = OwnerToken::new();
-    assert_eq!(
-        store.claim("big", &fp(1), t, LEASE).await.unwrap(),
-        Claim::New
-    );
+    let t = claim_new(&store, "big").await;
     let big = Completion::Response(StoredResponse {
         status: StatusCode::CREATED,
         headers: HeaderMap::new(),

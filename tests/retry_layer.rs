@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::events::retry_events;
+use common::events::{RetryEvents, retry_events};
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -58,7 +58,7 @@ async fn retries_until_success_with_the_backoff_delays() {
         .unwrap();
     let mut svc = layer.layer(inner);
     let start = Instant::now();
-    assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
+    assert_eq!(send(&mut svc, 7).await.unwrap(), 7);
     assert_eq!(calls.load(SeqCst), 3);
     assert_eq!(
         start.elapsed(),
@@ -94,16 +94,10 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
         .build()
         .unwrap()
         .layer(inner);
-    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    let err = send(&mut svc, 1).await.unwrap_err();
     assert_eq!(err.to_string(), "flaky");
     assert_eq!(calls.load(SeqCst), 4);
-    assert_eq!(
-        log.lock().unwrap().last(),
-        Some(&EventKind::GaveUp {
-            attempts: 4,
-            reason: GiveUp::Attempts
-        })
-    );
+    assert_gave_up(&log, 4, GiveUp::Attempts);
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,16 +112,39 @@ async fn max_elapsed_stops_before_a_late_retry() {
         .build()
         .unwrap()
         .layer(inner);
-    svc.ready().await.unwrap().call(1).await.unwrap_err();
+    send(&mut svc, 1).await.unwrap_err();
     // Attempts at 0, 100 and 200 ms; one at 300 ms would pass the limit.
     assert_eq!(calls.load(SeqCst), 3);
+    assert_gave_up(&log, 3, GiveUp::Elapsed);
+}
+
+/// One call through `svc` once it is ready.
+async fn send<S: Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error>
+where
+    S::Error: std::fmt::Debug,
+{
+    svc.ready().await.unwrap().call(req).await
+}
+
+/// The last retry event was giving up after `attempts`, for `reason`.
+fn assert_gave_up(log: &RetryEvents, attempts: u32, reason: GiveUp) {
     assert_eq!(
         log.lock().unwrap().last(),
-        Some(&EventKind::GaveUp {
-            attempts: 3,
-            reason: GiveUp::Elapsed
-        })
+        Some(&EventKind::GaveUp { attempts, reason })
     );
+}
+
+/// An empty HTTP answer with `status`.
+fn answer(status: u16) -> Response<Bytes> {
+    Response::builder()
+        .status(status)
+        .body(Bytes::new())
+        .unwrap()
+}
+
+/// An empty `GET path`.
+fn get(path: &str) -> Request<Bytes> {
+    Request::get(path).body(Bytes::new()).unwrap()
 }
 
 type Times = Arc<Mutex<Vec<Instant>>>;
@@ -172,13 +189,7 @@ fn http_retry(builder: tower_rampart::retry::Builder) -> RetryLayer<HttpStatus, 
 async fn retry_after_replaces_the_backoff() {
     let (times, inner) = scripted(vec![(503, Some("2")), (429, None)]);
     let mut svc = http_retry(RetryLayer::builder().backoff(constant(10))).layer(inner);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get("/").body(Bytes::new()).unwrap())
-        .await
-        .unwrap();
+    let res = send(&mut svc, get("/")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let t = times.lock().unwrap();
     assert_eq!(t.len(), 3);
@@ -200,13 +211,7 @@ async fn a_hint_beyond_the_cap_ends_retrying() {
             .on_event(listener),
     )
     .layer(inner);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get("/").body(Bytes::new()).unwrap())
-        .await
-        .unwrap();
+    let res = send(&mut svc, get("/")).await.unwrap();
     assert_eq!(
         res.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -231,48 +236,56 @@ async fn post_is_retried_only_with_an_idempotency_key() {
         }
         b.body(Bytes::from_static(b"{}")).unwrap()
     };
-    let (times, inner) = scripted(vec![(503, None)]);
-    let mut svc = http_retry(RetryLayer::builder().backoff(constant(1))).layer(inner);
-    let res = svc.ready().await.unwrap().call(post(None)).await.unwrap();
-    assert_eq!(
-        (res.status(), times.lock().unwrap().len()),
-        (StatusCode::SERVICE_UNAVAILABLE, 1)
-    );
-
-    let (times, inner) = scripted(vec![(503, None)]);
-    let mut svc = http_retry(RetryLayer::builder().backoff(constant(1))).layer(inner);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(post(Some("\"k\"")))
-        .await
-        .unwrap();
-    assert_eq!(
-        (res.status(), times.lock().unwrap().len()),
-        (StatusCode::OK, 2)
-    );
-
-    let (times, inner) = scripted(vec![(500, None), (502, None), (504, None)]);
-    let mut svc =
-        http_retry(RetryLayer::builder().max_attempts(4).backoff(constant(1))).layer(inner);
-    let put = Request::put("/x").body(Bytes::new()).unwrap();
-    let res = svc.ready().await.unwrap().call(put).await.unwrap();
-    assert_eq!(
-        (res.status(), times.lock().unwrap().len()),
-        (StatusCode::OK, 4)
-    );
-
-    let (times, inner) = scripted(vec![(501, None)]);
-    let mut svc = http_retry(RetryLayer::builder().backoff(constant(1))).layer(inner);
-    let get = Request::get("/x").body(Bytes::new()).unwrap();
-    let res = svc.ready().await.unwrap().call(get).await.unwrap();
-    assert_eq!(
-        res.status(),
-        StatusCode::NOT_IMPLEMENTED,
-        "501 will not change"
-    );
-    assert_eq!(times.lock().unwrap().len(), 1);
+    // (what, statuses answered before a 200, max attempts if not the default, request,
+    // final status, calls made)
+    let cases = [
+        (
+            "POST without a key is not retried",
+            vec![503],
+            None,
+            post(None),
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+        ),
+        (
+            "POST with a key is retried",
+            vec![503],
+            None,
+            post(Some("\"k\"")),
+            StatusCode::OK,
+            2,
+        ),
+        (
+            "PUT is retried",
+            vec![500, 502, 504],
+            Some(4),
+            Request::put("/x").body(Bytes::new()).unwrap(),
+            StatusCode::OK,
+            4,
+        ),
+        (
+            "501 will not change",
+            vec![501],
+            None,
+            get("/x"),
+            StatusCode::NOT_IMPLEMENTED,
+            1,
+        ),
+    ];
+    for (what, statuses, max_attempts, req, status, calls) in cases {
+        let (times, inner) = scripted(statuses.into_iter().map(|s| (s, None)).collect());
+        let mut builder = RetryLayer::builder().backoff(constant(1));
+        if let Some(n) = max_attempts {
+            builder = builder.max_attempts(n);
+        }
+        let mut svc = http_retry(builder).layer(inner);
+        let res = send(&mut svc, req).await.unwrap();
+        assert_eq!(
+            (res.status(), times.lock().unwrap().len()),
+            (status, calls),
+            "{what}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -283,14 +296,7 @@ async fn the_key_layer_gives_every_attempt_the_same_key() {
         let mut k = seen.lock().unwrap();
         k.push(req.headers()["idempotency-key"].clone());
         let status = if k.len() < 3 { 503 } else { 201 };
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(status)
-                    .body(Bytes::new())
-                    .unwrap(),
-            )
-        }
+        async move { Ok::<_, Infallible>(answer(status)) }
     });
     let mut svc = ServiceBuilder::new()
         .layer(SetIdempotencyKeyLayer::new())
@@ -301,7 +307,7 @@ async fn the_key_layer_gives_every_attempt_the_same_key() {
         let req = Request::post("/payments")
             .body(Bytes::from_static(b"{}"))
             .unwrap();
-        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let res = send(&mut svc, req).await.unwrap();
         assert_eq!(res.status(), StatusCode::CREATED);
         let k = keys.lock().unwrap();
         assert_eq!(k.len(), 3);
@@ -325,9 +331,9 @@ async fn a_budget_shared_by_clones_stops_a_retry_storm() {
     let mut b = a.clone();
     // 4 tokens: retries only while more than 2 remain. The first call spends 1 token per failed
     // attempt: 4 -> 3 (retry) -> 2 (no more: 2 is not more than half).
-    a.ready().await.unwrap().call(1).await.unwrap_err();
+    send(&mut a, 1).await.unwrap_err();
     assert_eq!(calls.load(SeqCst), 2);
-    b.ready().await.unwrap().call(1).await.unwrap_err();
+    send(&mut b, 1).await.unwrap_err();
     assert_eq!(calls.load(SeqCst), 3, "the clone shares the empty budget");
     let reasons: Vec<_> = log
         .lock()
@@ -359,7 +365,7 @@ async fn circuit_open_refusals_are_not_retried_unless_asked() {
             .layer(breaker.clone())
             .service(inner);
         let start = Instant::now();
-        let err: BoxError = svc.ready().await.unwrap().call(1).await.unwrap_err();
+        let err: BoxError = send(&mut svc, 1).await.unwrap_err();
         assert!(err.downcast_ref::<CircuitOpen>().is_some());
         assert_eq!(calls.load(SeqCst), 0);
         let waited = start.elapsed();
@@ -403,15 +409,9 @@ async fn the_classifier_says_what_a_refusal_is() {
         .unwrap()
         .classify(FlakyIsRefusal)
         .layer(inner);
-    svc.ready().await.unwrap().call(1).await.unwrap_err();
+    send(&mut svc, 1).await.unwrap_err();
     assert_eq!(calls.load(SeqCst), 1, "a refusal is not retried");
-    assert_eq!(
-        log.lock().unwrap().last(),
-        Some(&EventKind::GaveUp {
-            attempts: 1,
-            reason: GiveUp::CircuitOpen,
-        })
-    );
+    assert_gave_up(&log, 1, GiveUp::CircuitOpen);
 }
 
 /// A request that counts its clones.
@@ -443,12 +443,7 @@ async fn no_needless_copies() {
             .build()
             .unwrap()
             .layer(inner);
-        let _ = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Counted(clones.clone()))
-            .await;
+        let _ = send(&mut svc, Counted(clones.clone())).await;
         assert_eq!(
             clones.load(SeqCst),
             expected_clones,
@@ -476,12 +471,7 @@ async fn buffered_bodies_are_replayed_and_large_ones_sent_once() {
             let mut b = seen.lock().unwrap();
             b.push(bytes);
             let status = if b.len() % 2 == 1 { 503 } else { 200 };
-            Ok::<_, BoxError>(
-                Response::builder()
-                    .status(status)
-                    .body(Bytes::new())
-                    .unwrap(),
-            )
+            Ok::<_, BoxError>(answer(status))
         }
     });
     let mut svc = ServiceBuilder::new()
@@ -496,7 +486,7 @@ async fn buffered_bodies_are_replayed_and_large_ones_sent_once() {
     let small = Request::put("/doc")
         .body(streaming(vec![b"hello ", b"world"]))
         .unwrap();
-    let res = svc.ready().await.unwrap().call(small).await.unwrap();
+    let res = send(&mut svc, small).await.unwrap();
     assert_eq!(
         res.status(),
         StatusCode::OK,
@@ -508,7 +498,7 @@ async fn buffered_bodies_are_replayed_and_large_ones_sent_once() {
     let large = Request::put("/doc")
         .body(streaming(vec![b"0123456789", b"0123456789", b"tail"]))
         .unwrap();
-    let res = svc.ready().await.unwrap().call(large).await.unwrap();
+    let res = send(&mut svc, large).await.unwrap();
     assert_eq!(
         res.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -537,9 +527,9 @@ async fn a_leaked_retry_layer_behaves_the_same() {
     let mut a = layer.layer(inner.clone());
     let mut b = layer.clone().layer(inner);
     let start = Instant::now();
-    assert_eq!(a.ready().await.unwrap().call(5).await.unwrap(), 5);
+    assert_eq!(send(&mut a, 5).await.unwrap(), 5);
     assert_eq!(start.elapsed(), Duration::from_millis(200));
-    assert_eq!(b.ready().await.unwrap().call(6).await.unwrap(), 6);
+    assert_eq!(send(&mut b, 6).await.unwrap(), 6);
     assert_eq!(calls.load(SeqCst), 4);
     assert_eq!(
         log.lock().unwrap().len(),

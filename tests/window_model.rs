@@ -5,7 +5,7 @@ use std::{collections::VecDeque, time::Duration};
 use proptest::prelude::*;
 use tokio::time::Instant;
 use tower_rampart::{
-    circuit_breaker::{Breaker, Config, State},
+    circuit_breaker::{Breaker, Builder, Config, State},
     classify::Outcome,
 };
 
@@ -35,12 +35,57 @@ fn calls(max_gap: u64) -> impl Strategy<Value = Vec<Call>> {
     )
 }
 
+impl Call {
+    /// What a window keeps of the call: whether it failed, whether it was slow.
+    fn sample(self) -> (bool, bool) {
+        (self.failed, self.took_ms >= SLOW_MS)
+    }
+}
+
 fn outcome(failed: bool) -> Outcome {
     if failed {
         Outcome::FAILURE
     } else {
         Outcome::Success
     }
+}
+
+/// One call through `b`, admitted at `start` and recorded at `end`.
+fn call(b: &Breaker, start: Instant, end: Instant, failed: bool) {
+    let permit = b.try_acquire(|| start).unwrap();
+    b.record(permit, &outcome(failed), || end);
+}
+
+/// A breaker with `window` that counts every call (slow from `SLOW_MS`) and never changes
+/// state, and the instant it was made (after the breaker, so no sample lands before its window).
+fn recording(window: Builder) -> (Breaker, Instant) {
+    // On a frozen clock the breaker's epoch and `t0` are one instant, so the model's bucket
+    // boundaries are the breaker's (on a loaded machine they drifted apart by milliseconds).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _clock = rt.enter();
+    let b = Breaker::new(
+        window
+            .minimum_calls(1)
+            .slow_calls(Duration::from_millis(SLOW_MS), 1.0)
+            .build()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    b.metrics_only(t0); // record everything, never change state
+    (b, t0)
+}
+
+/// Makes `c` through `b` after its gap from `*now`, which moves to the call's start; returns
+/// when the call ended.
+fn make(b: &Breaker, now: &mut Instant, c: Call) -> Instant {
+    *now += Duration::from_millis(c.gap_ms);
+    let end = *now + Duration::from_millis(c.took_ms);
+    call(b, *now, end, c.failed);
+    end
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -74,24 +119,12 @@ proptest! {
 
     #[test]
     fn count_window_matches_a_deque(size in 1u32..40, seq in calls(50)) {
-        let b = Breaker::new(
-            Config::builder()
-                .count_window(size)
-                .minimum_calls(1)
-                .slow_calls(Duration::from_millis(SLOW_MS), 1.0)
-                .build()
-                .unwrap(),
-        );
-        let t0 = Instant::now();
-        b.metrics_only(t0); // record everything, never change state
+        let (b, t0) = recording(Config::builder().count_window(size));
         let mut model: VecDeque<(bool, bool)> = VecDeque::new();
         let mut now = t0;
         for c in seq {
-            now += Duration::from_millis(c.gap_ms);
-            let end = now + Duration::from_millis(c.took_ms);
-            let permit = b.try_acquire(|| now).unwrap();
-            b.record(permit, &outcome(c.failed), || end);
-            model.push_back((c.failed, c.took_ms >= SLOW_MS));
+            make(&b, &mut now, c);
+            model.push_back(c.sample());
             if model.len() > size as usize {
                 model.pop_front();
             }
@@ -101,16 +134,8 @@ proptest! {
 
     #[test]
     fn time_window_matches_a_log(buckets in 1u32..12, bucket_ms in 1u64..400, seq in calls(600)) {
-        let b = Breaker::new(
-            Config::builder()
-                .time_window(Duration::from_millis(bucket_ms * u64::from(buckets)), buckets)
-                .minimum_calls(1)
-                .slow_calls(Duration::from_millis(SLOW_MS), 1.0)
-                .build()
-                .unwrap(),
-        );
-        let t0 = Instant::now();
-        b.metrics_only(t0);
+        let window = Duration::from_millis(bucket_ms * u64::from(buckets));
+        let (b, t0) = recording(Config::builder().time_window(window, buckets));
         let n = u64::from(buckets);
         let seq_of = |t: Instant| (t - t0).as_millis() as u64 / bucket_ms;
         // The model: every accepted sample with its bucket number, and the newest bucket seen.
@@ -118,14 +143,11 @@ proptest! {
         let mut head = 0u64;
         let mut now = t0;
         for c in seq {
-            now += Duration::from_millis(c.gap_ms);
-            let end = now + Duration::from_millis(c.took_ms);
-            let permit = b.try_acquire(|| now).unwrap();
-            b.record(permit, &outcome(c.failed), || end);
+            let end = make(&b, &mut now, c);
             let s = seq_of(end);
             head = head.max(s);
             if s + n > head {
-                log.push((s, (c.failed, c.took_ms >= SLOW_MS)));
+                log.push((s, c.sample()));
             }
             // Read at the call's start (earlier than its end): reads never move time back.
             head = head.max(seq_of(now));
@@ -154,8 +176,7 @@ proptest! {
         let ppm = (rate * 1e6).round() as u64;
         let mut model: VecDeque<bool> = VecDeque::new();
         for f in fails {
-            let permit = b.try_acquire(|| t).unwrap();
-            b.record(permit, &outcome(f), || t);
+            call(&b, t, t, f);
             model.push_back(f);
             if model.len() > size as usize {
                 model.pop_front();

@@ -159,12 +159,58 @@ impl Rejected {
     }
 }
 
-/// A breaker's readings at one moment.
+/// A breaker's readings at one moment: what an operator, a dashboard or a readiness probe needs.
+///
+/// The state is read *on the clock*, not only from the last call: an open breaker whose open
+/// duration has passed reads [`State::HalfOpen`] (its next call is a probe), and a half-open
+/// breaker whose [half-open max wait](super::Builder::half_open_max_wait) has run out reads
+/// [`State::Open`], although the breaker itself makes these changes (and emits their events)
+/// only at its next call. [`awaiting_call`](Self::awaiting_call) tells the two apart.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tower_rampart::circuit_breaker::{Breaker, Config, State};
+/// use tower_rampart::classify::Outcome;
+///
+/// let breaker = Breaker::new(
+///     Config::builder()
+///         .name("ledger")
+///         .consecutive_failures(1)
+///         .open_duration(Duration::from_secs(5))
+///         .half_open_permits(2)
+///         .build()?,
+/// );
+/// let t0 = Instant::now();
+/// let permit = breaker.try_acquire(|| t0).expect("closed");
+/// breaker.record(permit, &Outcome::FAILURE, || t0);
+///
+/// let s = breaker.snapshot(t0 + Duration::from_secs(1));
+/// assert_eq!((&*s.name, s.state, s.awaiting_call), ("ledger", State::Open, false));
+/// assert_eq!(s.retry_after, Some(Duration::from_secs(4)));
+///
+/// // No call was made, but the wait is over: the next call will probe.
+/// let s = breaker.snapshot(t0 + Duration::from_secs(6));
+/// assert_eq!((s.state, s.awaiting_call), (State::HalfOpen, true));
+/// assert_eq!(s.half_open_permits_free, Some(2));
+/// assert_eq!(s.time_in_state, Duration::from_secs(1));
+/// assert_eq!(breaker.state(), State::Open, "the breaker itself moves at the next call");
+/// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Snapshot {
-    /// The current state.
+    /// The breaker's name (`<layer name>/<key>` for a keyed breaker).
+    pub name: Arc<str>,
+    /// The state at the moment of the snapshot, on the clock (see the type's documentation).
     pub state: State,
+    /// Whether [`state`](Self::state) was reached by the clock alone: the breaker still holds
+    /// the state before it and takes this one (with its transition event) at its next call.
+    pub awaiting_call: bool,
+    /// When the state began (for a state reached by the clock alone, when it became due).
+    pub since: Instant,
+    /// Time since the state began: the snapshot's instant minus [`since`](Self::since).
+    pub time_in_state: Duration,
     /// Calls in the window (failures in a row, in consecutive mode).
     pub calls: u64,
     /// Failures in the window.
@@ -178,10 +224,12 @@ pub struct Snapshot {
     pub slow_call_rate: Option<f64>,
     /// Calls refused since the breaker was built.
     pub not_permitted: u64,
-    /// Time since the current state was entered.
-    pub time_in_state: Duration,
-    /// Time left until the breaker probes, when open.
+    /// Time left until the breaker probes, when open. For a half-open breaker that reads open
+    /// because its max wait ran out, the full open duration its next call will start.
     pub retry_after: Option<Duration>,
+    /// Probe permits not taken, when half-open (all of them when the half-open period is due
+    /// but has not started); `None` in every other state.
+    pub half_open_permits_free: Option<u32>,
 }
 
 /// Reads the clock at most once, and only if asked.
@@ -498,14 +546,14 @@ impl Breaker {
     }
 
     /// Moves to `to` if the breaker is still in `from`'s period (`None`: from any state).
-    /// Returns whether this call made the change.
+    /// Returns the state left, when this call made the change.
     fn transition(
         &self,
         from: Option<Word>,
         to: State,
         now: Instant,
         hint: Option<Duration>,
-    ) -> bool {
+    ) -> Option<State> {
         let _serial = self
             .transitions
             .lock()
@@ -514,7 +562,7 @@ impl Breaker {
         if let Some(from) = from
             && (cur.state() != from.state() || cur.generation() != from.generation())
         {
-            return false;
+            return None;
         }
         let left = cur.state();
         let n = self.nanos(now);
@@ -549,7 +597,7 @@ impl Breaker {
         if left != to {
             self.observers.transition(left, to);
         }
-        true
+        Some(left)
     }
 
     /// Operator control: reject every call until [`Breaker::reset`].
@@ -568,11 +616,19 @@ impl Breaker {
     }
 
     /// Operator control: closed, with an empty window and the open duration back at its start.
+    ///
+    /// Always emits [`EventKind::Reset`](super::EventKind::Reset), from any state (closed
+    /// included: the window is emptied all the same), after the
+    /// [`Transition`](super::EventKind::Transition) event when the state changed.
     pub fn reset(&self, now: Instant) {
-        self.transition(None, State::Closed, now, None);
+        if let Some(from) = self.transition(None, State::Closed, now, None) {
+            self.observers.reset(from);
+        }
     }
 
-    /// The breaker's readings at `now`. Time-window buckets that expired are dropped first.
+    /// The breaker's readings at `now`, with the state read on the clock (see [`Snapshot`]).
+    /// Time-window buckets that expired are dropped first. Reading changes nothing: no
+    /// transition, no event.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let w = self.load();
         let n = self.nanos(now);
@@ -593,17 +649,48 @@ impl Breaker {
             && r.calls > 0;
         let rate = |x: u64| x as f64 / r.calls as f64;
         let until = self.open_until.load(Acquire);
+        let entered = self.state_since.load(Acquire);
+        let permits = self.config.half_open_permits;
+        // (state, since, retry_after, free permits, reached by the clock alone)
+        let (state, since, retry_after, free, awaiting_call) = match w.state() {
+            State::Open if n >= until => (State::HalfOpen, until, None, Some(permits), true),
+            State::Open => {
+                let left = Duration::from_nanos(until - n);
+                (State::Open, entered, Some(left), None, false)
+            }
+            State::HalfOpen => match self.config.half_open_max_wait.map(nanos_of) {
+                Some(wait) if n.saturating_sub(entered) >= wait => {
+                    let next = self.openings.load(Relaxed).saturating_add(1);
+                    let open = self.config.open_duration_after(next);
+                    (
+                        State::Open,
+                        entered.saturating_add(wait),
+                        Some(open),
+                        None,
+                        true,
+                    )
+                }
+                _ => {
+                    let free = permits.saturating_sub(w.issued());
+                    (State::HalfOpen, entered, None, Some(free), false)
+                }
+            },
+            s => (s, entered, None, None, false),
+        };
         Snapshot {
-            state: w.state(),
+            name: self.shared_name().clone(),
+            state,
+            awaiting_call,
+            since: self.epoch + Duration::from_nanos(since),
+            time_in_state: Duration::from_nanos(n.saturating_sub(since)),
             calls: r.calls,
             failures: r.failures,
             slow_calls: r.slow,
             failure_rate: known.then(|| rate(r.failures)),
             slow_call_rate: (known && self.config.slow.is_some()).then(|| rate(r.slow)),
             not_permitted: self.not_permitted.load(Relaxed),
-            time_in_state: Duration::from_nanos(n.saturating_sub(self.state_since.load(Acquire))),
-            retry_after: (w.state() == State::Open)
-                .then(|| Duration::from_nanos(until.saturating_sub(n))),
+            retry_after,
+            half_open_permits_free: free,
         }
     }
 }

@@ -2,11 +2,10 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::{Rejected, State};
-use crate::problem;
+use crate::{mode::ResponseBody, problem};
 
 /// The call was not made because the circuit breaker is open.
 ///
@@ -56,13 +55,13 @@ impl CircuitOpen {
     /// [`circuit-open`](crate::problems#circuit-open) and, when the wait is known, a
     /// `Retry-After` header in whole seconds (rounded up, at least 1). The response's extensions
     /// hold this `CircuitOpen`.
-    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+    pub fn to_response<B: ResponseBody>(&self) -> Response<B> {
         let mut res = problem::response(
             StatusCode::SERVICE_UNAVAILABLE,
             PROBLEM_TYPE,
             self,
             self.retry_after,
-            B::from,
+            B::from_bytes,
         );
         // Lets layers outside (a fallback) tell the breaker's 503 from the handler's.
         res.extensions_mut().insert(self.clone());
@@ -93,6 +92,7 @@ impl std::error::Error for CircuitOpen {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use http::header;
 
     #[test]

@@ -68,6 +68,13 @@ pub enum EventKind {
     },
     /// A call was classified as neither success nor failure.
     Ignored,
+    /// An operator reset the breaker ([`CircuitBreakerHandle::reset`](super::CircuitBreakerHandle::reset)):
+    /// closed, with an empty window. Sent on every reset, from any state, after the
+    /// [`Transition`](EventKind::Transition) event when the state changed.
+    Reset {
+        /// The state the breaker was in.
+        from: State,
+    },
 }
 
 pub(crate) type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
@@ -242,6 +249,13 @@ impl Observers {
 }
 
 impl Observers {
+    /// An operator reset, from `from` (any state, closed included).
+    pub(crate) fn reset(&self, from: State) {
+        #[cfg(feature = "tracing")]
+        tracing::info!(breaker = %self.name, from = from.as_str(), "circuit breaker reset");
+        self.emit(EventKind::Reset { from });
+    }
+
     /// A keyed breaker in `current` state is gone (evicted or dropped): take it out of the
     /// counting state gauges, once. Called with the transition lock held, or from `Drop`.
     /// Plain breakers keep their gauges as they were.

@@ -62,7 +62,8 @@ impl CircuitBreakerHandle {
         self.get().state()
     }
 
-    /// Rates, counts and time in state, now.
+    /// Name, state (read on the clock: an open breaker whose wait is over reads half-open),
+    /// since when, rates, counts and free probe permits, now. See [`Snapshot`].
     pub fn snapshot(&self) -> Snapshot {
         self.get().snapshot(Instant::now())
     }
@@ -82,7 +83,8 @@ impl CircuitBreakerHandle {
         self.get().metrics_only(Instant::now());
     }
 
-    /// Closed, with fresh metrics.
+    /// Closed, with fresh metrics. Emits [`EventKind::Reset`](super::EventKind::Reset) from
+    /// any state, closed included.
     pub fn reset(&self) {
         self.get().reset(Instant::now());
     }

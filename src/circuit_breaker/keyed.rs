@@ -268,6 +268,57 @@ where
             .map(|e| CircuitBreakerHandle::new(e.breaker.clone()))
     }
 
+    /// Every breaker the family holds now, with its key; the shared overflow breaker
+    /// `<name>/(other)`, once made, comes last with no key. For listing, dashboards and
+    /// readiness ([`health::Readiness`](crate::health::Readiness) takes the family whole).
+    ///
+    /// ```
+    /// use tokio::time::Instant;
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config, State};
+    ///
+    /// let config = Config::builder().name("api").build()?;
+    /// let layer = CircuitBreakerLayer::keyed(config, |host: &String| host.clone());
+    /// let breakers = layer.breakers();
+    /// breakers.get_or_insert("a.example".to_owned(), Instant::now());
+    /// breakers.get_or_insert("b.example".to_owned(), Instant::now());
+    /// breakers.get("b.example").unwrap().force_open();
+    ///
+    /// let mut listed: Vec<_> = breakers
+    ///     .snapshots(Instant::now())
+    ///     .into_iter()
+    ///     .map(|(_, s)| (s.name.to_string(), s.state))
+    ///     .collect();
+    /// listed.sort_by(|a, b| a.0.cmp(&b.0));
+    /// assert_eq!(listed, [
+    ///     ("api/a.example".to_string(), State::Closed),
+    ///     ("api/b.example".to_string(), State::ForcedOpen),
+    /// ]);
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn handles(&self) -> Vec<(Option<K>, CircuitBreakerHandle)> {
+        let map = self.map.load();
+        let mut out = Vec::with_capacity(map.len() + 1);
+        out.extend(map.iter().map(|(k, e)| {
+            (
+                Some(k.clone()),
+                CircuitBreakerHandle::new(e.breaker.clone()),
+            )
+        }));
+        if let Some(b) = self.overflow.get() {
+            out.push((None, CircuitBreakerHandle::new(b.clone())));
+        }
+        out
+    }
+
+    /// The [`Snapshot`](super::Snapshot) of every breaker the family holds now, at `now`, as
+    /// listed by [`handles`](Self::handles).
+    pub fn snapshots(&self, now: Instant) -> Vec<(Option<K>, super::Snapshot)> {
+        self.handles()
+            .into_iter()
+            .map(|(k, h)| (k, h.breaker().snapshot(now)))
+            .collect()
+    }
+
     /// The keys that have a breaker now.
     pub fn keys(&self) -> Vec<K> {
         self.map.load().keys().cloned().collect()

@@ -6,7 +6,6 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
 use http::Response;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -19,7 +18,7 @@ use super::{
 use crate::{
     BoxError,
     classify::{AnyError, Classify},
-    mode::{RespondHttp, ReturnError},
+    mode::{RespondHttp, ResponseBody, ReturnError},
 };
 
 /// A service guarded by a circuit breaker. Made by
@@ -123,7 +122,7 @@ where
 impl<S, C, P, Req, B> Service<Req> for CircuitBreaker<S, C, RespondHttp, P>
 where
     S: Service<Req, Response = Response<B>>,
-    B: From<Bytes>,
+    B: ResponseBody,
     C: Classify<Response<B>, S::Error> + Clone,
     P: SelectBreaker<Req>,
 {

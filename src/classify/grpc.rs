@@ -200,6 +200,15 @@ impl<B, E> Classify<Response<B>, E> for GrpcResponse {
             Err(_) => Outcome::FAILURE,
         }
     }
+
+    /// A breaker's `CircuitOpen` error, or its 503 response (marked in the extensions).
+    #[inline]
+    fn is_refused(&self, result: Result<&Response<B>, &E>) -> bool
+    where
+        E: 'static,
+    {
+        super::http_refused(self, result)
+    }
 }
 
 /// Classifies `Result<T, tonic::Status>` (a tonic client's generated methods, or a service over

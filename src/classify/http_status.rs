@@ -160,6 +160,15 @@ impl<B, E> Classify<Response<B>, E> for HttpStatus {
             Err(_) => Outcome::FAILURE,
         }
     }
+
+    /// A breaker's `CircuitOpen` error, or its 503 response (marked in the extensions).
+    #[inline]
+    fn is_refused(&self, result: Result<&Response<B>, &E>) -> bool
+    where
+        E: 'static,
+    {
+        super::http_refused(self, result)
+    }
 }
 
 #[cfg(feature = "reqwest")]
@@ -171,6 +180,22 @@ impl<E> Classify<reqwest::Response, E> for HttpStatus {
         match result {
             Ok(res) => self.classify_status(res.status(), res.headers()),
             Err(_) => Outcome::FAILURE,
+        }
+    }
+
+    /// A breaker's `CircuitOpen` error, or a response carrying a breaker's mark (an
+    /// `http::Response` a breaker answered, converted to a `reqwest::Response`).
+    #[inline]
+    fn is_refused(&self, result: Result<&reqwest::Response, &E>) -> bool
+    where
+        E: 'static,
+    {
+        match result {
+            Ok(res) => res
+                .extensions()
+                .get::<crate::circuit_breaker::CircuitOpen>()
+                .is_some(),
+            Err(e) => <Self as Classify<reqwest::Response, E>>::is_refusal(self, e),
         }
     }
 }

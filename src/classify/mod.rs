@@ -1,8 +1,11 @@
 //! One outcome vocabulary for every layer: was a call a success, a failure, or neither?
 //!
 //! The circuit breaker, retry and fallback layers ask a [`Classify`] implementation what a
-//! finished call meant, and the retry layer also asks it whether an error is a circuit breaker's
-//! refusal ([`Classify::is_refusal`]). Ready-made classifiers cover the common cases:
+//! finished call meant, and the retry layer also asks it whether the call was a circuit
+//! breaker's refusal ([`Classify::is_refused`]), whichever way the breaker answered: a
+//! [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) error, or the 503 response of a breaker
+//! in `respond_http` mode, which carries the `CircuitOpen` in its extensions
+//! ([`breaker_refusal`]). Ready-made classifiers cover the common cases:
 //!
 //! | classifier | for | failures by default |
 //! |---|---|---|
@@ -104,18 +107,93 @@ pub trait Classify<Res, Err> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
 
-    /// Whether `error` is a circuit breaker's refusal: "not now" rather than a failed call. The
-    /// retry layer does not retry refusals unless told to
-    /// ([`retry_circuit_open`](crate::retry::Builder::retry_circuit_open)).
+    /// Whether `error` is a circuit breaker's refusal: "not now" rather than a failed call.
     ///
     /// By default, a [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) error, by itself or
     /// inside a [`BoxError`](crate::BoxError) (how a breaker in error mode returns it).
-    /// Override it to recognise the refusals of other breakers.
+    /// Override it to recognise the refusals of other breakers. Layers ask
+    /// [`is_refused`](Self::is_refused), which calls this for errors.
     fn is_refusal(&self, error: &Err) -> bool
     where
         Err: 'static,
     {
         crate::error::find_error::<crate::circuit_breaker::CircuitOpen, Err>(error).is_some()
+    }
+
+    /// Whether a finished call is a circuit breaker's refusal, whatever mode the breaker answered
+    /// in: the one question every layer asks. The retry layer never retries a refusal unless
+    /// told to ([`retry_circuit_open`](crate::retry::Builder::retry_circuit_open)).
+    ///
+    /// By default, an error for which [`is_refusal`](Self::is_refusal) holds; a response is never
+    /// a refusal. The HTTP and gRPC classifiers ([`HttpStatus`], [`GrpcResponse`]) also recognise
+    /// the 503 a breaker in `respond_http` mode answers, by the
+    /// [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) in its extensions
+    /// ([`breaker_refusal`]); a hand-written classifier of `http::Response`s does the same by
+    /// overriding this method with `breaker_refusal`.
+    ///
+    /// ```
+    /// use tower_rampart::{
+    ///     circuit_breaker::{CircuitBreakerLayer, Config},
+    ///     classify::{Classify, HttpStatus},
+    /// };
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = CircuitBreakerLayer::new(Config::builder().build()?).respond_http();
+    /// layer.handle().force_open();
+    /// let mut svc = layer.layer(tower::service_fn(|_: ()| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// }));
+    /// let refused = svc.ready().await?.call(()).await?;
+    /// assert_eq!(refused.status(), 503);
+    /// assert!(HttpStatus::default().is_refused(Ok::<_, &std::convert::Infallible>(&refused)));
+    /// // An ordinary 503 is a failure, not a refusal.
+    /// let busy = http::Response::builder().status(503).body(String::new())?;
+    /// assert!(!HttpStatus::default().is_refused(Ok::<_, &std::convert::Infallible>(&busy)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    fn is_refused(&self, result: Result<&Res, &Err>) -> bool
+    where
+        Err: 'static,
+    {
+        match result {
+            Ok(_) => false,
+            Err(e) => self.is_refusal(e),
+        }
+    }
+}
+
+/// The breaker's refusal a response carries: a breaker in `respond_http` mode puts its
+/// [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) in the extensions of the 503 it answers,
+/// so layers outside tell it from a 503 the downstream sent.
+///
+/// ```
+/// use tower_rampart::classify::breaker_refusal;
+///
+/// let plain = http::Response::builder().status(503).body(()).unwrap();
+/// assert!(breaker_refusal(&plain).is_none());
+/// ```
+#[inline]
+pub fn breaker_refusal<B>(
+    response: &http::Response<B>,
+) -> Option<&crate::circuit_breaker::CircuitOpen> {
+    response.extensions().get()
+}
+
+/// [`Classify::is_refused`] for `http::Response`s: the breaker's mark on a response, or
+/// [`Classify::is_refusal`] on an error.
+#[inline]
+pub(crate) fn http_refused<C, B, E>(classifier: &C, result: Result<&http::Response<B>, &E>) -> bool
+where
+    C: Classify<http::Response<B>, E> + ?Sized,
+    E: 'static,
+{
+    match result {
+        Ok(res) => breaker_refusal(res).is_some(),
+        Err(e) => classifier.is_refusal(e),
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Cause, Fallback, Trigger, Triggers, error_trigger};
+use super::{Cause, Event, EventKind, Fallback, Trigger, Triggers, error_trigger, layer::Listener};
 use crate::classify::Classify;
 
 pin_project! {
@@ -23,6 +23,7 @@ pin_project! {
         fallback: F,
         classifier: C,
         triggers: Triggers,
+        events: Listener,
         kept: Option<Req>,
         inspect: fn(&Res) -> Option<Trigger>,
     }
@@ -45,6 +46,7 @@ where
         fallback: F,
         classifier: C,
         triggers: Triggers,
+        events: Listener,
         kept: Option<Req>,
         inspect: fn(&Res) -> Option<Trigger>,
     ) -> Self {
@@ -53,6 +55,7 @@ where
             fallback,
             classifier,
             triggers,
+            events,
             kept,
             inspect,
         }
@@ -76,18 +79,33 @@ where
                 StateProj::Falling { future } => return future.poll(cx),
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
-                    let trigger = match &result {
-                        Err(e) => Some(error_trigger(e)),
-                        Ok(res) => (this.inspect)(res).or_else(|| {
-                            this.classifier
-                                .classify(Ok(res))
-                                .is_failure()
-                                .then_some(Trigger::Failure)
-                        }),
+                    // A breaker's refusal is recognised the way every layer recognises it, by
+                    // the classifier (`is_refused`: its error, or the mark on its 503), and
+                    // also by the mark alone in `recognise_http` mode.
+                    let trigger = if this.classifier.is_refused(result.as_ref()) {
+                        Some(Trigger::CircuitOpen)
+                    } else {
+                        match &result {
+                            Err(e) => Some(error_trigger(e)),
+                            Ok(res) => (this.inspect)(res).or_else(|| {
+                                this.classifier
+                                    .classify(Ok(res))
+                                    .is_failure()
+                                    .then_some(Trigger::Failure)
+                            }),
+                        }
                     };
                     let Some(trigger) = trigger.filter(|t| this.triggers.contains(*t)) else {
                         return Poll::Ready(result);
                     };
+                    if this.kept.is_none() && this.fallback.needs_request() {
+                        // The replay rule gave no copy of the request: the backup is not
+                        // called, and the skip is reported rather than silent.
+                        this.events
+                            .emit(Event::new(trigger, EventKind::BackupSkipped));
+                        return Poll::Ready(result);
+                    }
+                    this.events.emit(Event::new(trigger, EventKind::FellBack));
                     let future = this
                         .fallback
                         .fallback(Cause::new(trigger, result), this.kept.take());

@@ -5,18 +5,28 @@
 //!
 //! | trigger | what it matches |
 //! |---|---|
-//! | [`Trigger::CircuitOpen`] | a breaker's refusal: a `CircuitOpen` error, or the 503 of a breaker in `respond_http` mode |
+//! | [`Trigger::CircuitOpen`] | a breaker's refusal, as the classifier's [`is_refused`](crate::classify::Classify::is_refused) sees it (a `CircuitOpen` error; the marked 503 of a breaker in `respond_http` mode for the HTTP classifiers), and with `recognise_http` the marked 503 whatever the classifier |
 //! | [`Trigger::Timeout`] | an `Elapsed` error, or the 504 / DEADLINE_EXCEEDED of a timeout in response mode |
 //! | [`Trigger::Error`] | any other `Err` |
 //! | [`Trigger::Failure`] | an `Ok` response the classifier calls a failure |
 //!
-//! The fallback is a fixed value ([`FallbackLayer::value`]), a function of the [`Cause`]
-//! ([`FallbackLayer::from_fn`]) or another service called with a copy of the request
-//! ([`FallbackLayer::service`]).
+//! The fallback is one of:
+//!
+//! | constructor | answers | for |
+//! |---|---|---|
+//! | [`FallbackLayer::response`], [`FallbackLayer::json`] | a fixed HTTP response built from status, headers and [`Bytes`](bytes::Bytes) shared by every call | `http::Response<B>` for any [`ResponseBody`](crate::mode::ResponseBody) `B` (axum, tonic, hyper bodies, `String`) |
+//! | [`FallbackLayer::value`] | a clone of a fixed value | `Clone` responses (`http::Response` is not `Clone`: use `response` / `json`) |
+//! | [`FallbackLayer::from_fn`] | `f(cause)` | any response; a value factory when it ignores the cause |
+//! | [`FallbackLayer::service`] | a backup service called with a copy of the request, made by the [`Replay`](crate::replay::Replay) rule you pass | any request; HTTP requests only when the rule allows a copy |
+//!
+//! A backup service the copy rule refused (a POST without an `Idempotency-Key` under
+//! [`HttpReplay::default()`](crate::replay::HttpReplay)) is not called: the call's own outcome
+//! is returned and [`EventKind::BackupSkipped`] is reported to
+//! [`on_event`](FallbackLayer::on_event) listeners (and to `tracing` as a warning).
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::response::IntoResponse;
+//! use http::StatusCode;
 //! use tower::ServiceBuilder;
 //! use tower_rampart::{fallback::{FallbackLayer, Trigger}, timeout::TimeoutLayer};
 //!
@@ -25,7 +35,7 @@
 //!     .layer(
 //!         ServiceBuilder::new()
 //!             .layer(
-//!                 FallbackLayer::from_fn(|_cause| "41.80 (cached)".into_response())
+//!                 FallbackLayer::json(StatusCode::OK, r#"{"price":"41.80","stale":true}"#)
 //!                     .on(&[Trigger::Timeout])
 //!                     .recognise_http(),
 //!             )
@@ -41,8 +51,8 @@ mod layer;
 pub use future::ResponseFuture;
 pub use future::ServiceCall;
 pub use layer::{
-    Fallback, FallbackLayer, FallbackService, FnFallback, ResponseMarks, ServiceFallback,
-    ValueFallback,
+    Fallback, FallbackLayer, FallbackService, FnFallback, ResponseFallback, ResponseMarks,
+    ServiceFallback, ValueFallback,
 };
 
 use crate::{circuit_breaker::CircuitOpen, error::find_error as downcast, timeout::Elapsed};
@@ -58,6 +68,45 @@ pub enum Trigger {
     Error,
     /// A response the classifier calls a failure.
     Failure,
+}
+
+/// Something a fallback layer did (see [`FallbackLayer::on_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The trigger the call's outcome matched.
+    pub trigger: Trigger,
+    /// What the layer did about it.
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub(crate) fn new(trigger: Trigger, kind: EventKind) -> Self {
+        Event { trigger, kind }
+    }
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The fallback answered in place of the call's outcome.
+    FellBack,
+    /// A trigger matched, but the backup service was not called because no copy of the request
+    /// could be made: the copy rule refused it (a POST or PATCH without an `Idempotency-Key`
+    /// under [`HttpReplay::default()`](crate::replay::HttpReplay)) or its body streams. The
+    /// call's own outcome was returned.
+    BackupSkipped,
+}
+
+impl EventKind {
+    /// A short name: `fell_back`, `backup_skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::FellBack => "fell_back",
+            EventKind::BackupSkipped => "backup_skipped",
+        }
+    }
 }
 
 /// A set of triggers.
@@ -137,10 +186,9 @@ pub(crate) fn error_trigger<E: 'static>(e: &E) -> Trigger {
 
 /// Which trigger a response made by one of our layers matches (they mark their responses).
 pub(crate) fn http_response_trigger<B>(res: &http::Response<B>) -> Option<Trigger> {
-    let ext = res.extensions();
-    if ext.get::<CircuitOpen>().is_some() {
+    if crate::classify::breaker_refusal(res).is_some() {
         Some(Trigger::CircuitOpen)
-    } else if ext.get::<Elapsed>().is_some() {
+    } else if res.extensions().get::<Elapsed>().is_some() {
         Some(Trigger::Timeout)
     } else {
         None

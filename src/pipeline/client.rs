@@ -45,6 +45,10 @@ pub type StandardClient<S> = Timeout<
 /// | circuit breaker (one per `host:port`) | failure rate 10 % over a 30 s window, at least 100 calls, open 5 s, 1 probe |
 /// | attempt timeout | 10 s |
 ///
+/// The total timeout passes its deadline down: an attempt never runs past it, and the retry
+/// stage makes a retry only when its delay and a whole attempt timeout fit in the time left
+/// (otherwise it gives up with [`GiveUp::Deadline`](crate::retry::GiveUp::Deadline)).
+///
 /// ```
 /// use std::time::Duration;
 /// use tower::ServiceBuilder;
@@ -185,6 +189,8 @@ impl ClientBuilder {
                     )
             })
             .name(self.name.as_str())
+            // Retries fit the total timeout's deadline, each with a whole attempt timeout.
+            .attempt_timeout(self.attempt)
             .build()?
             .classify(HttpStatus::retryable())
             .replay(HttpReplay::default());

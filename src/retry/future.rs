@@ -103,7 +103,9 @@ where
                     if !outcome.is_failure() {
                         return Poll::Ready(result.map_err(Into::into));
                     }
-                    let open = matches!(&result, Err(e) if this.classifier.is_refusal(e));
+                    // One question for both breaker modes: a `CircuitOpen` error, or the 503 a
+                    // breaker in `respond_http` mode answers (marked in its extensions).
+                    let open = this.classifier.is_refused(result.as_ref());
                     match policy.next(
                         attempts,
                         &outcome,

@@ -12,7 +12,11 @@
 //!   POST/PATCH only with an `Idempotency-Key`), with [`BufferBodyLayer`] to make streaming
 //!   bodies replayable up to a limit. [`SetIdempotencyKeyLayer`] gives POST/PATCH a key once per
 //!   logical request.
-//! - A circuit breaker's refusal is never retried unless asked.
+//! - A circuit breaker's refusal is never retried unless asked, whether the breaker returned a
+//!   `CircuitOpen` error or answered its own 503 ([`Classify::is_refused`](crate::classify::Classify::is_refused)).
+//! - Inside a [`TimeoutLayer`](crate::timeout::TimeoutLayer), no retry is made that cannot start
+//!   (or, with [`Builder::attempt_timeout`], finish) before its
+//!   [`Deadline`](crate::timeout::Deadline): the call gives up with [`GiveUp::Deadline`].
 //!
 //! ```
 //! use std::time::Duration;

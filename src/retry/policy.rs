@@ -27,6 +27,10 @@ pub enum GiveUp {
     RetryAfter,
     /// The failure is a circuit breaker's refusal.
     CircuitOpen,
+    /// The next attempt could not finish before the deadline a timeout outside passed down
+    /// ([`Deadline`](crate::timeout::Deadline)): its delay, plus the attempt timeout when the
+    /// layer knows it ([`Builder::attempt_timeout`]), would pass it.
+    Deadline,
 }
 
 impl GiveUp {
@@ -39,6 +43,7 @@ impl GiveUp {
             GiveUp::NotRetryable => "not_retryable",
             GiveUp::RetryAfter => "retry_after",
             GiveUp::CircuitOpen => "circuit_open",
+            GiveUp::Deadline => "deadline",
         }
     }
 }
@@ -88,6 +93,7 @@ pub(crate) struct Policy {
     pub(crate) retry_after_cap: Option<Duration>,
     pub(crate) budget: Option<Budget>,
     pub(crate) retry_circuit_open: bool,
+    pub(crate) attempt_timeout: Option<Duration>,
     listeners: Box<[Listener]>,
     #[cfg(feature = "metrics")]
     metrics: Handles,
@@ -149,8 +155,19 @@ impl Policy {
             (Some(hint), Some(_)) => hint,
             _ => backoff,
         };
-        let needs_clock = self.max_elapsed.is_some() || self.budget.is_some();
+        // Read once per failed attempt: a `Copy` value in a thread-local cell.
+        let deadline = crate::timeout::Deadline::current();
+        let needs_clock = self.max_elapsed.is_some() || self.budget.is_some() || deadline.is_some();
         let now = needs_clock.then(Instant::now);
+        if let (Some(deadline), Some(now)) = (deadline, now) {
+            let left = deadline.instant().saturating_duration_since(now);
+            // The attempt must start before the deadline, and, when the layer knows the attempt
+            // timeout, have all of it (an attempt cut short by the deadline is wasted work).
+            let needed = delay.saturating_add(self.attempt_timeout.unwrap_or_default());
+            if delay >= left || needed > left {
+                return Next::Stop(Some(GiveUp::Deadline));
+            }
+        }
         if let (Some(max), Some(now)) = (self.max_elapsed, now)
             && started != NOT_TIMED
             // Saturating: a hint or backoff near `Duration::MAX` must stop the call, not panic.
@@ -231,7 +248,8 @@ impl Policy {
 /// Defaults: 3 attempts in all, no elapsed limit (put a total timeout outside), exponential
 /// backoff from 200 ms doubling to at most 30 s with full jitter, downstream `Retry-After` /
 /// gRPC push-back honoured up to 30 s (a longer hint stops retrying), no budget, circuit-open
-/// refusals not retried.
+/// refusals not retried (in either breaker mode), no retry that cannot start before the
+/// [`Deadline`](crate::timeout::Deadline) of a timeout outside.
 ///
 /// ```
 /// use std::time::Duration;
@@ -257,6 +275,7 @@ pub struct Builder {
     retry_after_cap: Option<Duration>,
     budget: Option<Budget>,
     retry_circuit_open: bool,
+    attempt_timeout: Option<Duration>,
     listeners: Vec<Listener>,
 }
 
@@ -279,6 +298,7 @@ impl Default for Builder {
             retry_after_cap: Some(Duration::from_secs(30)),
             budget: None,
             retry_circuit_open: false,
+            attempt_timeout: None,
             listeners: Vec::new(),
         }
     }
@@ -330,6 +350,33 @@ impl Builder {
         self
     }
 
+    /// The timeout of each attempt (a [`TimeoutLayer`](crate::timeout::TimeoutLayer) inside this
+    /// layer), so that retries fit the [`Deadline`](crate::timeout::Deadline) a timeout outside
+    /// passes down: a retry whose delay plus `timeout` would pass the deadline is not made
+    /// ([`GiveUp::Deadline`]). Without it, a retry is not made when its delay alone would reach
+    /// the deadline; either way the attempt timeout inside shrinks to the time left. Without a
+    /// timeout outside, this changes nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::ServiceBuilder;
+    /// use tower_rampart::{retry::RetryLayer, timeout::TimeoutLayer};
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// let attempt = Duration::from_secs(2);
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(TimeoutLayer::new(Duration::from_secs(5))?)   // the whole call
+    ///     .layer(RetryLayer::builder().max_attempts(5).attempt_timeout(attempt).build()?)
+    ///     .layer(TimeoutLayer::new(attempt)?);                  // each attempt
+    /// # let _ = stack;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
     /// Calls `listener` for every retry and every give-up.
     pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
         self.listeners.push(Arc::new(listener));
@@ -369,6 +416,7 @@ impl Builder {
             retry_after_cap: self.retry_after_cap,
             budget: self.budget,
             retry_circuit_open: self.retry_circuit_open,
+            attempt_timeout: self.attempt_timeout,
             listeners: self.listeners.into(),
             #[cfg(feature = "metrics")]
             metrics,

@@ -2,10 +2,9 @@
 
 use std::{fmt, time::Duration};
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::problem;
+use crate::{mode::ResponseBody, problem};
 
 /// The call took longer than the timeout.
 ///
@@ -29,8 +28,8 @@ impl Elapsed {
     /// An HTTP response with `status` (504 by default in the layer) and an
     /// `application/problem+json` body of type [`timeout`](crate::problems#timeout). The
     /// response's extensions hold this `Elapsed`.
-    pub fn to_http_response<B: From<Bytes>>(&self, status: StatusCode) -> Response<B> {
-        let mut res = problem::response(status, TIMEOUT_PROBLEM_TYPE, self, None, B::from);
+    pub fn to_http_response<B: ResponseBody>(&self, status: StatusCode) -> Response<B> {
+        let mut res = problem::response(status, TIMEOUT_PROBLEM_TYPE, self, None, B::from_bytes);
         res.extensions_mut().insert(*self);
         res
     }
@@ -73,6 +72,7 @@ impl std::error::Error for Elapsed {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn http_form() {

@@ -8,15 +8,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::Elapsed;
 use crate::{
     BoxError,
-    mode::{RespondGrpc, RespondHttp, ReturnError},
+    mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
 };
 
 pin_project! {
@@ -35,11 +34,33 @@ pin_project! {
     }
 }
 
+/// When a timeout of `timeout` starting now ends: `now + timeout`, or the current
+/// [`Deadline`](super::Deadline) of a timeout outside when that is earlier. The sleep that ends
+/// then, and the time it lasts (what [`Elapsed::after`] reports).
+#[inline]
+pub(crate) fn start(timeout: Duration) -> (Sleep, Duration) {
+    let now = Instant::now();
+    let own = now.checked_add(timeout);
+    match (own, super::deadline::current_instant()) {
+        (Some(own), Some(outer)) if outer < own => (
+            tokio::time::sleep_until(outer),
+            outer.saturating_duration_since(now),
+        ),
+        (Some(own), _) => (tokio::time::sleep_until(own), timeout),
+        // Beyond what an instant holds: tokio's own far-future sleep, or the outer deadline.
+        (None, Some(outer)) => (
+            tokio::time::sleep_until(outer),
+            outer.saturating_duration_since(now),
+        ),
+        (None, None) => (tokio::time::sleep(timeout), timeout),
+    }
+}
+
 impl<F, M> ResponseFuture<F, M> {
-    pub(crate) fn new(inner: F, after: Duration, code: u64) -> Self {
+    pub(crate) fn new(inner: F, sleep: Sleep, after: Duration, code: u64) -> Self {
         ResponseFuture {
             inner,
-            sleep: tokio::time::sleep(after),
+            sleep,
             after_nanos: crate::time::nanos_of(after),
             code,
             _mode: PhantomData,
@@ -47,13 +68,18 @@ impl<F, M> ResponseFuture<F, M> {
     }
 }
 
-/// Polls the call first, so a call that is ready as the timer fires still wins.
+/// Polls the call first, so a call that is ready as the timer fires still wins. The call is
+/// polled with this timeout's deadline current, for the layers inside.
 fn race<F: Future, M>(
     this: Pin<&mut ResponseFuture<F, M>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<F::Output, (Elapsed, u64)>> {
     let this = this.project();
-    if let Poll::Ready(out) = this.inner.poll(cx) {
+    let polled = {
+        let _deadline = super::deadline::enter(this.sleep.deadline());
+        this.inner.poll(cx)
+    };
+    if let Poll::Ready(out) = polled {
         return Poll::Ready(Ok(out));
     }
     match this.sleep.poll(cx) {
@@ -84,7 +110,7 @@ where
 impl<F, B, E> Future for ResponseFuture<F, RespondHttp>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: From<Bytes>,
+    B: ResponseBody,
 {
     type Output = Result<Response<B>, E>;
 

@@ -18,6 +18,9 @@ use crate::{
 /// [`respond_grpc`](Self::respond_grpc) a gRPC DEADLINE_EXCEEDED, keeping the inner error type
 /// (an axum `Router` stays `Infallible`).
 ///
+/// Whatever the mode, the timeout passes its [`Deadline`](super::Deadline) down to the layers
+/// and handlers inside, and a timeout inside another one never waits past the outer deadline.
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_rampart::timeout::TimeoutLayer;

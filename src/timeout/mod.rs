@@ -7,6 +7,11 @@
 //! `grpc-timeout` when it is shorter. A zero timeout is refused with a
 //! [`ConfigError`](crate::ConfigError).
 //!
+//! A timeout passes its [`Deadline`] down to the layers it encloses: an attempt timeout inside
+//! never waits past the total timeout outside (it shrinks to the time left), and a retry layer
+//! between them gives up ([`GiveUp::Deadline`](crate::retry::GiveUp::Deadline)) rather than
+//! sleep or start an attempt that cannot finish in time.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
@@ -26,12 +31,14 @@
 //! # }
 //! ```
 
+mod deadline;
 mod error;
 mod future;
 mod grpc_timeout;
 mod layer;
 mod service;
 
+pub use deadline::Deadline;
 pub use error::{Elapsed, TIMEOUT_PROBLEM_TYPE};
 pub use future::ResponseFuture;
 pub use grpc_timeout::parse_grpc_timeout;

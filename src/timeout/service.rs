@@ -5,7 +5,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -14,7 +13,7 @@ use tower_layer::Layer;
 use super::{ResponseFuture, TimeoutLayer, parse_grpc_timeout};
 use crate::{
     BoxError, ConfigError,
-    mode::{RespondGrpc, RespondHttp, ReturnError},
+    mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
 };
 
 /// A service whose calls time out. Made by [`TimeoutLayer`](super::TimeoutLayer).
@@ -57,14 +56,14 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.timeout, 0)
+        call(&mut self.inner, req, self.timeout, 0)
     }
 }
 
 impl<S, Req, B> Service<Req> for Timeout<S, RespondHttp>
 where
     S: Service<Req, Response = Response<B>>,
-    B: From<Bytes>,
+    B: ResponseBody,
 {
     type Response = Response<B>;
     type Error = S::Error;
@@ -77,7 +76,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.timeout, self.mode.status)
+        call(&mut self.inner, req, self.timeout, self.mode.status)
     }
 }
 
@@ -106,6 +105,23 @@ where
             })
             .flatten();
         let timeout = client.map_or(self.timeout, |c| c.min(self.timeout));
-        ResponseFuture::new(self.inner.call(req), timeout, 0)
+        call(&mut self.inner, req, timeout, 0)
     }
+}
+
+/// Starts the timer (shortened to the current deadline of a timeout outside), then calls
+/// `inner` with the timer's deadline current, so the layers inside see it.
+#[inline]
+fn call<S: Service<Req>, Req, M>(
+    inner: &mut S,
+    req: Req,
+    timeout: Duration,
+    code: u64,
+) -> ResponseFuture<S::Future, M> {
+    let (sleep, after) = super::future::start(timeout);
+    let future = {
+        let _deadline = super::deadline::enter(sleep.deadline());
+        inner.call(req)
+    };
+    ResponseFuture::new(future, sleep, after, code)
 }

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use tower_rampart::circuit_breaker::{Builder, Config};
+use tower_rampart::{
+    circuit_breaker::{Builder, CircuitBreakerLayer, Config},
+    classify::HttpStatus,
+    mode::RespondHttp,
+};
 
 /// Named `name`: the last 10 calls, opening at 50 % failures once 5 calls are in, for 30 s
 /// (longer than any test, so an open breaker stays open).
@@ -21,4 +25,12 @@ pub fn one_probe(open: Duration) -> Builder {
         .consecutive_failures(1)
         .open_duration(open)
         .half_open_permits(1)
+}
+
+/// A server-side breaker layer over `config`: HTTP statuses decide, and a refused call is
+/// answered with the breaker's own 503.
+pub fn server_side(config: Config) -> CircuitBreakerLayer<HttpStatus, RespondHttp> {
+    CircuitBreakerLayer::new(config)
+        .classify(HttpStatus::default())
+        .respond_http()
 }

@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use tower_rampart::idempotency::IDEMPOTENT_REPLAYED;
 
 /// Serves `app` on 127.0.0.1 with a port the OS picks, in the background; its address.
 pub async fn serve_addr(app: axum::Router) -> SocketAddr {
@@ -31,4 +32,43 @@ pub fn client() -> reqwest::Client {
 pub async fn get_text(client: &reqwest::Client, url: String) -> (StatusCode, String) {
     let res = client.get(url).send().await.unwrap();
     (res.status(), res.text().await.unwrap())
+}
+
+/// An answer of the Idempotency-Key layer, as its client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    /// Marked `idempotent-replayed: true`.
+    pub replayed: bool,
+    /// The `type` of a problem+json answer.
+    pub problem: Option<String>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The answer with `status`, `headers` and `body`. A problem+json body must be JSON with a
+    /// string `type`.
+    pub fn new(status: StatusCode, headers: &HeaderMap, body: String) -> Answer {
+        let replayed = headers
+            .get(IDEMPOTENT_REPLAYED)
+            .is_some_and(|v| v == "true");
+        let is_problem = headers
+            .get("content-type")
+            .is_some_and(|v| v == "application/problem+json");
+        let problem = is_problem.then(|| {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("problem+json is JSON");
+            v["type"].as_str().expect("a problem type").to_owned()
+        });
+        Answer {
+            status: status.as_u16(),
+            replayed,
+            problem,
+            body,
+        }
+    }
+
+    /// A problem+json answer of type `kind`.
+    pub fn is_problem(&self, kind: &str) -> bool {
+        self.problem.as_deref() == Some(kind)
+    }
 }

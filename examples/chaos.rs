@@ -113,12 +113,12 @@ async fn main() -> Result<(), BoxError> {
         .name("prices")
         .total_timeout(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(1))
-        .retry(
+        .replace_retry(
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff(Backoff::exponential(Duration::from_millis(20))),
         )
-        .circuit_breaker(
+        .replace_circuit_breaker(
             circuit_breaker::Config::builder()
                 .count_window(20)
                 .minimum_calls(10)

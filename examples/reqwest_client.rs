@@ -163,14 +163,14 @@ async fn main() -> Result<(), BoxError> {
         .total_timeout(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(1))
         // 3 attempts, exponential backoff from 100 ms with full jitter, `Retry-After` honoured.
-        .retry(
+        .replace_retry(
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff(Backoff::exponential(Duration::from_millis(100)))
                 .on_event(on_retry),
         )
         // One breaker per host: open after 3 failures in a row, for 30 s.
-        .circuit_breaker(
+        .replace_circuit_breaker(
             Config::builder()
                 .consecutive_failures(3)
                 .open_duration(Duration::from_secs(30))

@@ -70,6 +70,7 @@
 mod macros;
 
 pub mod backoff;
+pub mod call;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod circuit_breaker;

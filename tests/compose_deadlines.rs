@@ -172,7 +172,7 @@ async fn standard_client_pipeline_stops_at_the_deadline() {
     let layer = StandardClientLayer::builder()
         .total_timeout(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(2))
-        .retry(
+        .replace_retry(
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff(Backoff::constant(Duration::from_millis(1500)))

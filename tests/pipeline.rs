@@ -53,7 +53,7 @@ fn pipeline(listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> StandardCl
         .name("test-client")
         .total_timeout(Duration::from_secs(10))
         .attempt_timeout(Duration::from_secs(2))
-        .retry(
+        .replace_retry(
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff(Backoff::constant(Duration::from_millis(20)))
@@ -202,8 +202,8 @@ async fn the_per_host_breaker_opens_for_the_failing_host_only() {
     let (bad, good) = (serve(bad).await, serve(good).await);
     let layer = StandardClientLayer::builder()
         .attempt_timeout(Duration::from_secs(2))
-        .retry(RetryLayer::builder().max_attempts(1))
-        .circuit_breaker(
+        .replace_retry(RetryLayer::builder().max_attempts(1))
+        .replace_circuit_breaker(
             Config::builder()
                 .consecutive_failures(3)
                 .open_duration(Duration::from_secs(60)),
@@ -244,7 +244,7 @@ async fn the_total_timeout_bounds_retries() {
     let layer = StandardClientLayer::builder()
         .total_timeout(Duration::from_millis(300))
         .attempt_timeout(Duration::from_millis(100))
-        .retry(
+        .replace_retry(
             RetryLayer::builder()
                 .max_attempts(10)
                 .backoff(Backoff::constant(Duration::from_millis(1))),
@@ -271,7 +271,7 @@ async fn the_total_timeout_bounds_retries() {
 async fn the_server_pipeline_answers_504_503_and_fallbacks() {
     let resilience = StandardServerLayer::builder()
         .timeout(Duration::from_millis(100))
-        .circuit_breaker(
+        .replace_circuit_breaker(
             Config::builder()
                 .name("server")
                 .consecutive_failures(2)

@@ -22,7 +22,8 @@ use tower_rampart::{
     circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config},
     classify::HttpStatus,
     retry::{
-        Budget, BufferBodyLayer, EventKind, GiveUp, HttpReplay, RetryLayer, SetIdempotencyKeyLayer,
+        Budget, BufferBodyLayer, DelayCause, EventKind, GiveUp, HttpReplay, RetryLayer,
+        SetIdempotencyKeyLayer,
     },
 };
 
@@ -72,12 +73,14 @@ async fn retries_until_success_with_the_backoff_delays() {
             EventKind::Retry {
                 attempt: 2,
                 delay,
-                after_error: true
+                after_error: true,
+                cause: DelayCause::Backoff,
             },
             EventKind::Retry {
                 attempt: 3,
                 delay,
-                after_error: true
+                after_error: true,
+                cause: DelayCause::Backoff,
             },
         ]
     );

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::{sync::Arc, time::Duration};
 
 use super::State;
+use crate::call::CallId;
 
 /// Something that happened in a breaker. Listeners get `&Event`.
 ///
@@ -29,6 +30,11 @@ use super::State;
 pub struct Event<'a> {
     /// The breaker's name.
     pub breaker: &'a str,
+    /// The logical call the event is about, or that found the change it reports (a
+    /// [`Transition`](EventKind::Transition) made by a call): the id the retry, timeout and
+    /// fallback layers around and inside report for the same call. `None` for what happens
+    /// outside any call, such as an operator's [`Reset`](EventKind::Reset).
+    pub call: Option<CallId>,
     /// What happened.
     pub kind: EventKind,
 }
@@ -178,8 +184,11 @@ impl Observers {
     #[inline]
     fn emit(&self, kind: EventKind) {
         if !self.listeners.is_empty() {
+            // The call in scope (the breaker's service call or a poll of its future), its id
+            // drawn only now that a listener wants it.
             let event = Event {
                 breaker: &self.name,
+                call: CallId::current(),
                 kind,
             };
             for l in self.listeners.iter() {
@@ -243,7 +252,7 @@ impl Observers {
             }
         }
         #[cfg(feature = "tracing")]
-        tracing::info!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
+        tracing::info!(breaker = %self.name, call_id = CallId::current().map(CallId::get), from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
         self.emit(EventKind::Transition { from, to });
     }
 }

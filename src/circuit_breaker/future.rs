@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::{Breaker, CircuitOpen, Permit};
-use crate::{BoxError, classify::Classify};
+use crate::{BoxError, call, classify::Classify};
 
 /// Holds a permit until the call ends; dropping it early (a cancelled call) gives the permit
 /// back, so a half-open breaker never waits for probes that will not come.
@@ -68,6 +68,8 @@ pin_project! {
     {
         #[pin]
         kind: Kind<F, C, R, B>,
+        // The logical call's id once known (`call::EMPTY` before), for the outcome's events.
+        call: call::Slot,
     }
 }
 
@@ -79,6 +81,7 @@ impl<F, C, R, B: Deref<Target = Breaker>> ResponseFuture<F, C, R, B> {
                 guard,
                 classifier,
             },
+            call: call::EMPTY,
         }
     }
 
@@ -87,7 +90,13 @@ impl<F, C, R, B: Deref<Target = Breaker>> ResponseFuture<F, C, R, B> {
             kind: Kind::Rejected {
                 rejection: Some(rejection),
             },
+            call: call::EMPTY,
         }
+    }
+
+    pub(crate) fn in_call(mut self, call: call::Slot) -> Self {
+        self.call = call;
+        self
     }
 }
 
@@ -128,7 +137,9 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(poll_call(self.project().kind, cx)) {
+        let this = self.project();
+        let polled = call::within(this.call, || poll_call(this.kind, cx));
+        Poll::Ready(match ready!(polled) {
             Ok(result) => result.map_err(Into::into),
             Err(open) => Err(open.into()),
         })
@@ -145,7 +156,9 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(poll_call(self.project().kind, cx)) {
+        let this = self.project();
+        let polled = call::within(this.call, || poll_call(this.kind, cx));
+        Poll::Ready(match ready!(polled) {
             Ok(result) => result,
             Err(response) => Ok(response),
         })

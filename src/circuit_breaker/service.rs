@@ -81,7 +81,10 @@ impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
         P: SelectBreaker<Req>,
     {
         let breaker = self.picker.select(&req);
-        match breaker.try_acquire(Instant::now) {
+        // The refusal or the call inside are made within the logical call: its events (and
+        // those of the layers inside) carry its id.
+        let mut call = crate::call::EMPTY;
+        crate::call::within(&mut call, || match breaker.try_acquire(Instant::now) {
             Ok(permit) => {
                 // Guard first: if the inner `call` panics, unwinding drops the guard and a
                 // half-open probe permit comes back instead of being lost.
@@ -93,7 +96,8 @@ impl<S, C, M, P> CircuitBreaker<S, C, M, P> {
                 breaker.shared_name().clone(),
                 rejected,
             ))),
-        }
+        })
+        .in_call(call)
     }
 }
 

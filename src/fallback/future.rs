@@ -9,8 +9,8 @@ use std::{
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Cause, Event, EventKind, Fallback, Trigger, Triggers, error_trigger, layer::Listener};
-use crate::classify::Classify;
+use super::{Cause, EventKind, Fallback, Trigger, Triggers, error_trigger, layer::Listener};
+use crate::{call, classify::Classify};
 
 pin_project! {
     /// The future of [`FallbackService`](super::FallbackService).
@@ -26,6 +26,8 @@ pin_project! {
         events: Listener,
         kept: Option<Req>,
         inspect: fn(&Res) -> Option<Trigger>,
+        // The logical call's id once known (`call::EMPTY` before), for the events.
+        call: call::Slot,
     }
 }
 
@@ -41,8 +43,10 @@ impl<Fut, F, C, Req, Res, E> ResponseFuture<Fut, F, C, Req, Res, E>
 where
     F: Fallback<Req, Res, E>,
 {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: Fut,
+        call: call::Slot,
         fallback: F,
         classifier: C,
         triggers: Triggers,
@@ -58,6 +62,7 @@ where
             events,
             kept,
             inspect,
+            call,
         }
     }
 }
@@ -72,7 +77,25 @@ where
 {
     type Output = Result<Res, E>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The call and the fallback are polled inside the logical call (its id kept here).
+        let mut slot = *self.as_mut().project().call;
+        let out = call::within(&mut slot, || self.as_mut().step(cx));
+        *self.project().call = slot;
+        out
+    }
+}
+
+impl<Fut, F, C, Req, Res, E> ResponseFuture<Fut, F, C, Req, Res, E>
+where
+    Fut: Future<Output = Result<Res, E>>,
+    F: Fallback<Req, Res, E>,
+    C: Classify<Res, E>,
+    Res: 'static,
+    E: 'static,
+{
+    fn step(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Res, E>> {
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
@@ -101,11 +124,10 @@ where
                     if this.kept.is_none() && this.fallback.needs_request() {
                         // The replay rule gave no copy of the request: the backup is not
                         // called, and the skip is reported rather than silent.
-                        this.events
-                            .emit(Event::new(trigger, EventKind::BackupSkipped));
+                        this.events.emit(trigger, EventKind::BackupSkipped);
                         return Poll::Ready(result);
                     }
-                    this.events.emit(Event::new(trigger, EventKind::FellBack));
+                    this.events.emit(trigger, EventKind::FellBack);
                     let future = this
                         .fallback
                         .fallback(Cause::new(trigger, result), this.kept.take());

@@ -17,6 +17,7 @@ use super::{
     Cause, Event, ResponseFuture, Trigger, Triggers, http_response_trigger, no_response_trigger,
 };
 use crate::{
+    call::CallId,
     classify::{AnyError, Classify},
     mode::{AnyResponse, RecogniseHttp, ResponseBody},
     replay::Replay,
@@ -196,20 +197,32 @@ type ListenerFn = Arc<dyn Fn(&Event) + Send + Sync>;
 pub(crate) struct Listener(Option<ListenerFn>);
 
 impl Listener {
+    /// Reports `kind` for `trigger`, inside the fallback future's poll: the call's id is drawn
+    /// (when nothing drew it before) only for a listener or `tracing`.
     #[inline]
-    pub(crate) fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, trigger: Trigger, kind: super::EventKind) {
         #[cfg(feature = "tracing")]
-        match event.kind {
-            super::EventKind::FellBack => {
-                tracing::debug!(trigger = ?event.trigger, "fallback answered");
+        {
+            let call_id = CallId::current().map(CallId::get);
+            match kind {
+                super::EventKind::FellBack => {
+                    tracing::debug!(call_id, trigger = ?trigger, "fallback answered");
+                }
+                super::EventKind::BackupSkipped => tracing::warn!(
+                    call_id,
+                    trigger = ?trigger,
+                    "fallback skipped: the request could not be copied for the backup service"
+                ),
             }
-            super::EventKind::BackupSkipped => tracing::warn!(
-                trigger = ?event.trigger,
-                "fallback skipped: the request could not be copied for the backup service"
-            ),
         }
-        if let Some(f) = &self.0 {
-            f(&event);
+        if let Some(f) = &self.0
+            && let Some(call) = CallId::current()
+        {
+            f(&Event {
+                call,
+                trigger,
+                kind,
+            });
         }
     }
 
@@ -460,8 +473,11 @@ impl<S, F, C, M> FallbackService<S, F, C, M> {
         C: Clone,
     {
         let kept = self.fallback.keep(&req);
+        let mut call = crate::call::EMPTY;
+        let future = crate::call::within(&mut call, || self.inner.call(req));
         ResponseFuture::new(
-            self.inner.call(req),
+            future,
+            call,
             self.fallback.clone(),
             self.classifier.clone(),
             self.triggers,

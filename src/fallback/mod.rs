@@ -74,16 +74,13 @@ pub enum Trigger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Event {
+    /// The logical call: the id the breaker, retry and timeout layers around and inside report
+    /// for the same call.
+    pub call: crate::call::CallId,
     /// The trigger the call's outcome matched.
     pub trigger: Trigger,
     /// What the layer did about it.
     pub kind: EventKind,
-}
-
-impl Event {
-    pub(crate) fn new(trigger: Trigger, kind: EventKind) -> Self {
-        Event { trigger, kind }
-    }
 }
 
 /// The kinds of [`Event`].

@@ -7,6 +7,11 @@ use std::{fmt, sync::Arc};
 pub struct Event<'a> {
     /// The key as stored (scope, then the client's key), once the request has one.
     pub key: Option<&'a str>,
+    /// The logical call, when a breaker, retry, timeout or fallback layer around this one
+    /// opened it (a server pipeline's timeout, say): the id their events carry. `None` when
+    /// this layer is the outermost, and for what happens after the response (a lease lost in
+    /// the background).
+    pub call: Option<crate::call::CallId>,
     /// What happened.
     pub kind: EventKind,
 }

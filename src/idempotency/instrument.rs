@@ -22,10 +22,19 @@ pub(crate) fn outcome(options: &Options, key: Option<&str>, kind: EventKind) {
     #[cfg(feature = "metrics")]
     metrics::counter!(metric_names::REQUESTS, "outcome" => label).increment(1);
     #[cfg(feature = "tracing")]
-    tracing::debug!(outcome = label, key, "idempotency");
+    tracing::debug!(
+        outcome = label,
+        key,
+        call_id = crate::call::CallId::current().map(crate::call::CallId::get),
+        "idempotency"
+    );
     let _ = label;
     if !options.listeners.is_empty() {
-        let event = Event { key, kind };
+        let event = Event {
+            key,
+            call: crate::call::CallId::current(),
+            kind,
+        };
         for listener in &options.listeners {
             listener(&event);
         }

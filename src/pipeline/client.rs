@@ -17,6 +17,8 @@ use crate::{
     timeout::{Timeout, TimeoutLayer},
 };
 
+use super::Stage;
+
 /// The service a [`StandardClientLayer`] makes around a client `S`.
 pub type StandardClient<S> = Timeout<
     Retry<
@@ -44,6 +46,12 @@ pub type StandardClient<S> = Timeout<
 /// | retry budget | 20 % of requests in 10 s, plus 10 retries per second |
 /// | circuit breaker (one per `host:port`) | failure rate 10 % over a 30 s window, at least 100 calls, open 5 s, 1 probe |
 /// | attempt timeout | 10 s |
+///
+/// Each [`ClientBuilder`] method changes only what it names and keeps every other default:
+/// `.retry(|defaults| defaults.max_attempts(5))` keeps the budget, backoff and `Retry-After`
+/// cap; `.circuit_breaker(|defaults| defaults.failure_rate(0.5))` keeps the window, minimum
+/// calls, open duration and probes. To drop a stage's defaults, replace it whole
+/// ([`ClientBuilder::replace_retry`], [`ClientBuilder::replace_circuit_breaker`]).
 ///
 /// The total timeout passes its deadline down: an attempt never runs past it, and the retry
 /// stage makes a retry only when its delay and a whole attempt timeout fit in the time left
@@ -97,14 +105,31 @@ impl StandardClientLayer {
     }
 }
 
-/// Builds a [`StandardClientLayer`]; every stage can be replaced.
+/// Builds a [`StandardClientLayer`]. Each method changes what it names and keeps every other
+/// default:
+///
+/// | method | changes | keeps |
+/// |---|---|---|
+/// | [`name`](Self::name) | the retry layer's name and the breakers' (`<name>/<host:port>`) | everything else |
+/// | [`total_timeout`](Self::total_timeout) | the total timeout | everything else |
+/// | [`attempt_timeout`](Self::attempt_timeout) | the attempt timeout stage, and the retry stage's attempt timeout with it | everything else |
+/// | [`retry`](Self::retry) | what `f` sets on the pipeline's default retry builder | the other retry defaults: attempts, backoff, `Retry-After` cap, budget |
+/// | [`replace_retry`](Self::replace_retry) | the whole retry stage: the pipeline's retry defaults (budget included) are dropped | the name and attempt timeout, which the pipeline sets on it |
+/// | [`circuit_breaker`](Self::circuit_breaker) | what `f` sets on the pipeline's default breaker builder | the other breaker defaults: window, failure rate, minimum calls, open duration, probes |
+/// | [`replace_circuit_breaker`](Self::replace_circuit_breaker) | the whole breaker config: the pipeline's breaker defaults are dropped | the name, which the pipeline sets on it |
+///
+/// Overrides of one stage add up, in call order: `.retry(f).retry(g)` applies `f` then `g`;
+/// a later `replace_*` drops the overrides made before it, and overrides made after it apply
+/// to the replacement. What no override changes: the retry stage classifies
+/// with [`HttpStatus::retryable`] and copies requests with [`HttpReplay`], the breakers
+/// classify with [`HttpStatus::default`] (stack your own layers for anything else).
 #[must_use]
 pub struct ClientBuilder {
     name: String,
     total: Duration,
     attempt: Duration,
-    retry: Option<retry::Builder>,
-    breaker: Option<circuit_breaker::Builder>,
+    retry: Stage<retry::Builder>,
+    breaker: Stage<circuit_breaker::Builder>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -113,7 +138,9 @@ impl fmt::Debug for ClientBuilder {
             .field("name", &self.name)
             .field("total", &self.total)
             .field("attempt", &self.attempt)
-            .finish_non_exhaustive()
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .finish()
     }
 }
 
@@ -123,40 +150,128 @@ impl Default for ClientBuilder {
             name: "client".into(),
             total: Duration::from_secs(30),
             attempt: Duration::from_secs(10),
-            retry: None,
-            breaker: None,
+            retry: Stage::default(),
+            breaker: Stage::default(),
         }
     }
 }
 
+/// The pipeline's retry defaults (the table on [`StandardClientLayer`]), named `name`, with
+/// `attempt` as the attempt timeout.
+fn default_retry(name: &str, attempt: Duration) -> retry::Builder {
+    RetryLayer::builder()
+        .name(name)
+        .max_attempts(3)
+        .backoff(Backoff::exponential(Duration::from_secs(2)))
+        .retry_after(Some(Duration::from_secs(30)))
+        .budget(Budget::percent(0.2, 10, Duration::from_secs(10)).expect("valid default budget"))
+        .attempt_timeout(attempt)
+}
+
+/// The pipeline's breaker defaults (the table on [`StandardClientLayer`]), named `name`.
+fn default_breaker(name: &str) -> circuit_breaker::Builder {
+    circuit_breaker::Config::builder()
+        .name(name)
+        .time_window(Duration::from_secs(30), 10)
+        .failure_rate(0.1)
+        .minimum_calls(100)
+        .open_duration(Duration::from_secs(5))
+        .half_open_permits(1)
+}
+
 impl ClientBuilder {
     /// The name of the pipeline's retry layer and breakers (breakers are `<name>/<host:port>`).
+    /// Changes only the names.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
-    /// The whole call, retries and waits included.
+    /// The whole call, retries and waits included. Changes only the total timeout.
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total = timeout;
         self
     }
 
-    /// Each attempt.
+    /// Each attempt. Changes the attempt timeout stage and the retry stage's
+    /// [`attempt_timeout`](retry::Builder::attempt_timeout), which the pipeline keeps equal to
+    /// it, and nothing else.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt = timeout;
         self
     }
 
-    /// Replaces the retry stage's settings (its name is the pipeline's).
-    pub fn retry(mut self, retry: retry::Builder) -> Self {
-        self.retry = Some(retry);
+    /// Overrides retry settings: `f` receives the pipeline's default retry builder (named after
+    /// the pipeline, 3 attempts, exponential backoff from 2 s, `Retry-After` up to 30 s, the
+    /// 20 % budget, the attempt timeout) and returns it changed. What `f` does not set keeps its
+    /// default; in particular the budget stays unless `f` sets another.
+    ///
+    /// `f` runs in [`build`](Self::build), after every other setting is known. The retry stage's
+    /// attempt timeout is set to the pipeline's after `f` runs, so that it always matches the
+    /// attempt timeout stage: change it with [`attempt_timeout`](Self::attempt_timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::{backoff::Backoff, pipeline::StandardClientLayer, retry};
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// // 5 attempts; the budget, backoff and Retry-After cap stay the pipeline's.
+    /// let layer = StandardClientLayer::builder()
+    ///     .retry(|defaults: retry::Builder| defaults.max_attempts(5))
+    ///     .retry(|defaults| defaults.backoff(Backoff::exponential(Duration::from_millis(100))))
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retry(
+        mut self,
+        f: impl FnOnce(retry::Builder) -> retry::Builder + Send + Sync + 'static,
+    ) -> Self {
+        self.retry.push(f);
         self
     }
 
-    /// Replaces the breakers' settings (their name is the pipeline's).
-    pub fn circuit_breaker(mut self, breaker: circuit_breaker::Builder) -> Self {
-        self.breaker = Some(breaker);
+    /// Replaces the retry stage's settings whole: nothing of the pipeline's retry defaults is
+    /// kept (a builder without [`budget`](retry::Builder::budget) retries without a budget), but
+    /// the pipeline sets its name on it before later [`retry`](Self::retry) overrides run, and
+    /// its attempt timeout after them. Overrides made before this call are dropped.
+    pub fn replace_retry(mut self, retry: retry::Builder) -> Self {
+        self.retry.replace(retry);
+        self
+    }
+
+    /// Overrides breaker settings: `f` receives the pipeline's default breaker builder (named
+    /// after the pipeline, failure rate 10 % over a 30 s window in 10 buckets, at least 100
+    /// calls, open 5 s, 1 probe) and returns it changed. What `f` does not set keeps its
+    /// default. The settings apply to every per-authority breaker.
+    ///
+    /// ```
+    /// use tower_rampart::{circuit_breaker, pipeline::StandardClientLayer};
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// // Open at 50 % failures; the window, minimum calls, open duration and probes stay.
+    /// let layer = StandardClientLayer::builder()
+    ///     .circuit_breaker(|defaults: circuit_breaker::Builder| defaults.failure_rate(0.5))
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn circuit_breaker(
+        mut self,
+        f: impl FnOnce(circuit_breaker::Builder) -> circuit_breaker::Builder + Send + Sync + 'static,
+    ) -> Self {
+        self.breaker.push(f);
+        self
+    }
+
+    /// Replaces the breakers' settings whole: nothing of the pipeline's breaker defaults is kept
+    /// (what `breaker` does not set has [`circuit_breaker::Builder`]'s own defaults), but the
+    /// pipeline sets its name on it before later [`circuit_breaker`](Self::circuit_breaker)
+    /// overrides run. Overrides made before this call are dropped.
+    pub fn replace_circuit_breaker(mut self, breaker: circuit_breaker::Builder) -> Self {
+        self.breaker.replace(breaker);
         self
     }
 
@@ -177,41 +292,25 @@ impl ClientBuilder {
                 self.attempt, self.total
             ));
         }
+        let (name, attempt) = (self.name.as_str(), self.attempt);
         let retry = self
             .retry
-            .unwrap_or_else(|| {
-                RetryLayer::builder()
-                    .max_attempts(3)
-                    .backoff(Backoff::exponential(Duration::from_secs(2)))
-                    .budget(
-                        Budget::percent(0.2, 10, Duration::from_secs(10))
-                            .expect("valid default budget"),
-                    )
-            })
-            .name(self.name.as_str())
+            .resolve(|| default_retry(name, attempt), |b| b.name(name))
             // Retries fit the total timeout's deadline, each with a whole attempt timeout.
-            .attempt_timeout(self.attempt)
+            .attempt_timeout(attempt)
             .build()?
             .classify(HttpStatus::retryable())
             .replay(HttpReplay::default());
         let breaker = self
             .breaker
-            .unwrap_or_else(|| {
-                circuit_breaker::Config::builder()
-                    .time_window(Duration::from_secs(30), 10)
-                    .failure_rate(0.1)
-                    .minimum_calls(100)
-                    .open_duration(Duration::from_secs(5))
-                    .half_open_permits(1)
-            })
-            .name(self.name.as_str())
+            .resolve(|| default_breaker(name), |b| b.name(name))
             .build()?;
         Ok(StandardClientLayer {
             total: TimeoutLayer::new(self.total)?,
             retry,
             breaker: CircuitBreakerLayer::keyed_by_authority(breaker)
                 .classify(HttpStatus::default()),
-            attempt: TimeoutLayer::new(self.attempt)?,
+            attempt: TimeoutLayer::new(attempt)?,
         })
     }
 }

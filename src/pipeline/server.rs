@@ -18,6 +18,8 @@ use crate::{
     timeout::{Timeout, TimeoutLayer},
 };
 
+use super::Stage;
+
 /// The service a [`StandardServerLayer`] makes around a router or handler `S`.
 pub type StandardServer<S, F> = FallbackService<
     CircuitBreaker<Timeout<S, RespondHttp>, HttpStatus, RespondHttp, Single>,
@@ -31,18 +33,29 @@ pub type StandardServer<S, F> = FallbackService<
 /// one (`Infallible` for axum).
 ///
 /// The breaker counts the timeout's 504s and the handler's 5xx as failures; without
-/// [`ServerBuilder::circuit_breaker`] it is disabled (admits everything, records nothing). The
-/// fallback runs only when one is set, and only for its triggers.
+/// [`ServerBuilder::circuit_breaker`] (or [`ServerBuilder::replace_circuit_breaker`]) it is
+/// disabled (admits everything, records nothing). The fallback runs only when one is set, and
+/// only for its triggers.
+///
+/// | stage | default |
+/// |---|---|
+/// | fallback | none |
+/// | circuit breaker | disabled; once configured, [`circuit_breaker::Builder`]'s defaults named `server` (failure rate 50 % of the last 100 calls, at least 20, open 10 s, 3 probes) |
+/// | timeout | 30 s, answered with 504 |
+///
+/// Each [`ServerBuilder`] method changes only what it names and keeps every other default.
 ///
 /// ```
 /// use std::time::Duration;
 /// use axum::response::IntoResponse;
-/// use tower_rampart::{circuit_breaker::Config, fallback::Trigger, pipeline::StandardServerLayer};
+/// use tower_rampart::{circuit_breaker, fallback::Trigger, pipeline::StandardServerLayer};
 ///
 /// # fn main() -> Result<(), tower_rampart::ConfigError> {
 /// let resilience = StandardServerLayer::builder()
 ///     .timeout(Duration::from_secs(5))
-///     .circuit_breaker(Config::builder().name("quotes").failure_rate(0.5))
+///     .circuit_breaker(|defaults: circuit_breaker::Builder| {
+///         defaults.name("quotes").failure_rate(0.5)
+///     })
 ///     .fallback(
 ///         |_| (axum::http::StatusCode::OK, "cached quote").into_response(),
 ///         &[Trigger::CircuitOpen, Trigger::Timeout],
@@ -77,7 +90,7 @@ impl StandardServerLayer {
         ServerBuilder {
             timeout: Duration::from_secs(30),
             status: StatusCode::GATEWAY_TIMEOUT,
-            breaker: None,
+            breaker: Stage::default(),
             fallback: NoFallback,
             triggers: Vec::new(),
         }
@@ -89,6 +102,11 @@ impl<F> StandardServerLayer<F> {
     pub fn breaker(&self) -> CircuitBreakerHandle {
         self.breaker.handle()
     }
+}
+
+/// The server pipeline's default breaker builder: the breaker's own defaults, named `server`.
+fn default_breaker() -> circuit_breaker::Builder {
+    circuit_breaker::Config::builder().name("server")
 }
 
 /// The fallback of a pipeline that has none: never triggered.
@@ -103,12 +121,24 @@ impl<Req, Res, E> Fallback<Req, Res, E> for NoFallback {
     }
 }
 
-/// Builds a [`StandardServerLayer`].
+/// Builds a [`StandardServerLayer`]. Each method changes what it names and keeps every other
+/// default:
+///
+/// | method | changes | keeps |
+/// |---|---|---|
+/// | [`timeout`](Self::timeout) | the timeout | its status, everything else |
+/// | [`timeout_status`](Self::timeout_status) | the timeout's status | the timeout, everything else |
+/// | [`circuit_breaker`](Self::circuit_breaker) | turns the breaker on, with what `f` sets on the default breaker builder | the other breaker defaults |
+/// | [`replace_circuit_breaker`](Self::replace_circuit_breaker) | turns the breaker on, with `config` whole: the default breaker builder is dropped | everything else |
+/// | [`fallback`](Self::fallback) | the fallback and its triggers, both (a later call replaces both) | everything else |
+///
+/// Breaker overrides add up, in call order; a later `replace_circuit_breaker` drops the
+/// overrides made before it, and overrides made after it apply to the replacement.
 #[must_use]
 pub struct ServerBuilder<F = NoFallback> {
     timeout: Duration,
     status: StatusCode,
-    breaker: Option<circuit_breaker::Builder>,
+    breaker: Stage<circuit_breaker::Builder>,
     fallback: F,
     triggers: Vec<Trigger>,
 }
@@ -118,31 +148,59 @@ impl<F> fmt::Debug for ServerBuilder<F> {
         f.debug_struct("ServerBuilder")
             .field("timeout", &self.timeout)
             .field("status", &self.status)
+            .field("breaker", &self.breaker)
             .field("triggers", &self.triggers)
             .finish_non_exhaustive()
     }
 }
 
 impl<F> ServerBuilder<F> {
-    /// The request timeout (answered with 504).
+    /// The request timeout (answered with 504, or [`timeout_status`](Self::timeout_status)).
+    /// Changes only the timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Answer timeouts with `status` instead of 504 (e.g. 503).
+    /// Answer timeouts with `status` instead of 504 (e.g. 503). Changes only the status.
     pub fn timeout_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
 
-    /// Guard the handlers with a breaker built from `config` (answering 503 when open).
-    pub fn circuit_breaker(mut self, config: circuit_breaker::Builder) -> Self {
-        self.breaker = Some(config);
+    /// Guard the handlers with a breaker (answering 503 when open), overriding its settings: `f`
+    /// receives the default breaker builder ([`circuit_breaker::Builder`]'s defaults, named
+    /// `server`) and returns it changed. What `f` does not set keeps its default.
+    ///
+    /// ```
+    /// use tower_rampart::{circuit_breaker, pipeline::StandardServerLayer};
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// // Open after 5 failures in a row; the open duration and probes stay the defaults.
+    /// let layer = StandardServerLayer::builder()
+    ///     .circuit_breaker(|defaults: circuit_breaker::Builder| defaults.consecutive_failures(5))
+    ///     .build()?;
+    /// assert_eq!(layer.breaker().name(), "server");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn circuit_breaker(
+        mut self,
+        f: impl FnOnce(circuit_breaker::Builder) -> circuit_breaker::Builder + Send + Sync + 'static,
+    ) -> Self {
+        self.breaker.push(f);
         self
     }
 
-    /// Answer `f(cause)` for the given triggers.
+    /// Guard the handlers with a breaker built from `config` whole (answering 503 when open):
+    /// nothing of the default breaker builder is kept, not even its name. Breaker overrides made
+    /// before this call are dropped.
+    pub fn replace_circuit_breaker(mut self, config: circuit_breaker::Builder) -> Self {
+        self.breaker.replace(config);
+        self
+    }
+
+    /// Answer `f(cause)` for the given triggers. Replaces the fallback and its triggers, both.
     pub fn fallback<G>(self, f: G, triggers: &[Trigger]) -> ServerBuilder<FnFallback<G>> {
         ServerBuilder {
             timeout: self.timeout,
@@ -166,15 +224,12 @@ impl<F> ServerBuilder<F> {
                 "timeout must be above zero",
             ));
         }
-        let breaker = match self.breaker {
-            Some(b) => CircuitBreakerLayer::new(b.build()?),
-            None => {
-                let layer = CircuitBreakerLayer::new(
-                    circuit_breaker::Config::builder().name("server").build()?,
-                );
-                layer.handle().disable();
-                layer
-            }
+        let breaker = if self.breaker.is_set() {
+            CircuitBreakerLayer::new(self.breaker.resolve(default_breaker, |b| b).build()?)
+        } else {
+            let layer = CircuitBreakerLayer::new(default_breaker().build()?);
+            layer.handle().disable();
+            layer
         };
         Ok(StandardServerLayer {
             fallback: FallbackLayer::with_fallback(self.fallback)

@@ -14,7 +14,7 @@ use super::{
     Replay,
     policy::{Held, Next},
 };
-use crate::{BoxError, backoff::Delays, classify::Classify};
+use crate::{BoxError, backoff::Delays, call, classify::Classify};
 
 pin_project! {
     /// The future of [`Retry`](super::Retry).
@@ -38,6 +38,8 @@ pin_project! {
         // Boxed, like the sleep below: both exist only once a retry happens, and keeping them
         // out of line keeps the future small (it is moved on every call).
         delays: Option<Box<Delays>>,
+        // The logical call's id once known (`call::EMPTY` before): every attempt shares it.
+        call: call::Slot,
     }
 }
 
@@ -55,6 +57,7 @@ where
     S: Service<Req>,
 {
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: S::Future,
         service: S,
@@ -63,6 +66,7 @@ where
         replay: R,
         policy: Held,
         started: u64,
+        call: call::Slot,
     ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
@@ -74,6 +78,7 @@ where
             attempts: 0,
             started,
             delays: None,
+            call,
         }
     }
 }
@@ -87,7 +92,27 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The attempts and the events are made inside the logical call (its id kept here).
+        let mut slot = *self.as_mut().project().call;
+        let out = call::within(&mut slot, || self.as_mut().attempt(cx));
+        *self.project().call = slot;
+        out
+    }
+}
+
+impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error>,
+    R: Replay<Req>,
+{
+    fn attempt(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
@@ -120,8 +145,8 @@ where
                             }
                             return Poll::Ready(result.map_err(Into::into));
                         }
-                        Next::Wait(delay) => {
-                            policy.retrying(attempts, delay, result.is_err());
+                        Next::Wait(delay, cause) => {
+                            policy.retrying(attempts, delay, cause, result.is_err());
                             this.state.set(State::Waiting {
                                 sleep: Box::pin(tokio::time::sleep(delay)),
                             });

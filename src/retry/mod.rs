@@ -55,6 +55,7 @@ mod set_idempotency_key;
 use std::time::Duration;
 
 pub use crate::ConfigError;
+use crate::call::CallId;
 pub use budget::Budget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
@@ -74,8 +75,39 @@ pub use service::Retry;
 pub struct Event<'a> {
     /// The layer's name.
     pub retry: &'a str,
+    /// The logical call: every attempt of a retried call, and the events the breaker, timeout
+    /// and fallback layers around and inside report about it, carry the same id.
+    pub call: CallId,
     /// What happened.
     pub kind: EventKind,
+}
+
+/// Where the delay before a retry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DelayCause {
+    /// The layer's [`Backoff`](crate::backoff::Backoff): the failure carried no retry-after
+    /// hint, or hints are ignored ([`Builder::retry_after`] with `None`).
+    Backoff,
+    /// The downstream's hint (HTTP `Retry-After`, gRPC `grpc-retry-pushback-ms`), within the
+    /// cap, in place of the backoff.
+    RetryAfter,
+}
+
+impl DelayCause {
+    /// A stable lower-case name: `backoff`, `retry_after`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DelayCause::Backoff => "backoff",
+            DelayCause::RetryAfter => "retry_after",
+        }
+    }
+}
+
+impl std::fmt::Display for DelayCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The kinds of [`Event`].
@@ -90,6 +122,8 @@ pub enum EventKind {
         delay: Duration,
         /// Whether the failed attempt ended in an error (rather than a failure response).
         after_error: bool,
+        /// Where `delay` came from: the backoff or the downstream's retry-after hint.
+        cause: DelayCause,
     },
     /// A failing call is returned as it is.
     GaveUp {

@@ -4,10 +4,11 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{Budget, Event, EventKind};
+use super::{Budget, DelayCause, Event, EventKind};
 use crate::{
     ConfigError,
     backoff::{Backoff, Delays},
+    call::CallId,
     classify::Outcome,
 };
 
@@ -78,7 +79,7 @@ pub(crate) const NOT_TIMED: u64 = u64::MAX;
 
 pub(crate) enum Next {
     Stop(Option<GiveUp>),
-    Wait(Duration),
+    Wait(Duration, DelayCause),
 }
 
 type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
@@ -146,14 +147,14 @@ impl Policy {
             .get_or_insert_with(|| Box::new(self.backoff.delays()))
             .next()
             .unwrap_or_default();
-        let delay = match (outcome.retry_after(), self.retry_after_cap) {
+        let (delay, cause) = match (outcome.retry_after(), self.retry_after_cap) {
             // `Duration::MAX` is gRPC's "do not retry" (see `GrpcResponse`), whatever the cap.
             (Some(hint), Some(cap)) if hint > cap || hint == Duration::MAX => {
                 return Next::Stop(Some(GiveUp::RetryAfter));
             }
             // The downstream knows when it will be ready: its word replaces our guess.
-            (Some(hint), Some(_)) => hint,
-            _ => backoff,
+            (Some(hint), Some(_)) => (hint, DelayCause::RetryAfter),
+            _ => (backoff, DelayCause::Backoff),
         };
         // Read once per failed attempt: a `Copy` value in a thread-local cell.
         let deadline = crate::timeout::Deadline::current();
@@ -181,7 +182,7 @@ impl Policy {
         {
             return Next::Stop(Some(GiveUp::Budget));
         }
-        Next::Wait(delay)
+        Next::Wait(delay, cause)
     }
 
     fn nanos(&self, t: Instant) -> u64 {
@@ -205,9 +206,14 @@ impl Policy {
     }
 
     fn emit(&self, kind: EventKind) {
-        if !self.listeners.is_empty() {
+        // Inside the retry future's poll: the call is in scope, and its id is drawn only here,
+        // for a listener.
+        if !self.listeners.is_empty()
+            && let Some(call) = CallId::current()
+        {
             let e = Event {
                 retry: &self.name,
+                call,
                 kind,
             };
             for l in self.listeners.iter() {
@@ -216,7 +222,7 @@ impl Policy {
         }
     }
 
-    pub(crate) fn retrying(&self, attempts: u32, delay: Duration, error: bool) {
+    pub(crate) fn retrying(&self, attempts: u32, delay: Duration, cause: DelayCause, error: bool) {
         #[cfg(feature = "metrics")]
         {
             if error {
@@ -226,10 +232,20 @@ impl Policy {
             }
             self.metrics.delay.record(delay.as_secs_f64());
         }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            retry = %self.name,
+            call_id = CallId::current().map(CallId::get),
+            attempt = attempts + 1,
+            delay = ?delay,
+            cause = cause.as_str(),
+            "retrying"
+        );
         self.emit(EventKind::Retry {
             attempt: attempts + 1,
             delay,
             after_error: error,
+            cause,
         });
     }
 
@@ -238,7 +254,7 @@ impl Policy {
         metrics::counter!(metric_names::GAVE_UP, "retry" => self.name.to_string(), "reason" => reason.as_str())
             .increment(1);
         #[cfg(feature = "tracing")]
-        tracing::debug!(retry = %self.name, attempts, reason = reason.as_str(), "gave up retrying");
+        tracing::debug!(retry = %self.name, call_id = CallId::current().map(CallId::get), attempts, reason = reason.as_str(), "gave up retrying");
         self.emit(EventKind::GaveUp { attempts, reason });
     }
 }
@@ -451,7 +467,7 @@ mod tests {
     fn stop_reason(next: Next) -> Option<GiveUp> {
         match next {
             Next::Stop(reason) => reason,
-            Next::Wait(d) => panic!("waits {d:?}"),
+            Next::Wait(d, _) => panic!("waits {d:?}"),
         }
     }
 
@@ -480,7 +496,10 @@ mod tests {
             let p = policy(Some(cap), Some(Duration::MAX));
             let hint = Duration::from_secs(u64::MAX);
             match decide(&p, hint, p.start_time()) {
-                Next::Wait(d) => assert_eq!(d, hint),
+                Next::Wait(d, cause) => {
+                    assert_eq!(d, hint);
+                    assert_eq!(cause, DelayCause::RetryAfter);
+                }
                 Next::Stop(reason) => panic!("stopped: {reason:?}"),
             }
             // `Duration::MAX` is gRPC's "do not retry", even under the largest cap.
@@ -522,9 +541,10 @@ mod tests {
             };
             let outcome = Outcome::Failure { retry_after: hint };
             match p.next(1, &outcome, false, true, started, &mut None) {
-                Next::Wait(d) => {
+                Next::Wait(d, cause) => {
                     if let (Some(hint), Some(cap)) = (hint, cap) {
                         prop_assert_eq!(d, hint);
+                        prop_assert_eq!(cause, DelayCause::RetryAfter);
                         prop_assert!(hint <= cap && hint != Duration::MAX);
                     }
                     if let Some(max) = max_elapsed {

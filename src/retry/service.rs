@@ -83,7 +83,8 @@ where
         }
         let started = policy.start_time();
         policy.attempted();
-        let future = service.call(req);
+        let mut call = crate::call::EMPTY;
+        let future = crate::call::within(&mut call, || service.call(req));
         ResponseFuture::new(
             future,
             service,
@@ -92,6 +93,7 @@ where
             self.replay.clone(),
             policy.clone(),
             started,
+            call,
         )
     }
 }

@@ -12,9 +12,9 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::Elapsed;
+use super::{Elapsed, EventKind, Listener};
 use crate::{
-    BoxError,
+    BoxError, call,
     mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
 };
 
@@ -30,6 +30,9 @@ pin_project! {
         after_nanos: u64,
         // The HTTP status to answer in `RespondHttp` mode (unused otherwise).
         code: u64,
+        // The logical call's id once known (`call::EMPTY` before), for the events.
+        call: call::Slot,
+        events: Listener,
         _mode: PhantomData<fn() -> M>,
     }
 }
@@ -57,12 +60,21 @@ pub(crate) fn start(timeout: Duration) -> (Sleep, Duration) {
 }
 
 impl<F, M> ResponseFuture<F, M> {
-    pub(crate) fn new(inner: F, sleep: Sleep, after: Duration, code: u64) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        sleep: Sleep,
+        after: Duration,
+        code: u64,
+        call: call::Slot,
+        events: Listener,
+    ) -> Self {
         ResponseFuture {
             inner,
             sleep,
             after_nanos: crate::time::nanos_of(after),
             code,
+            call,
+            events,
             _mode: PhantomData,
         }
     }
@@ -75,20 +87,26 @@ fn race<F: Future, M>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<F::Output, (Elapsed, u64)>> {
     let this = this.project();
-    let polled = {
-        let _deadline = super::deadline::enter(this.sleep.deadline());
-        this.inner.poll(cx)
-    };
-    if let Poll::Ready(out) = polled {
-        return Poll::Ready(Ok(out));
-    }
-    match this.sleep.poll(cx) {
-        Poll::Ready(()) => Poll::Ready(Err((
-            Elapsed::new(Duration::from_nanos(*this.after_nanos)),
-            *this.code,
-        ))),
-        Poll::Pending => Poll::Pending,
-    }
+    // Inside the logical call (its id kept in the future), for the layers inside and the event.
+    let (inner, sleep, events) = (this.inner, this.sleep, &*this.events);
+    let (after, code) = (*this.after_nanos, *this.code);
+    call::within(this.call, || {
+        let polled = {
+            let _deadline = super::deadline::enter(sleep.deadline());
+            inner.poll(cx)
+        };
+        if let Poll::Ready(out) = polled {
+            return Poll::Ready(Ok(out));
+        }
+        match sleep.poll(cx) {
+            Poll::Ready(()) => {
+                let after = Duration::from_nanos(after);
+                events.emit(EventKind::Elapsed { after });
+                Poll::Ready(Err((Elapsed::new(after), code)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
 }
 
 impl<F, T, E> Future for ResponseFuture<F, ReturnError>

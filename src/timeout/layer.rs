@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::Timeout;
+use super::{Event, Listener, Timeout};
 use crate::{
     ConfigError,
     mode::{RespondGrpc, RespondHttp, ReturnError},
@@ -31,10 +31,11 @@ use crate::{
 /// # let _ = app;
 /// # Ok::<_, tower_rampart::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer<M = ReturnError> {
     timeout: Duration,
     mode: M,
+    events: Listener,
 }
 
 impl TimeoutLayer {
@@ -59,6 +60,7 @@ impl TimeoutLayer {
         Ok(TimeoutLayer {
             timeout,
             mode: ReturnError,
+            events: Listener::default(),
         })
     }
 }
@@ -67,6 +69,25 @@ impl<M> TimeoutLayer<M> {
     /// The timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Calls `listener` with every [`Event`]: each call cut off, with the logical call's id.
+    /// Calls copy a pointer to the listeners only when one is set.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::timeout::{EventKind, TimeoutLayer};
+    ///
+    /// let layer = TimeoutLayer::new(Duration::from_secs(2))?.on_event(|e| {
+    ///     let EventKind::Elapsed { after } = e.kind else { return };
+    ///     eprintln!("call {} cut off after {after:?}", e.call);
+    /// });
+    /// # let _ = layer;
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn on_event(mut self, listener: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.events = self.events.and(listener);
+        self
     }
 
     /// Answer `504 Gateway Timeout` with a problem+json body.
@@ -79,6 +100,7 @@ impl<M> TimeoutLayer<M> {
         TimeoutLayer {
             timeout: self.timeout,
             mode: RespondHttp::new(status),
+            events: self.events,
         }
     }
 
@@ -90,6 +112,7 @@ impl<M> TimeoutLayer<M> {
             mode: RespondGrpc {
                 honour_grpc_timeout: true,
             },
+            events: self.events,
         }
     }
 }
@@ -110,6 +133,7 @@ impl<S, M: Clone> Layer<S> for TimeoutLayer<M> {
             inner,
             timeout: self.timeout,
             mode: self.mode.clone(),
+            events: self.events.clone(),
         }
     }
 }

@@ -38,9 +38,69 @@ mod grpc_timeout;
 mod layer;
 mod service;
 
+use std::{fmt, sync::Arc, time::Duration};
+
+use crate::call::CallId;
 pub use deadline::Deadline;
 pub use error::{Elapsed, TIMEOUT_PROBLEM_TYPE};
 pub use future::ResponseFuture;
 pub use grpc_timeout::parse_grpc_timeout;
 pub use layer::TimeoutLayer;
 pub use service::Timeout;
+
+/// Something a timeout layer did (see [`TimeoutLayer::on_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The logical call: the id the breaker, retry and fallback layers around and inside report
+    /// for the same call (a timeout per attempt inside a retry reports the retried call's id).
+    pub call: CallId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The call was cut off (what [`Elapsed`] reports, in whichever mode the layer answers).
+    Elapsed {
+        /// The time it was given: the layer's timeout, or less when a deadline outside (or a
+        /// gRPC client's `grpc-timeout`) shortened it.
+        after: Duration,
+    },
+}
+
+type ListenerFn = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// The layer's listeners, if any: calls copy a pointer only when one is set.
+#[derive(Clone, Default)]
+pub(crate) struct Listener(Option<ListenerFn>);
+
+impl Listener {
+    /// Reports `kind` inside the timeout future's poll (the call in scope).
+    #[cold]
+    pub(crate) fn emit(&self, kind: EventKind) {
+        if let Some(f) = &self.0
+            && let Some(call) = CallId::current()
+        {
+            f(&Event { call, kind });
+        }
+    }
+
+    pub(crate) fn and(self, g: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        Listener(Some(match self.0 {
+            None => Arc::new(g),
+            Some(f) => Arc::new(move |e: &Event| {
+                f(e);
+                g(e);
+            }),
+        }))
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}

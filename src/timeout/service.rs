@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use tower_layer::Layer;
 
-use super::{ResponseFuture, TimeoutLayer, parse_grpc_timeout};
+use super::{Listener, ResponseFuture, TimeoutLayer, parse_grpc_timeout};
 use crate::{
     BoxError, ConfigError,
     mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
@@ -22,6 +22,7 @@ pub struct Timeout<S, M> {
     pub(crate) inner: S,
     pub(crate) timeout: Duration,
     pub(crate) mode: M,
+    pub(crate) events: Listener,
 }
 
 impl<S> Timeout<S, ReturnError> {
@@ -56,7 +57,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        call(&mut self.inner, req, self.timeout, 0)
+        call(&mut self.inner, req, self.timeout, 0, &self.events)
     }
 }
 
@@ -76,7 +77,13 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        call(&mut self.inner, req, self.timeout, self.mode.status)
+        call(
+            &mut self.inner,
+            req,
+            self.timeout,
+            self.mode.status,
+            &self.events,
+        )
     }
 }
 
@@ -105,7 +112,7 @@ where
             })
             .flatten();
         let timeout = client.map_or(self.timeout, |c| c.min(self.timeout));
-        call(&mut self.inner, req, timeout, 0)
+        call(&mut self.inner, req, timeout, 0, &self.events)
     }
 }
 
@@ -117,11 +124,13 @@ fn call<S: Service<Req>, Req, M>(
     req: Req,
     timeout: Duration,
     code: u64,
+    events: &Listener,
 ) -> ResponseFuture<S::Future, M> {
     let (sleep, after) = super::future::start(timeout);
-    let future = {
+    let mut call = crate::call::EMPTY;
+    let future = crate::call::within(&mut call, || {
         let _deadline = super::deadline::enter(sleep.deadline());
         inner.call(req)
-    };
-    ResponseFuture::new(future, sleep, after, code)
+    });
+    ResponseFuture::new(future, sleep, after, code, call, events.clone())
 }

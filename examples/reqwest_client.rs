@@ -38,7 +38,7 @@ use tower_rampart::{
     backoff::Backoff,
     circuit_breaker::{CircuitOpen, Config, Event, EventKind},
     pipeline::StandardClientLayer,
-    retry::{self, IDEMPOTENCY_KEY, RetryLayer, SetIdempotencyKeyLayer},
+    retry::{self, IDEMPOTENCY_KEY, SetIdempotencyKeyLayer},
 };
 
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -163,12 +163,12 @@ async fn main() -> Result<(), BoxError> {
         .total_timeout(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(1))
         // 3 attempts, exponential backoff from 100 ms with full jitter, `Retry-After` honoured.
-        .replace_retry(
-            RetryLayer::builder()
-                .max_attempts(3)
+        // Only what differs from the pipeline's defaults (which keep its retry budget).
+        .retry(|defaults| {
+            defaults
                 .backoff(Backoff::exponential(Duration::from_millis(100)))
-                .on_event(on_retry),
-        )
+                .on_event(on_retry)
+        })
         // One breaker per host: open after 3 failures in a row, for 30 s.
         .replace_circuit_breaker(
             Config::builder()

@@ -79,6 +79,7 @@ mod error;
 pub mod fallback;
 pub mod health;
 pub mod idempotency;
+mod listener;
 pub mod mode;
 pub mod pipeline;
 mod problem;

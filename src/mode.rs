@@ -220,6 +220,21 @@ pub struct RespondGrpc {
     pub(crate) honour_grpc_timeout: bool,
 }
 
+/// What a layer's future ends a call with instead of the inner call's output (a timeout, an
+/// injected fault), in each mode: the error of [`ReturnError`], the response of
+/// [`RespondHttp`], the response of [`RespondGrpc`]. The futures' `Future` impls are
+/// `mode_futures!`.
+pub(crate) trait ModeAnswer {
+    /// The error returned in [`ReturnError`] mode.
+    fn into_error(self) -> crate::BoxError;
+
+    /// The response answered in [`RespondHttp`] mode.
+    fn into_http<B: ResponseBody>(self) -> http::Response<B>;
+
+    /// The response answered in [`RespondGrpc`] mode.
+    fn into_grpc<B: Default>(self) -> http::Response<B>;
+}
+
 /// Mode marker: a fallback for responses of any type; breaker and timeout triggers match their
 /// errors (the default mode of [`FallbackLayer`](crate::fallback::FallbackLayer)).
 #[derive(Debug, Clone, Copy, Default)]

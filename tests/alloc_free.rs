@@ -1,43 +1,15 @@
 //! The closed-state hot path allocates nothing: counted by a global allocator.
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
-    convert::Infallible,
-    time::Duration,
-};
+mod common;
 
-use tower::{Service, ServiceBuilder, ServiceExt};
+use std::{convert::Infallible, time::Duration};
+
+use common::alloc::{Counting, allocations, allocations_in_calls};
+use tower::ServiceBuilder;
 use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|a| a.set(a.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.with(|a| a.set(a.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCS.with(Cell::get)
-}
 
 #[test]
 fn closed_state_calls_do_not_allocate() {
@@ -64,19 +36,8 @@ fn closed_state_calls_do_not_allocate() {
         let mut svc = ServiceBuilder::new()
             .layer(layer)
             .service_fn(|x: u64| async move { Ok::<_, Infallible>(x) });
-        rt.block_on(async {
-            // Warm up: first polls may set up runtime state.
-            for i in 0..100 {
-                svc.ready().await.unwrap().call(i).await.unwrap();
-            }
-            let before = allocations();
-            for i in 0..10_000 {
-                let out = svc.ready().await.unwrap().call(i).await.unwrap();
-                assert_eq!(out, i);
-            }
-            let during = allocations() - before;
-            assert_eq!(during, 0, "{name}: {during} allocations in 10,000 calls");
-        });
+        let during = rt.block_on(allocations_in_calls(&mut svc));
+        assert_eq!(during, 0, "{name}: {during} allocations in 10,000 calls");
     }
 }
 

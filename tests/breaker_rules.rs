@@ -272,57 +272,33 @@ fn open_duration_grows_and_resets_on_close() {
 
 #[test]
 fn retry_after_hint_lengthens_open_up_to_the_cap() {
-    let r = Rig::new(
+    let base = || {
         Config::builder()
             .consecutive_failures(1)
             .open_duration(Duration::from_secs(1))
-            .open_duration_growth(1.0, Duration::from_secs(60)),
-    );
-    r.call(
-        0,
-        Outcome::failure_with_retry_after(Duration::from_secs(30)),
-    )
-    .unwrap();
-    let wait = r.b.try_acquire(|| r.at(0)).unwrap_err().retry_after();
-    assert_eq!(wait, Some(Duration::from_secs(30)));
-
-    let capped = Rig::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_secs(1))
-            .open_duration_growth(1.0, Duration::from_secs(60)),
-    );
-    capped
-        .call(
+    };
+    let cap = Duration::from_secs(60);
+    // (case, config, the downstream's Retry-After hint, the breaker's wait)
+    let cases = [
+        (
+            "within the cap",
+            base().open_duration_growth(1.0, cap),
+            30,
+            30,
+        ),
+        ("capped", base().open_duration_growth(1.0, cap), 3600, 60),
+        ("ignoring", base().respect_retry_after(false), 30, 1),
+    ];
+    for (case, config, hint, expected) in cases {
+        let r = Rig::new(config);
+        r.call(
             0,
-            Outcome::failure_with_retry_after(Duration::from_secs(3600)),
+            Outcome::failure_with_retry_after(Duration::from_secs(hint)),
         )
         .unwrap();
-    let wait = capped
-        .b
-        .try_acquire(|| capped.at(0))
-        .unwrap_err()
-        .retry_after();
-    assert_eq!(wait, Some(Duration::from_secs(60)));
-
-    let ignoring = Rig::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_secs(1))
-            .respect_retry_after(false),
-    );
-    ignoring
-        .call(
-            0,
-            Outcome::failure_with_retry_after(Duration::from_secs(30)),
-        )
-        .unwrap();
-    let wait = ignoring
-        .b
-        .try_acquire(|| ignoring.at(0))
-        .unwrap_err()
-        .retry_after();
-    assert_eq!(wait, Some(Duration::from_secs(1)));
+        let wait = r.b.try_acquire(|| r.at(0)).unwrap_err().retry_after();
+        assert_eq!(wait, Some(Duration::from_secs(expected)), "{case}");
+    }
 }
 
 #[test]

@@ -3,25 +3,13 @@
 
 mod common;
 
-use common::grpc::{Methods, ServiceName, channel, incoming, unary};
+use common::grpc::{Echo, Methods, Ping, channel, incoming, ping};
 use http::StatusCode;
 use tonic::{Code, transport::Server};
 use tower_rampart::{
     chaos::{ChaosLayer, Config, Fault},
     classify::GrpcCode,
 };
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Ping {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-struct Echo;
-
-impl ServiceName for Echo {
-    const NAME: &'static str = "test.Echo";
-}
 
 #[tokio::test]
 async fn grpc_mode_answers_real_grpc_statuses() {
@@ -52,21 +40,14 @@ async fn grpc_mode_answers_real_grpc_statuses() {
     tokio::spawn(server);
 
     let mut grpc = tonic::client::Grpc::new(channel(addr).await);
-    let ping = || {
-        tonic::Request::new(Ping {
-            text: "hello".into(),
-        })
-    };
-    let say = async |grpc: &mut tonic::client::Grpc<_>| {
-        unary::<_, Ping, Ping>(grpc, "/test.Echo/Say", ping()).await
-    };
+    let say = async |grpc: &mut tonic::client::Grpc<_>| ping(grpc, "/test.Echo/Say", "hello").await;
 
     let status = say(&mut grpc).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "injected outage: 100%");
     // The predicate spares the other method.
-    let res = unary::<_, Ping, Ping>(&mut grpc, "/test.Echo/Safe", ping()).await;
-    assert_eq!(res.unwrap().into_inner().text, "hello");
+    let res = ping(&mut grpc, "/test.Echo/Safe", "hello").await;
+    assert_eq!(res.unwrap().text, "hello");
 
     handle
         .set_fault(Fault::grpc(GrpcCode::ResourceExhausted, "slow down"))
@@ -84,6 +65,6 @@ async fn grpc_mode_answers_real_grpc_statuses() {
     assert_eq!(say(&mut grpc).await.unwrap_err().code(), Code::Unavailable);
 
     handle.disable();
-    assert_eq!(say(&mut grpc).await.unwrap().into_inner().text, "hello");
+    assert_eq!(say(&mut grpc).await.unwrap().text, "hello");
     assert_eq!(handle.injected(), 4);
 }

@@ -4,18 +4,19 @@
 //! compile check that the stack accepts it (before `mode::ResponseBody`, `Response<String>`,
 //! `tonic::body::Body` and the boxed bodies failed with "trait bounds were not satisfied").
 
+mod common;
+
 use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
+use common::{
+    breakers::server_side,
+    http::{client, http_timeout, never, serve},
+};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-use tower_rampart::{
-    circuit_breaker::{CircuitBreakerLayer, Config},
-    classify::HttpStatus,
-    problems,
-    timeout::TimeoutLayer,
-};
+use tower_rampart::{circuit_breaker::Config, problems};
 
 /// Builds the server stack (breaker 503 > timeout 504) around a handler answering
 /// `Response<$body>` made by `$make("live")`, and checks all three answers: the handler's, the
@@ -24,17 +25,11 @@ use tower_rampart::{
 macro_rules! stack_answers {
     ($body:ty, $make:expr, $read:expr) => {{
         let make: fn(&'static str) -> $body = $make;
-        let breaker = CircuitBreakerLayer::new(Config::builder().name("bodies").build().unwrap())
-            .classify(HttpStatus::default())
-            .respond_http();
+        let breaker = server_side(Config::builder().name("bodies").build().unwrap());
         let handle = breaker.handle();
         let mut svc = ServiceBuilder::new()
             .layer(breaker)
-            .layer(
-                TimeoutLayer::new(Duration::from_millis(50))
-                    .unwrap()
-                    .respond_http(),
-            )
+            .layer(http_timeout(Duration::from_millis(50)))
             .service(service_fn(move |req: Request<()>| async move {
                 if req.uri().path() == "/slow" {
                     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -146,40 +141,19 @@ async fn tonic_bodies() {
 /// served over real HTTP.
 #[tokio::test]
 async fn axum_router_over_http() {
-    let breaker = CircuitBreakerLayer::new(Config::builder().name("router").build().unwrap())
-        .classify(HttpStatus::default())
-        .respond_http();
+    let breaker = server_side(Config::builder().name("router").build().unwrap());
     let handle = breaker.handle();
     let app = axum::Router::new()
-        .route(
-            "/slow",
-            axum::routing::get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "never"
-            }),
-        )
+        .route("/slow", axum::routing::get(never))
         .layer(
-            ServiceBuilder::new().layer(breaker).layer(
-                TimeoutLayer::new(Duration::from_millis(100))
-                    .unwrap()
-                    .respond_http(),
-            ),
+            ServiceBuilder::new()
+                .layer(breaker)
+                .layer(http_timeout(Duration::from_millis(100))),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let res = client
-        .get(format!("http://{addr}/slow"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    let url = format!("{}/slow", serve(app).await);
+    let client = client();
+    let status = || async { client.get(&url).send().await.unwrap().status() };
+    assert_eq!(status().await, StatusCode::GATEWAY_TIMEOUT);
     handle.force_open();
-    let res = client
-        .get(format!("http://{addr}/slow"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status().await, StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -2,31 +2,42 @@
 //! instead of sleeping into it, and the attempt timeout inside never outlasts it. Real layers,
 //! paused time: total timeout > retry > attempt timeout > a slow service.
 
+mod common;
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use common::{
+    events::{RetryEvents, retried_once_then_gave_up, retry_events},
+    http::serve,
+};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rampart::{
     BoxError,
     backoff::Backoff,
     pipeline::StandardClientLayer,
-    retry::{self, EventKind, GiveUp, RetryLayer},
+    retry::{EventKind, GiveUp, RetryLayer},
     timeout::{Deadline, Elapsed, TimeoutLayer},
 };
 
 type Log<T> = Arc<Mutex<Vec<T>>>;
 
+/// The events of a retry that gave up at its first attempt for the deadline.
+const GAVE_UP_AT_THE_DEADLINE: [EventKind; 1] = [EventKind::GaveUp {
+    attempts: 1,
+    reason: GiveUp::Deadline,
+}];
+
 /// A retry layer with a constant backoff, recording its events.
-fn retry(backoff: Duration, attempt_timeout: Option<Duration>) -> (RetryLayer, Log<EventKind>) {
-    let events = Log::default();
-    let seen = events.clone();
+fn retry(backoff: Duration, attempt_timeout: Option<Duration>) -> (RetryLayer, RetryEvents) {
+    let (events, sink) = retry_events();
     let mut b = RetryLayer::builder()
         .max_attempts(10)
         .backoff(Backoff::constant(backoff))
-        .on_event(move |e: &retry::Event<'_>| seen.lock().unwrap().push(e.kind));
+        .on_event(sink);
     if let Some(t) = attempt_timeout {
         b = b.attempt_timeout(t);
     }
@@ -81,13 +92,7 @@ async fn retry_gives_up_before_the_total_timeout() {
         attempt,
         "the attempt's timeout, not the total's"
     );
-    assert_eq!(
-        events.lock().unwrap()[..],
-        [EventKind::GaveUp {
-            attempts: 1,
-            reason: GiveUp::Deadline
-        }]
-    );
+    assert_eq!(events.lock().unwrap()[..], GAVE_UP_AT_THE_DEADLINE);
     assert_eq!(left.lock().unwrap()[..], [Some(attempt)]);
 }
 
@@ -120,16 +125,7 @@ async fn attempt_timeouts_shrink_to_the_time_left() {
     );
     let events = events.lock().unwrap().clone();
     assert!(
-        matches!(
-            events[..],
-            [
-                EventKind::Retry { attempt: 2, .. },
-                EventKind::GaveUp {
-                    attempts: 2,
-                    reason: GiveUp::Deadline
-                }
-            ]
-        ),
+        retried_once_then_gave_up(&events, GiveUp::Deadline),
         "{events:?}"
     );
 }
@@ -167,8 +163,7 @@ async fn no_deadline_without_a_timeout_outside() {
 /// downstream that hangs costs one attempt and an early answer, not a sleep into the total.
 #[tokio::test(start_paused = true)]
 async fn standard_client_pipeline_stops_at_the_deadline() {
-    let events = Log::default();
-    let seen = events.clone();
+    let (events, sink) = retry_events();
     let layer = StandardClientLayer::builder()
         .total_timeout(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(2))
@@ -176,7 +171,7 @@ async fn standard_client_pipeline_stops_at_the_deadline() {
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff(Backoff::constant(Duration::from_millis(1500)))
-                .on_event(move |e: &retry::Event<'_>| seen.lock().unwrap().push(e.kind)),
+                .on_event(sink),
         )
         .build()
         .unwrap();
@@ -202,13 +197,7 @@ async fn standard_client_pipeline_stops_at_the_deadline() {
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     assert_eq!(elapsed_of(&err), Duration::from_secs(2));
     assert_eq!(calls.lock().unwrap()[..], [Some(Duration::from_secs(2))]);
-    assert_eq!(
-        events.lock().unwrap()[..],
-        [EventKind::GaveUp {
-            attempts: 1,
-            reason: GiveUp::Deadline
-        }]
-    );
+    assert_eq!(events.lock().unwrap()[..], GAVE_UP_AT_THE_DEADLINE);
 }
 
 /// Across the wire: a client's total timeout goes out as `grpc-timeout`, and the server's
@@ -231,9 +220,7 @@ async fn deadline_crosses_the_wire_as_grpc_timeout() {
                 .unwrap()
                 .respond_grpc(),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("{}/", serve(app).await);
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut client = ServiceBuilder::new()

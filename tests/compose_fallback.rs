@@ -2,6 +2,8 @@
 //! and a timeout in HTTP mode on an axum server, and a backup service whose copy rule is chosen
 //! when the layer is built, in a reqwest client stack.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -12,10 +14,14 @@ use std::{
 };
 
 use axum::{Router, http::StatusCode, routing::any};
+use common::{
+    breakers::server_side,
+    http::{client, http_timeout, never, serve, serve_addr},
+};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_rampart::{
     BoxError,
-    circuit_breaker::{CircuitBreakerLayer, Config},
+    circuit_breaker::Config,
     classify::HttpStatus,
     fallback::{Event, EventKind, FallbackLayer, Trigger},
     replay::HttpReplay,
@@ -24,19 +30,9 @@ use tower_rampart::{
 
 const CANNED: &str = r#"{"price":"41.80","stale":true}"#;
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
+/// A handler's own 503, not a breaker's.
+async fn busy() -> (StatusCode, &'static str) {
+    (StatusCode::SERVICE_UNAVAILABLE, "handler busy")
 }
 
 /// Collects a fallback layer's events.
@@ -49,26 +45,24 @@ fn events() -> (
     (seen, move |e: &Event| sink.lock().unwrap().push(*e))
 }
 
+/// The trigger and kind of each event seen.
+fn triggers(seen: &Mutex<Vec<Event>>) -> Vec<(Trigger, EventKind)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e.trigger, e.kind))
+        .collect()
+}
+
 #[tokio::test]
 async fn canned_json_answers_for_an_open_breaker_and_a_timeout() {
-    let breaker = CircuitBreakerLayer::new(Config::builder().name("quotes").build().unwrap())
-        .classify(HttpStatus::default())
-        .respond_http();
+    let breaker = server_side(Config::builder().name("quotes").build().unwrap());
     let handle = breaker.handle();
     let (seen, sink) = events();
     let app = Router::new()
         .route("/quote", any(|| async { "42.00" }))
-        .route(
-            "/slow",
-            any(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "never"
-            }),
-        )
-        .route(
-            "/busy",
-            any(|| async { (StatusCode::SERVICE_UNAVAILABLE, "handler busy") }),
-        )
+        .route("/slow", any(never))
+        .route("/busy", any(busy))
         .layer(
             ServiceBuilder::new()
                 .layer(
@@ -78,13 +72,9 @@ async fn canned_json_answers_for_an_open_breaker_and_a_timeout() {
                         .on_event(sink),
                 )
                 .layer(breaker)
-                .layer(
-                    TimeoutLayer::new(Duration::from_millis(100))
-                        .unwrap()
-                        .respond_http(),
-                ),
+                .layer(http_timeout(Duration::from_millis(100))),
         );
-    let base = format!("http://{}", serve(app).await);
+    let base = serve(app).await;
     let client = client();
     let get = |path: &str| {
         let req = client.get(format!("{base}{path}"));
@@ -130,10 +120,8 @@ async fn canned_json_answers_for_an_open_breaker_and_a_timeout() {
     );
     // Served twice more from the same shared bytes.
     assert_eq!(get("/quote").await.2, CANNED);
-    let seen = seen.lock().unwrap().clone();
-    let triggers: Vec<_> = seen.iter().map(|e| (e.trigger, e.kind)).collect();
     assert_eq!(
-        triggers,
+        triggers(&seen),
         [
             (Trigger::Timeout, EventKind::FellBack),
             (Trigger::CircuitOpen, EventKind::FellBack),
@@ -147,31 +135,19 @@ async fn canned_response_keeps_its_headers_and_status() {
     let mut headers = http::HeaderMap::new();
     headers.insert("content-type", "text/plain".parse().unwrap());
     headers.insert("x-degraded", "cache".parse().unwrap());
-    let app = Router::new()
-        .route(
-            "/",
-            any(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "never"
-            }),
-        )
-        .layer(
-            ServiceBuilder::new()
-                .layer(
-                    FallbackLayer::response(
-                        StatusCode::NON_AUTHORITATIVE_INFORMATION,
-                        headers,
-                        "cached",
-                    )
-                    .recognise_http(),
+    let app = Router::new().route("/", any(never)).layer(
+        ServiceBuilder::new()
+            .layer(
+                FallbackLayer::response(
+                    StatusCode::NON_AUTHORITATIVE_INFORMATION,
+                    headers,
+                    "cached",
                 )
-                .layer(
-                    TimeoutLayer::new(Duration::from_millis(50))
-                        .unwrap()
-                        .respond_http(),
-                ),
-        );
-    let base = format!("http://{}", serve(app).await);
+                .recognise_http(),
+            )
+            .layer(http_timeout(Duration::from_millis(50))),
+    );
+    let base = serve(app).await;
     let res = client().get(&base).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NON_AUTHORITATIVE_INFORMATION);
     assert_eq!(res.headers()["x-degraded"], "cache");
@@ -188,17 +164,10 @@ struct Servers {
 }
 
 async fn servers() -> Servers {
-    let primary = serve(Router::new().route(
-        "/order",
-        any(|| async {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            "primary"
-        }),
-    ))
-    .await;
+    let primary = serve_addr(Router::new().route("/order", any(never))).await;
     let backup_hits = Arc::new(AtomicUsize::new(0));
     let hits = backup_hits.clone();
-    let backup = serve(Router::new().route(
+    let backup = serve_addr(Router::new().route(
         "/order",
         any(move |method: axum::http::Method, body: String| {
             hits.fetch_add(1, Ordering::SeqCst);
@@ -213,12 +182,17 @@ async fn servers() -> Servers {
     }
 }
 
-/// The client stack, with the backup service's copy rule `replay`.
-fn stack(
-    servers: &Servers,
+/// The servers, the client stack over them with the backup service's copy rule `replay`, and
+/// the events its fallback reports.
+async fn stack(
     replay: HttpReplay,
-    sink: impl Fn(&Event) + Send + Sync + 'static,
-) -> impl Service<reqwest::Request, Response = reqwest::Response, Error = BoxError> + Clone {
+) -> (
+    Servers,
+    Arc<Mutex<Vec<Event>>>,
+    impl Service<reqwest::Request, Response = reqwest::Response, Error = BoxError> + Clone,
+) {
+    let servers = servers().await;
+    let (seen, sink) = events();
     let client = client();
     let backup_addr = servers.backup;
     let backup_client = client.clone();
@@ -228,28 +202,35 @@ fn stack(
         req.url_mut().set_port(Some(backup_addr.port())).unwrap();
         async move { client.execute(req).await.map_err(BoxError::from) }
     });
-    ServiceBuilder::new()
+    let svc = ServiceBuilder::new()
         .layer(
             FallbackLayer::service(backup, replay)
                 .on(&[Trigger::Timeout, Trigger::Error])
                 .on_event(sink),
         )
         .layer(TimeoutLayer::new(Duration::from_millis(200)).unwrap())
-        .service(client)
+        .service(client);
+    (servers, seen, svc)
+}
+
+/// The body of the answer `svc` gives to `req`.
+async fn text_of<S>(svc: &S, req: reqwest::Request) -> String
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = BoxError> + Clone,
+{
+    let res = svc.clone().oneshot(req).await.unwrap();
+    res.text().await.unwrap()
 }
 
 #[tokio::test]
 async fn backup_service_under_the_default_http_rule() {
-    let servers = servers().await;
-    let (seen, sink) = events();
-    let svc = stack(&servers, HttpReplay::default(), sink);
+    let (servers, seen, svc) = stack(HttpReplay::default()).await;
     let url = format!("http://{}/order", servers.primary);
     let c = client();
 
     // GET: safe to send again, the backup answers.
     let get = c.get(&url).build().unwrap();
-    let res = svc.clone().oneshot(get).await.unwrap();
-    assert_eq!(res.text().await.unwrap(), "backup GET ");
+    assert_eq!(text_of(&svc, get).await, "backup GET ");
     assert_eq!(servers.backup_hits.load(Ordering::SeqCst), 1);
 
     // POST without a key: not copied, so the backup is skipped, visibly: the timeout stands
@@ -270,18 +251,11 @@ async fn backup_service_under_the_default_http_rule() {
         .body("{\"qty\":1}")
         .build()
         .unwrap();
-    let res = svc.clone().oneshot(keyed).await.unwrap();
-    assert_eq!(res.text().await.unwrap(), "backup POST {\"qty\":1}");
+    assert_eq!(text_of(&svc, keyed).await, "backup POST {\"qty\":1}");
     assert_eq!(servers.backup_hits.load(Ordering::SeqCst), 2);
 
-    let kinds: Vec<_> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| (e.trigger, e.kind))
-        .collect();
     assert_eq!(
-        kinds,
+        triggers(&seen),
         [
             (Trigger::Timeout, EventKind::FellBack),
             (Trigger::Timeout, EventKind::BackupSkipped),
@@ -292,18 +266,14 @@ async fn backup_service_under_the_default_http_rule() {
 
 #[tokio::test]
 async fn backup_service_under_any_method() {
-    let servers = servers().await;
-    let (seen, sink) = events();
-    let svc = stack(&servers, HttpReplay::any_method(), sink);
+    let (servers, seen, svc) = stack(HttpReplay::any_method()).await;
     let url = format!("http://{}/order", servers.primary);
     let c = client();
 
     let get = c.get(&url).build().unwrap();
-    let res = svc.clone().oneshot(get).await.unwrap();
-    assert_eq!(res.text().await.unwrap(), "backup GET ");
+    assert_eq!(text_of(&svc, get).await, "backup GET ");
     let post = c.post(&url).body("{\"qty\":2}").build().unwrap();
-    let res = svc.clone().oneshot(post).await.unwrap();
-    assert_eq!(res.text().await.unwrap(), "backup POST {\"qty\":2}");
+    assert_eq!(text_of(&svc, post).await, "backup POST {\"qty\":2}");
     assert_eq!(servers.backup_hits.load(Ordering::SeqCst), 2);
     assert!(
         seen.lock()
@@ -318,16 +288,11 @@ async fn backup_service_under_any_method() {
 /// `CircuitOpen` without `recognise_http`, and a handler's own 503 does not.
 #[tokio::test]
 async fn the_classifier_recognises_the_breakers_503() {
-    let breaker = CircuitBreakerLayer::new(Config::builder().name("classified").build().unwrap())
-        .classify(HttpStatus::default())
-        .respond_http();
+    let breaker = server_side(Config::builder().name("classified").build().unwrap());
     let handle = breaker.handle();
     let app = Router::new()
         .route("/", any(|| async { "live" }))
-        .route(
-            "/busy",
-            any(|| async { (StatusCode::SERVICE_UNAVAILABLE, "handler busy") }),
-        )
+        .route("/busy", any(busy))
         .layer(
             ServiceBuilder::new()
                 .layer(
@@ -337,7 +302,7 @@ async fn the_classifier_recognises_the_breakers_503() {
                 )
                 .layer(breaker),
         );
-    let base = format!("http://{}", serve(app).await);
+    let base = serve(app).await;
     let c = client();
     let res = c.get(format!("{base}/busy")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -2,21 +2,28 @@
 //! `CircuitOpen` error (error mode) or its own 503 with `Retry-After` (`respond_http` mode).
 //! Real layers over real HTTP: an axum server, a reqwest client, retry > breaker > client.
 
+mod common;
+
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use axum::http::StatusCode;
+use common::{
+    breakers::one_probe,
+    events::{RetryEvents, retried_once_then_gave_up, retry_events},
+    http::{client, serve},
+};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rampart::{
     backoff::Backoff,
     circuit_breaker::{CircuitBreakerLayer, CircuitOpen, Config, State},
     classify::{Classify, HttpStatus},
-    retry::{self, EventKind, GiveUp, HttpReplay, RetryLayer},
+    retry::{EventKind, GiveUp, HttpReplay, RetryLayer},
 };
 
 /// An axum server on a port the OS picks, answering `status` to any request on `/`; its base
@@ -31,18 +38,17 @@ async fn server(status: StatusCode) -> (String, Arc<AtomicUsize>) {
             async move { status }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, hits)
+    (format!("{}/", serve(app).await), hits)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
+/// One `GET url` through `svc`.
+async fn get<S>(svc: &mut S, http: &reqwest::Client, url: &str) -> Result<S::Response, S::Error>
+where
+    S: Service<reqwest::Request>,
+    S::Error: std::fmt::Debug,
+{
+    let req = http.get(url).build().unwrap();
+    svc.ready().await.unwrap().call(req).await
 }
 
 /// A reqwest response read into an `http::Response<Bytes>`, a body a breaker in `respond_http`
@@ -54,19 +60,16 @@ async fn into_http(res: reqwest::Response) -> Result<http::Response<bytes::Bytes
     Ok(head.body(body).unwrap())
 }
 
-type Events = Arc<Mutex<Vec<EventKind>>>;
-
 /// A retry layer that would retry a plain 503 (honouring `Retry-After` up to 30 s), recording
 /// its events.
-fn retry(retry_circuit_open: bool) -> (RetryLayer<HttpStatus, HttpReplay>, Events) {
-    let events = Events::default();
-    let seen = events.clone();
+fn retry(retry_circuit_open: bool) -> (RetryLayer<HttpStatus, HttpReplay>, RetryEvents) {
+    let (events, sink) = retry_events();
     let layer = RetryLayer::builder()
         .name("client")
         .max_attempts(3)
         .backoff(Backoff::constant(Duration::from_millis(10)))
         .retry_circuit_open(retry_circuit_open)
-        .on_event(move |e: &retry::Event<'_>| seen.lock().unwrap().push(e.kind))
+        .on_event(sink)
         .build()
         .unwrap()
         .classify(HttpStatus::retryable())
@@ -76,19 +79,19 @@ fn retry(retry_circuit_open: bool) -> (RetryLayer<HttpStatus, HttpReplay>, Event
 
 /// Opens at the first failure for `open`, then lets one probe through.
 fn breaker(open: Duration) -> CircuitBreakerLayer<HttpStatus> {
-    let config = Config::builder()
-        .name("downstream")
-        .consecutive_failures(1)
-        .open_duration(open)
-        .half_open_permits(1)
-        .build()
-        .unwrap();
+    let config = one_probe(open).name("downstream").build().unwrap();
     CircuitBreakerLayer::new(config).classify(HttpStatus::default())
 }
 
-fn gave_up(events: &Events) -> Vec<EventKind> {
+fn gave_up(events: &RetryEvents) -> Vec<EventKind> {
     events.lock().unwrap().clone()
 }
+
+/// The events of a retry that was refused at its first attempt and gave up.
+const REFUSED_ONCE: [EventKind; 1] = [EventKind::GaveUp {
+    attempts: 1,
+    reason: GiveUp::CircuitOpen,
+}];
 
 /// Retry > breaker in `respond_http` mode > reqwest client (its responses as `http::Response`,
 /// the body type a breaker can answer with).
@@ -98,6 +101,16 @@ macro_rules! http_mode_stack {
             .layer($retry)
             .layer($breaker)
             .and_then(into_http)
+            .service($client)
+    };
+}
+
+/// Retry > breaker in error mode > reqwest client.
+macro_rules! error_mode_stack {
+    ($retry:expr, $breaker:expr, $client:expr) => {
+        ServiceBuilder::new()
+            .layer($retry)
+            .layer($breaker)
             .service($client)
     };
 }
@@ -114,13 +127,7 @@ async fn breakers_503_is_not_retried() {
         .layer(breaker.clone())
         .and_then(into_http)
         .service(http.clone());
-    let res = direct
-        .ready()
-        .await
-        .unwrap()
-        .call(http.get(&url).build().unwrap())
-        .await
-        .unwrap();
+    let res = get(&mut direct, &http, &url).await.unwrap();
     assert_eq!(res.status(), 500);
     assert_eq!(breaker.handle().state(), State::Open);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -128,13 +135,7 @@ async fn breakers_503_is_not_retried() {
     let (retry, events) = retry(false);
     let mut stack = http_mode_stack!(retry, breaker.clone(), http.clone());
     let started = Instant::now();
-    let res = stack
-        .ready()
-        .await
-        .unwrap()
-        .call(http.get(&url).build().unwrap())
-        .await
-        .unwrap();
+    let res = get(&mut stack, &http, &url).await.unwrap();
     let took = started.elapsed();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1", "the breaker's own 503");
@@ -144,14 +145,7 @@ async fn breakers_503_is_not_retried() {
         1,
         "the downstream is not reached"
     );
-    assert_eq!(
-        gave_up(&events),
-        [EventKind::GaveUp {
-            attempts: 1,
-            reason: GiveUp::CircuitOpen
-        }],
-        "refused once, not retried"
-    );
+    assert_eq!(gave_up(&events), REFUSED_ONCE, "refused once, not retried");
     assert!(
         took < Duration::from_millis(500),
         "no Retry-After sleep: {took:?}"
@@ -166,23 +160,11 @@ async fn forced_open_breakers_503_comes_back_at_once() {
     breaker.handle().force_open();
     let (retry, events) = retry(false);
     let mut stack = http_mode_stack!(retry, breaker, http.clone());
-    let res = stack
-        .ready()
-        .await
-        .unwrap()
-        .call(http.get(&url).build().unwrap())
-        .await
-        .unwrap();
+    let res = get(&mut stack, &http, &url).await.unwrap();
     assert_eq!(res.status(), 503);
     assert!(res.extensions().get::<CircuitOpen>().is_some());
     assert_eq!(hits.load(Ordering::SeqCst), 0);
-    assert_eq!(
-        gave_up(&events),
-        [EventKind::GaveUp {
-            attempts: 1,
-            reason: GiveUp::CircuitOpen
-        }]
-    );
+    assert_eq!(gave_up(&events), REFUSED_ONCE);
 }
 
 /// The same stacks with the breaker in error mode: a `CircuitOpen` error, not retried.
@@ -192,59 +174,26 @@ async fn error_mode_refusal_is_not_retried() {
     let http = client();
     let breaker = breaker(Duration::from_secs(1));
     let (retry, events) = retry(false);
-    let mut stack = ServiceBuilder::new()
-        .layer(retry)
-        .layer(breaker.clone())
-        .service(http.clone());
+    let mut stack = error_mode_stack!(retry, breaker.clone(), http.clone());
     // The first attempt fails (500) and opens the breaker; the second is refused: no more.
     let started = Instant::now();
-    let err = stack
-        .ready()
-        .await
-        .unwrap()
-        .call(http.get(&url).build().unwrap())
-        .await
-        .unwrap_err();
+    let err = get(&mut stack, &http, &url).await.unwrap_err();
     assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     let events = gave_up(&events);
     assert!(
-        matches!(
-            events[..],
-            [
-                EventKind::Retry { attempt: 2, .. },
-                EventKind::GaveUp {
-                    attempts: 2,
-                    reason: GiveUp::CircuitOpen
-                }
-            ]
-        ),
+        retried_once_then_gave_up(&events, GiveUp::CircuitOpen),
         "{events:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(500));
 
     breaker.handle().force_open();
     let (retry, events) = self::retry(false);
-    let mut stack = ServiceBuilder::new()
-        .layer(retry)
-        .layer(breaker)
-        .service(http.clone());
-    let err = stack
-        .ready()
-        .await
-        .unwrap()
-        .call(http.get(&url).build().unwrap())
-        .await
-        .unwrap_err();
+    let mut stack = error_mode_stack!(retry, breaker, http.clone());
+    let err = get(&mut stack, &http, &url).await.unwrap_err();
     assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        gave_up(&events),
-        [EventKind::GaveUp {
-            attempts: 1,
-            reason: GiveUp::CircuitOpen
-        }]
-    );
+    assert_eq!(gave_up(&events), REFUSED_ONCE);
 }
 
 /// The same answer to "is this a refusal?" for both forms, from the one classifier method.
@@ -302,29 +251,14 @@ async fn readme_claim_refusals_retried_only_when_asked() {
             let (retry, events) = retry(asked);
             let (status, refused) = if respond_http {
                 let mut stack = http_mode_stack!(retry, breaker.respond_http(), http.clone());
-                let res = stack
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(http.get(&url).build().unwrap())
-                    .await
-                    .unwrap();
+                let res = get(&mut stack, &http, &url).await.unwrap();
                 (
                     Some(res.status()),
                     res.extensions().get::<CircuitOpen>().is_some(),
                 )
             } else {
-                let mut stack = ServiceBuilder::new()
-                    .layer(retry)
-                    .layer(breaker)
-                    .service(http.clone());
-                let err = stack
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(http.get(&url).build().unwrap())
-                    .await
-                    .unwrap_err();
+                let mut stack = error_mode_stack!(retry, breaker, http.clone());
+                let err = get(&mut stack, &http, &url).await.unwrap_err();
                 (None, err.downcast_ref::<CircuitOpen>().is_some())
             };
             assert!(refused, "respond_http {respond_http}");
@@ -338,19 +272,12 @@ async fn readme_claim_refusals_retried_only_when_asked() {
                 EventKind::GaveUp { reason, .. } => Some(*reason),
                 _ => None,
             });
-            if asked {
-                assert_eq!(
-                    (retries, reason),
-                    (2, Some(GiveUp::Attempts)),
-                    "respond_http {respond_http}"
-                );
+            let expected = if asked {
+                (2, Some(GiveUp::Attempts))
             } else {
-                assert_eq!(
-                    (retries, reason),
-                    (0, Some(GiveUp::CircuitOpen)),
-                    "respond_http {respond_http}"
-                );
-            }
+                (0, Some(GiveUp::CircuitOpen))
+            };
+            assert_eq!((retries, reason), expected, "respond_http {respond_http}");
         }
     }
     assert_eq!(

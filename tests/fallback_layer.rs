@@ -5,7 +5,10 @@ mod common;
 use std::{convert::Infallible, time::Duration};
 
 use axum::{http::StatusCode, response::IntoResponse, routing::get};
-use common::http::{client, get_text, serve};
+use common::{
+    breakers::server_side,
+    http::{client, get_text, http_timeout, never, serve},
+};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_rampart::{
     BoxError,
@@ -117,18 +120,10 @@ async fn failure_responses_need_the_failure_trigger() {
 
 #[tokio::test]
 async fn axum_router_degrades_on_timeouts_and_open_breakers_only() {
-    let breaker = CircuitBreakerLayer::new(Config::builder().build().unwrap())
-        .classify(HttpStatus::default())
-        .respond_http();
+    let breaker = server_side(Config::builder().build().unwrap());
     let handle = breaker.handle();
     let app = axum::Router::new()
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "never"
-            }),
-        )
+        .route("/slow", get(never))
         .route(
             "/busy",
             get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "handler says busy") }),
@@ -147,11 +142,7 @@ async fn axum_router_degrades_on_timeouts_and_open_breakers_only() {
                     .recognise_http(),
                 )
                 .layer(breaker)
-                .layer(
-                    TimeoutLayer::new(Duration::from_millis(100))
-                        .unwrap()
-                        .respond_http(),
-                ),
+                .layer(http_timeout(Duration::from_millis(100))),
         );
     let base = serve(app).await;
     let client = client();

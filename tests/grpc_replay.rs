@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::grpc::{Methods, ServiceName, channel, incoming, unary};
+use common::grpc::{Methods, Ping, ServiceName, channel, incoming, ping};
 use tonic::{Code, Status, body::Body, transport::Server};
 use tower::ServiceBuilder;
 use tower_rampart::{
@@ -22,12 +22,6 @@ use tower_rampart::{
     replay::{BufferBodyLayer, Buffered, GrpcReplay, HttpReplay, Replay},
     retry::RetryLayer,
 };
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Ping {
-    #[prost(string, tag = "1")]
-    text: String,
-}
 
 struct Payments;
 
@@ -83,31 +77,20 @@ where
     tonic::client::Grpc::new(stack)
 }
 
-async fn call<S>(grpc: &mut tonic::client::Grpc<S>, method: &'static str) -> Result<Ping, Status>
-where
-    S: tonic::client::GrpcService<Body>,
-    S::Error: Into<tower_rampart::BoxError>,
-    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <S::ResponseBody as http_body::Body>::Error: Into<tower_rampart::BoxError>,
-{
-    let ping = Ping { text: "hi".into() };
-    unary(grpc, method, tonic::Request::new(ping))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 #[tokio::test]
 async fn unavailable_is_retried_except_for_methods_marked_never() {
     let (addr, gets, charges) = server().await;
     let mut grpc = client(addr, GrpcReplay::default().never("/test.Payments/Charge")).await;
 
-    let reply = call(&mut grpc, "/test.Payments/Get")
+    let reply = ping(&mut grpc, "/test.Payments/Get", "hi")
         .await
         .expect("third attempt");
     assert_eq!(reply.text, "hi");
     assert_eq!(gets.load(SeqCst), 3, "UNAVAILABLE twice, then OK");
 
-    let status = call(&mut grpc, "/test.Payments/Charge").await.unwrap_err();
+    let status = ping(&mut grpc, "/test.Payments/Charge", "hi")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(charges.load(SeqCst), 1, "a non-idempotent RPC is sent once");
 }
@@ -118,7 +101,9 @@ async fn unavailable_is_retried_except_for_methods_marked_never() {
 async fn the_http_rule_would_send_grpc_calls_once() {
     let (addr, gets, _) = server().await;
     let mut grpc = client(addr, HttpReplay::default()).await;
-    let status = call(&mut grpc, "/test.Payments/Get").await.unwrap_err();
+    let status = ping(&mut grpc, "/test.Payments/Get", "hi")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(gets.load(SeqCst), 1);
 }

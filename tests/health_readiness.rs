@@ -1,29 +1,23 @@
 //! The readiness service over real HTTP: pass, warn and fail as breakers open and reset, stores
 //! that fail or hang, and the response's shape.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant as StdInstant},
-};
+mod common;
 
+use std::time::{Duration, Instant as StdInstant};
+
+use common::{http::serve, outage::Outage};
 use serde_json::Value;
 use tower_rampart::{
     circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, Config, State},
     health::{Liveness, Readiness},
-    idempotency::{
-        Claim, Completion, Fingerprint, MemoryStore, OwnerToken, Store, StoreError,
-        testing::FaultyStore,
-    },
+    idempotency::{MemoryStore, testing::FaultyStore},
 };
 
-async fn serve(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
-}
+/// A store that never answers its readiness check (a network partition).
+const HANGING: Outage = Outage { hang: true };
+
+/// A store whose readiness check fails at once.
+const DOWN: Outage = Outage { hang: false };
 
 struct Answer {
     status: u16,
@@ -205,100 +199,13 @@ async fn keyed_families_are_checked_whole() {
     assert_eq!(a.check("api/a.example:state")["status"], "pass");
 }
 
-/// A store that never answers its readiness check (a network partition).
-#[derive(Clone)]
-struct Hanging;
-
-impl Store for Hanging {
-    async fn claim(
-        &self,
-        _: &str,
-        _: &Fingerprint,
-        _: OwnerToken,
-        _: Duration,
-    ) -> Result<Claim, StoreError> {
-        unimplemented!()
-    }
-
-    async fn complete(
-        &self,
-        _: &str,
-        _: &Fingerprint,
-        _: OwnerToken,
-        _: &Completion,
-        _: Duration,
-    ) -> Result<bool, StoreError> {
-        unimplemented!()
-    }
-
-    async fn release(&self, _: &str, _: OwnerToken) -> Result<bool, StoreError> {
-        unimplemented!()
-    }
-
-    async fn renew(&self, _: &str, _: OwnerToken, _: Duration) -> Result<bool, StoreError> {
-        unimplemented!()
-    }
-
-    async fn ready(&self) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-}
-
-/// A store whose readiness check fails at once.
-#[derive(Clone)]
-struct Down(MemoryStore);
-
-impl Store for Down {
-    fn claim(
-        &self,
-        key: &str,
-        fp: &Fingerprint,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        self.0.claim(key, fp, token, lease)
-    }
-
-    fn complete(
-        &self,
-        key: &str,
-        fp: &Fingerprint,
-        token: OwnerToken,
-        completion: &Completion,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.0.complete(key, fp, token, completion, ttl)
-    }
-
-    fn release(
-        &self,
-        key: &str,
-        token: OwnerToken,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.0.release(key, token)
-    }
-
-    fn renew(
-        &self,
-        key: &str,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.0.renew(key, token, lease)
-    }
-
-    async fn ready(&self) -> Result<(), StoreError> {
-        Err(StoreError::new("connection refused"))
-    }
-}
-
 #[tokio::test]
 async fn a_store_that_hangs_fails_readiness_within_its_timeout() {
     let readiness = Readiness::new()
         .store(FaultyStore::new(MemoryStore::new()))
-        .store_named("sessions", Hanging)
-        .store_named("cache", Hanging)
-        .store_named("queue", Hanging)
+        .store_named("sessions", HANGING)
+        .store_named("cache", HANGING)
+        .store_named("queue", HANGING)
         .store_timeout(Duration::from_millis(200));
     let base = serve(axum::Router::new().route_service("/readyz", readiness)).await;
     let client = reqwest::Client::new();
@@ -325,7 +232,7 @@ async fn a_store_that_hangs_fails_readiness_within_its_timeout() {
 
 #[tokio::test]
 async fn a_store_that_errs_fails_readiness() {
-    let readiness = Readiness::new().store(Down(MemoryStore::new()));
+    let readiness = Readiness::new().store(DOWN);
     let base = serve(axum::Router::new().route_service("/readyz", readiness)).await;
     let a = get(&reqwest::Client::new(), &format!("{base}/readyz")).await;
     assert_eq!((a.status, a.overall()), (503, "fail"));

@@ -19,9 +19,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use common::outage::Outage;
 use tower_rampart::idempotency::{
-    Claim, Completion, DoNotStore, Fingerprint, IDEMPOTENT_REPLAYED, IdempotencyLayer,
-    OnStoreError, OwnerToken, Store, StoreError, problem_types,
+    DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyLayer, OnStoreError, Store, problem_types,
 };
 
 #[derive(Clone)]
@@ -369,54 +369,12 @@ async fn scopes_keep_principals_apart_and_unkept_responses_rerun<St: Store + Clo
     assert_ne!(one, two, "a response marked DoNotStore releases its key");
 }
 
-/// A store that is down, or hangs.
-struct Down {
-    hang: bool,
-}
-
-impl Down {
-    async fn fail<T>(&self) -> Result<T, StoreError> {
-        if self.hang {
-            std::future::pending::<()>().await;
-        }
-        Err(StoreError::new("connection refused"))
-    }
-}
-
-impl Store for Down {
-    async fn claim(
-        &self,
-        _: &str,
-        _: &Fingerprint,
-        _: OwnerToken,
-        _: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.fail().await
-    }
-    async fn complete(
-        &self,
-        _: &str,
-        _: &Fingerprint,
-        _: OwnerToken,
-        _: &Completion,
-        _: Duration,
-    ) -> Result<bool, StoreError> {
-        self.fail().await
-    }
-    async fn release(&self, _: &str, _: OwnerToken) -> Result<bool, StoreError> {
-        self.fail().await
-    }
-    async fn renew(&self, _: &str, _: OwnerToken, _: Duration) -> Result<bool, StoreError> {
-        self.fail().await
-    }
-}
-
 #[tokio::test]
 async fn a_store_outage_fails_closed_or_open_as_chosen() {
     for hang in [false, true] {
         let closed = IdempotencyLayer::builder()
             .global_keys()
-            .store(Down { hang })
+            .store(Outage { hang })
             .store_timeout(Duration::from_millis(100))
             .build()
             .unwrap();
@@ -434,7 +392,7 @@ async fn a_store_outage_fails_closed_or_open_as_chosen() {
 
         let open = IdempotencyLayer::builder()
             .global_keys()
-            .store(Down { hang })
+            .store(Outage { hang })
             .store_timeout(Duration::from_millis(100))
             .on_store_error(OnStoreError::FailOpen)
             .build()

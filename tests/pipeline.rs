@@ -18,7 +18,7 @@ use axum::{
 use common::{
     events::{RetryEvents, retry_events},
     flaky::{Hits, counting_server, status},
-    http::{client as http, get_text, serve_addr as serve},
+    http::{client as http, get_text, never, serve_addr as serve},
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rampart::{
@@ -233,14 +233,7 @@ async fn the_per_host_breaker_opens_for_the_failing_host_only() {
 
 #[tokio::test]
 async fn the_total_timeout_bounds_retries() {
-    let slow = serve(Router::new().route(
-        "/",
-        get(|| async {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            "late"
-        }),
-    ))
-    .await;
+    let slow = serve(Router::new().route("/", get(never))).await;
     let layer = StandardClientLayer::builder()
         .total_timeout(Duration::from_millis(300))
         .attempt_timeout(Duration::from_millis(100))
@@ -285,13 +278,7 @@ async fn the_server_pipeline_answers_504_503_and_fallbacks() {
         .unwrap();
     let breaker = resilience.breaker();
     let app = Router::new()
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "late"
-            }),
-        )
+        .route("/slow", get(never))
         .route("/ok", get(|| async { "live" }))
         .layer(resilience);
     let addr = serve(app).await;

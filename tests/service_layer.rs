@@ -1,6 +1,10 @@
 //! The tower layer: shared state across `layer` calls and clones, cancelled probes, paused time.
 
+mod common;
+
 use std::{convert::Infallible, future::pending, time::Duration};
+
+use common::breakers::one_probe;
 
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::{
@@ -38,14 +42,7 @@ async fn every_layer_call_and_clone_shares_one_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn open_duration_passes_on_paused_time() {
-    let layer = CircuitBreakerLayer::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_secs(30))
-            .half_open_permits(1)
-            .build()
-            .unwrap(),
-    );
+    let layer = CircuitBreakerLayer::new(one_probe(Duration::from_secs(30)).build().unwrap());
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(|fail: bool| async move { failing(fail) }));
     svc.ready().await.unwrap().call(true).await.unwrap_err();
@@ -64,14 +61,7 @@ async fn open_duration_passes_on_paused_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_gives_its_permit_back() {
-    let layer = CircuitBreakerLayer::new(
-        Config::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_secs(1))
-            .half_open_permits(1)
-            .build()
-            .unwrap(),
-    );
+    let layer = CircuitBreakerLayer::new(one_probe(Duration::from_secs(1)).build().unwrap());
     let handle = layer.handle();
     // `true` fails at once, `false` hangs forever, as a stuck downstream would.
     let mut svc = layer.layer(service_fn(|fail: bool| async move {

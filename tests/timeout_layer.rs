@@ -6,7 +6,7 @@ mod common;
 use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
-use common::http::{client, serve_addr};
+use common::http::{client, http_timeout, never, serve_addr};
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -72,14 +72,19 @@ async fn grpc_mode_answers_deadline_exceeded_and_honours_grpc_timeout() {
         .unwrap()
         .respond_grpc()
         .layer(handler);
-    let start = Instant::now();
-    let req = Request::post("/pkg.Svc/Call")
-        .header("grpc-timeout", "50m")
-        .body(())
-        .unwrap();
-    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    // The time a call with `grpc-timeout: <header>` took, and its answer.
+    let mut call = async |header: &'static str| {
+        let start = Instant::now();
+        let req = Request::post("/pkg.Svc/Call")
+            .header("grpc-timeout", header)
+            .body(())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        (start.elapsed(), res)
+    };
+    let (took, res) = call("50m").await;
     assert_eq!(
-        start.elapsed(),
+        took,
         Duration::from_millis(50),
         "the client's shorter deadline"
     );
@@ -88,27 +93,17 @@ async fn grpc_mode_answers_deadline_exceeded_and_honours_grpc_timeout() {
     assert_eq!(res.headers()["content-type"], "application/grpc");
     assert!(res.body().is_empty());
 
-    let start = Instant::now();
-    let req = Request::post("/pkg.Svc/Call")
-        .header("grpc-timeout", "1H")
-        .body(())
-        .unwrap();
-    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    let (took, res) = call("1H").await;
     assert_eq!(
-        start.elapsed(),
+        took,
         Duration::from_secs(1),
         "ours when the client's is longer"
     );
     assert_eq!(res.headers()["grpc-status"], "4");
 
-    let start = Instant::now();
-    let req = Request::post("/pkg.Svc/Call")
-        .header("grpc-timeout", "junk")
-        .body(())
-        .unwrap();
-    svc.ready().await.unwrap().call(req).await.unwrap();
+    let (took, _) = call("junk").await;
     assert_eq!(
-        start.elapsed(),
+        took,
         Duration::from_secs(1),
         "an unparsable header is ignored"
     );
@@ -117,19 +112,9 @@ async fn grpc_mode_answers_deadline_exceeded_and_honours_grpc_timeout() {
 #[tokio::test]
 async fn an_axum_router_answers_504_over_real_http() {
     let app = axum::Router::new()
-        .route(
-            "/slow",
-            axum::routing::get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "never"
-            }),
-        )
+        .route("/slow", axum::routing::get(never))
         .route("/fast", axum::routing::get(|| async { "fast" }))
-        .layer(
-            TimeoutLayer::new(Duration::from_millis(100))
-                .unwrap()
-                .respond_http(),
-        );
+        .layer(http_timeout(Duration::from_millis(100)));
     let addr = serve_addr(app).await;
     let client = client();
 

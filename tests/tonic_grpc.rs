@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::grpc::{Methods, ServiceName, channel, incoming, unary};
+use common::grpc::{Echo, Methods, Ping, channel, incoming, ping};
 use tonic::{Code, Status, body::Body, transport::Server};
 use tower::ServiceBuilder;
 use tower_rampart::{
@@ -21,18 +21,6 @@ use tower_rampart::{
     retry::{BufferBodyLayer, HttpReplay, RetryLayer},
     timeout::TimeoutLayer,
 };
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Ping {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-struct Echo;
-
-impl ServiceName for Echo {
-    const NAME: &'static str = "test.Echo";
-}
 
 /// Starts the server (with a 200 ms gRPC-mode timeout) and returns its address and call count:
 /// `test.Echo/Say` answers UNAVAILABLE for its first `fail_first` calls, then echoes;
@@ -69,20 +57,6 @@ async fn server(fail_first: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, calls)
 }
 
-async fn call<S>(grpc: &mut tonic::client::Grpc<S>, method: &'static str) -> Result<Ping, Status>
-where
-    S: tonic::client::GrpcService<Body>,
-    S::Error: Into<tower_rampart::BoxError>,
-    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <S::ResponseBody as http_body::Body>::Error: Into<tower_rampart::BoxError>,
-{
-    let ping = Ping {
-        text: "hello".into(),
-    };
-    let reply = unary(grpc, method, tonic::Request::new(ping)).await;
-    reply.map(tonic::Response::into_inner)
-}
-
 #[tokio::test]
 async fn retry_breaker_and_timeout_around_a_tonic_channel() {
     let (addr, calls) = server(2).await;
@@ -114,7 +88,7 @@ async fn retry_breaker_and_timeout_around_a_tonic_channel() {
         .service(channel);
     let mut grpc = tonic::client::Grpc::new(stack);
 
-    let reply = call(&mut grpc, "/test.Echo/Say")
+    let reply = ping(&mut grpc, "/test.Echo/Say", "hello")
         .await
         .expect("third attempt succeeds");
     assert_eq!(reply.text, "hello");
@@ -127,7 +101,9 @@ async fn retry_breaker_and_timeout_around_a_tonic_channel() {
     );
 
     // The server's timeout answers DEADLINE_EXCEEDED as a real gRPC status.
-    let status = call(&mut grpc, "/test.Echo/Slow").await.unwrap_err();
+    let status = ping(&mut grpc, "/test.Echo/Slow", "hello")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
 
@@ -147,7 +123,9 @@ async fn the_breaker_opens_on_unavailable_and_refuses_without_calling() {
     let stack = ServiceBuilder::new().layer(breaker).service(channel);
     let mut grpc = tonic::client::Grpc::new(stack);
     for _ in 0..5 {
-        let status = call(&mut grpc, "/test.Echo/Say").await.unwrap_err();
+        let status = ping(&mut grpc, "/test.Echo/Say", "hello")
+            .await
+            .unwrap_err();
         assert!(
             matches!(status.code(), Code::Unavailable | Code::Unknown),
             "{status:?}"

@@ -14,7 +14,7 @@ use tokio::time::Sleep;
 use super::{Fault, Injected};
 use crate::{
     BoxError,
-    mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
+    mode::{ModeAnswer, ResponseBody},
 };
 
 pin_project! {
@@ -103,50 +103,21 @@ fn step<F: Future, M>(
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F, ReturnError>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
+impl ModeAnswer for Injected {
+    #[inline]
+    fn into_error(self) -> BoxError {
+        self.into()
+    }
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        step(self, cx).map(|r| match r {
-            Ok(out) => out.map_err(Into::into),
-            Err(injected) => Err(injected.into()),
-        })
+    fn into_http<B: ResponseBody>(self) -> Response<B> {
+        self.to_http_response()
+    }
+
+    #[inline]
+    fn into_grpc<B: Default>(self) -> Response<B> {
+        self.to_grpc_response()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, RespondHttp>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: ResponseBody,
-{
-    type Output = Result<Response<B>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        step(self, cx).map(|r| match r {
-            Ok(out) => out,
-            Err(injected) => Ok(injected.to_http_response()),
-        })
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, RespondGrpc>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Default,
-{
-    type Output = Result<Response<B>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        step(self, cx).map(|r| match r {
-            Ok(out) => out,
-            Err(injected) => Ok(injected.to_grpc_response()),
-        })
-    }
-}
+mode_futures!(ResponseFuture, step);

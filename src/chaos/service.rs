@@ -93,44 +93,32 @@ where
     }
 }
 
-impl<S, Req, B, P> Service<Req> for Chaos<S, RespondHttp, P>
-where
-    S: Service<Req, Response = Response<B>>,
-    B: ResponseBody,
-    P: Predicate<Req>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, RespondHttp>;
+/// The `Service` impl in the respond mode `$mode`, for responses whose body is `$body`: the
+/// inner error type is kept.
+macro_rules! respond_service {
+    ($mode:ty, $body:path) => {
+        impl<S, Req, B, P> Service<Req> for Chaos<S, $mode, P>
+        where
+            S: Service<Req, Response = Response<B>>,
+            B: $body,
+            P: Predicate<Req>,
+        {
+            type Response = Response<B>;
+            type Error = S::Error;
+            type Future = ResponseFuture<S::Future, $mode>;
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
+            #[inline]
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+                self.inner.poll_ready(cx)
+            }
 
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.start(req)
-    }
+            #[inline]
+            fn call(&mut self, req: Req) -> Self::Future {
+                self.start(req)
+            }
+        }
+    };
 }
 
-impl<S, Req, B, P> Service<Req> for Chaos<S, RespondGrpc, P>
-where
-    S: Service<Req, Response = Response<B>>,
-    B: Default,
-    P: Predicate<Req>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, RespondGrpc>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.start(req)
-    }
-}
+respond_service!(RespondHttp, ResponseBody);
+respond_service!(RespondGrpc, Default);

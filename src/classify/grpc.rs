@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, StatusCode};
 
 use super::{Classify, Outcome, retry_after::parse_grpc_pushback};
 
@@ -192,24 +192,7 @@ impl GrpcResponse {
     }
 }
 
-impl<B, E> Classify<Response<B>, E> for GrpcResponse {
-    #[inline]
-    fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
-        match result {
-            Ok(res) => self.classify_head(res.status(), res.headers()),
-            Err(_) => Outcome::FAILURE,
-        }
-    }
-
-    /// A breaker's `CircuitOpen` error, or its 503 response (marked in the extensions).
-    #[inline]
-    fn is_refused(&self, result: Result<&Response<B>, &E>) -> bool
-    where
-        E: 'static,
-    {
-        super::http_refused(self, result)
-    }
-}
+classify_http_response!(GrpcResponse, classify_head);
 
 /// Classifies `Result<T, tonic::Status>` (a tonic client's generated methods, or a service over
 /// `tonic::Status` errors) by the status code.
@@ -264,6 +247,8 @@ impl<T> Classify<T, tonic::Status> for TonicStatus {
 
 #[cfg(test)]
 mod tests {
+    use http::Response;
+
     use super::*;
 
     fn head(status: u16, grpc: Option<&'static str>) -> Response<()> {

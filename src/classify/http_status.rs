@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use http::{Response, StatusCode, header::RETRY_AFTER};
+use http::{StatusCode, header::RETRY_AFTER};
 
 use super::{Classify, Outcome, retry_after::parse_retry_after};
 
@@ -152,24 +152,7 @@ impl HttpStatus {
     }
 }
 
-impl<B, E> Classify<Response<B>, E> for HttpStatus {
-    #[inline]
-    fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
-        match result {
-            Ok(res) => self.classify_status(res.status(), res.headers()),
-            Err(_) => Outcome::FAILURE,
-        }
-    }
-
-    /// A breaker's `CircuitOpen` error, or its 503 response (marked in the extensions).
-    #[inline]
-    fn is_refused(&self, result: Result<&Response<B>, &E>) -> bool
-    where
-        E: 'static,
-    {
-        super::http_refused(self, result)
-    }
-}
+classify_http_response!(HttpStatus, classify_status);
 
 #[cfg(feature = "reqwest")]
 impl<E> Classify<reqwest::Response, E> for HttpStatus {

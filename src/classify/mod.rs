@@ -28,6 +28,32 @@
 //! );
 //! ```
 
+/// `Classify<http::Response<B>, E>` for `$classifier`, whose inherent method `$head(status,
+/// headers)` classifies a response head: every `Err` is a failure, and refusals are
+/// [`http_refused`]'s.
+macro_rules! classify_http_response {
+    ($classifier:ty, $head:ident) => {
+        impl<B, E> super::Classify<http::Response<B>, E> for $classifier {
+            #[inline]
+            fn classify(&self, result: Result<&http::Response<B>, &E>) -> super::Outcome {
+                match result {
+                    Ok(res) => self.$head(res.status(), res.headers()),
+                    Err(_) => super::Outcome::FAILURE,
+                }
+            }
+
+            /// A breaker's `CircuitOpen` error, or its 503 response (marked in the extensions).
+            #[inline]
+            fn is_refused(&self, result: Result<&http::Response<B>, &E>) -> bool
+            where
+                E: 'static,
+            {
+                super::http_refused(self, result)
+            }
+        }
+    };
+}
+
 mod grpc;
 mod http_status;
 mod retry_after;

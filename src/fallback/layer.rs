@@ -190,11 +190,8 @@ pub struct FallbackLayer<F, C = AnyError, M = AnyResponse> {
     _mode: PhantomData<fn() -> M>,
 }
 
-type ListenerFn = Arc<dyn Fn(&Event) + Send + Sync>;
-
 /// The layer's event listener, if any: calls copy a pointer only when one is set.
-#[derive(Clone, Default)]
-pub(crate) struct Listener(Option<ListenerFn>);
+pub(crate) type Listener = crate::listener::Listener<Event>;
 
 impl Listener {
     /// Reports `kind` for `trigger`, inside the fallback future's poll: the call's id is drawn
@@ -224,22 +221,6 @@ impl Listener {
                 kind,
             });
         }
-    }
-
-    fn and(self, g: impl Fn(&Event) + Send + Sync + 'static) -> Self {
-        Listener(Some(match self.0 {
-            None => Arc::new(g),
-            Some(f) => Arc::new(move |e: &Event| {
-                f(e);
-                g(e);
-            }),
-        }))
-    }
-}
-
-impl fmt::Debug for Listener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
     }
 }
 

@@ -219,8 +219,7 @@ impl Budget {
                 let n = nanos_since(*epoch, now);
                 let mut seen = grants.load(Acquire);
                 loop {
-                    let left = millionths_left(window.reading(n), *percent_ppm, *reserve)
-                        - pending_millionths(seen);
+                    let left = millionths_left(window.reading(n), seen, *percent_ppm, *reserve);
                     if left <= 0 {
                         return false;
                     }
@@ -260,7 +259,7 @@ impl Budget {
             } => {
                 let seen = grants.load(Acquire);
                 let r = window.reading(nanos_since(*epoch, now));
-                let left = millionths_left(r, *percent_ppm, *reserve) - pending_millionths(seen);
+                let left = millionths_left(r, seen, *percent_ppm, *reserve);
                 left.max(0) as f64 / 1e6
             }
         }
@@ -269,11 +268,13 @@ impl Budget {
 
 /// Retries still allowed by a percent budget, in millionths of a retry: the floor plus the share
 /// of requests, less the retries made (requests and retries are the window's successes and
-/// failures).
-fn millionths_left(r: crate::window::Reading, percent_ppm: u64, reserve: u64) -> i128 {
+/// failures) and the grants pending in `grants` (the word read from `Kind::Percent::grants`).
+fn millionths_left(r: crate::window::Reading, grants: u64, percent_ppm: u64, reserve: u64) -> i128 {
     let retries = i128::from(r.failures);
     let requests = i128::from(r.calls) - retries;
-    i128::from(reserve) * 1_000_000 + i128::from(percent_ppm) * requests - retries * 1_000_000
+    i128::from(reserve) * 1_000_000 + i128::from(percent_ppm) * requests
+        - retries * 1_000_000
+        - pending_millionths(grants)
 }
 
 #[cfg(test)]

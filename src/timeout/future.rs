@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 use super::{Elapsed, EventKind, Listener};
 use crate::{
     BoxError, call,
-    mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
+    mode::{ModeAnswer, RespondHttp, ResponseBody},
 };
 
 pin_project! {
@@ -109,50 +109,22 @@ fn race<F: Future, M>(
     })
 }
 
-impl<F, T, E> Future for ResponseFuture<F, ReturnError>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
+/// The timeout and the `RespondHttp` status code.
+impl ModeAnswer for (Elapsed, u64) {
+    #[inline]
+    fn into_error(self) -> BoxError {
+        self.0.into()
+    }
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        race(self, cx).map(|r| match r {
-            Ok(out) => out.map_err(Into::into),
-            Err((elapsed, _)) => Err(elapsed.into()),
-        })
+    fn into_http<B: ResponseBody>(self) -> Response<B> {
+        self.0.to_http_response(RespondHttp::status_of(self.1))
+    }
+
+    #[inline]
+    fn into_grpc<B: Default>(self) -> Response<B> {
+        self.0.to_grpc_response()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, RespondHttp>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: ResponseBody,
-{
-    type Output = Result<Response<B>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        race(self, cx).map(|r| match r {
-            Ok(out) => out,
-            Err((elapsed, code)) => Ok(elapsed.to_http_response(RespondHttp::status_of(code))),
-        })
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, RespondGrpc>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Default,
-{
-    type Output = Result<Response<B>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        race(self, cx).map(|r| match r {
-            Ok(out) => out,
-            Err((elapsed, _)) => Ok(elapsed.to_grpc_response()),
-        })
-    }
-}
+mode_futures!(ResponseFuture, race);

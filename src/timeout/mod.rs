@@ -38,7 +38,7 @@ mod grpc_timeout;
 mod layer;
 mod service;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use crate::call::CallId;
 pub use deadline::Deadline;
@@ -71,11 +71,8 @@ pub enum EventKind {
     },
 }
 
-type ListenerFn = Arc<dyn Fn(&Event) + Send + Sync>;
-
 /// The layer's listeners, if any: calls copy a pointer only when one is set.
-#[derive(Clone, Default)]
-pub(crate) struct Listener(Option<ListenerFn>);
+pub(crate) type Listener = crate::listener::Listener<Event>;
 
 impl Listener {
     /// Reports `kind` inside the timeout future's poll (the call in scope).
@@ -86,21 +83,5 @@ impl Listener {
         {
             f(&Event { call, kind });
         }
-    }
-
-    pub(crate) fn and(self, g: impl Fn(&Event) + Send + Sync + 'static) -> Self {
-        Listener(Some(match self.0 {
-            None => Arc::new(g),
-            Some(f) => Arc::new(move |e: &Event| {
-                f(e);
-                g(e);
-            }),
-        }))
-    }
-}
-
-impl fmt::Debug for Listener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
     }
 }

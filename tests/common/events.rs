@@ -35,3 +35,14 @@ pub fn transitions() -> (Transitions, impl Fn(&Event<'_>) + Send + Sync + 'stati
         }
     })
 }
+
+/// The events of a call retried once, then given up at its second attempt for `reason`.
+pub fn retried_once_then_gave_up(events: &[retry::EventKind], reason: retry::GiveUp) -> bool {
+    matches!(
+        events,
+        [
+            retry::EventKind::Retry { attempt: 2, .. },
+            retry::EventKind::GaveUp { attempts: 2, reason: gave_up },
+        ] if *gave_up == reason
+    )
+}

@@ -156,3 +156,31 @@ where
     grpc.unary(req, PathAndQuery::from_static(method), codec)
         .await
 }
+
+/// A message with one string field, for echo services.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Ping {
+    #[prost(string, tag = "1")]
+    pub text: String,
+}
+
+/// The `test.Echo` service.
+pub struct Echo;
+
+impl ServiceName for Echo {
+    const NAME: &'static str = "test.Echo";
+}
+
+/// One unary call of `method` (its full path) through `grpc` with a [`Ping`] carrying `text`;
+/// the message answered.
+pub async fn ping<S>(grpc: &mut Grpc<S>, method: &'static str, text: &str) -> Result<Ping, Status>
+where
+    S: GrpcService<Body>,
+    S::Error: Into<BoxError>,
+    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<BoxError>,
+{
+    let req = tonic::Request::new(Ping { text: text.into() });
+    let reply = unary(grpc, method, req).await;
+    reply.map(tonic::Response::into_inner)
+}

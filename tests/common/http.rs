@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use axum::http::{HeaderMap, StatusCode};
-use tower_rampart::idempotency::IDEMPOTENT_REPLAYED;
+use tower_rampart::{idempotency::IDEMPOTENT_REPLAYED, mode::RespondHttp, timeout::TimeoutLayer};
 
 /// Serves `app` on 127.0.0.1 with a port the OS picks, in the background; its address.
 pub async fn serve_addr(app: axum::Router) -> SocketAddr {
@@ -26,6 +26,17 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(15))
         .build()
         .unwrap()
+}
+
+/// A handler that never answers in time: it sleeps 30 s, longer than any test's timeout.
+pub async fn never() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    "never"
+}
+
+/// A timeout layer in HTTP mode: a call that outlasts `after` is answered with a 504.
+pub fn http_timeout(after: Duration) -> TimeoutLayer<RespondHttp> {
+    TimeoutLayer::new(after).unwrap().respond_http()
 }
 
 /// `GET url`: the status and the body text.

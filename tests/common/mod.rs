@@ -3,10 +3,12 @@
 //! redis-server. Each test binary uses a subset.
 #![allow(dead_code)]
 
+pub mod alloc;
 pub mod breakers;
 pub mod events;
 pub mod flaky;
 pub mod grpc;
 pub mod http;
+pub mod outage;
 pub mod redis_server;
 pub mod store_contract;

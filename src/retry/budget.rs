@@ -321,14 +321,15 @@ mod tests {
         assert_eq!(b.remaining(later), 10.0);
     }
 
-    /// Runs `rounds` rounds of `threads` threads released together by a barrier, each asking
-    /// `asks` times for a retry from a fresh budget made by `make`; returns the grants per round.
+    /// Runs `rounds` rounds of `threads` threads released together by a barrier, each running
+    /// `ask` once on a fresh budget made by `make` and counting the retries it was granted;
+    /// returns, per round, the grants and what the budget had left afterwards.
     fn concurrent_grants(
         rounds: usize,
         threads: usize,
-        asks: usize,
         make: impl Fn() -> Budget,
-    ) -> Vec<usize> {
+        ask: fn(&Budget, Instant) -> usize,
+    ) -> Vec<(usize, f64)> {
         use std::sync::{Barrier, atomic::AtomicUsize};
         let barrier = Arc::new(Barrier::new(threads));
         (0..rounds)
@@ -341,18 +342,14 @@ mod tests {
                         let (b, barrier, granted) = (b.clone(), barrier.clone(), granted.clone());
                         std::thread::spawn(move || {
                             barrier.wait();
-                            for _ in 0..asks {
-                                if b.try_retry(t) {
-                                    granted.fetch_add(1, Relaxed);
-                                }
-                            }
+                            granted.fetch_add(ask(&b, t), Relaxed);
                         })
                     })
                     .collect();
                 for h in handles {
                     h.join().unwrap();
                 }
-                granted.load(Relaxed)
+                (granted.load(Relaxed), b.remaining(t))
             })
             .collect()
     }
@@ -361,16 +358,22 @@ mod tests {
     fn percent_budget_never_overshoots_under_concurrency() {
         // A floor of one retry per second over one second, no share of requests: exactly one
         // retry may be granted, however many threads ask at once.
-        let grants = concurrent_grants(500, 8, 1, || {
-            Budget::percent(0.0, 1, Duration::from_secs(1)).unwrap()
-        });
+        let one = || Budget::percent(0.0, 1, Duration::from_secs(1)).unwrap();
+        let grants: Vec<usize> = concurrent_grants(500, 8, one, |b, t| usize::from(b.try_retry(t)))
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
         let over = grants.iter().filter(|&&g| g > 1).count();
         assert_eq!(over, 0, "more than 1 retry granted in {over} of 500 rounds");
         assert!(grants.iter().all(|&g| g == 1), "{grants:?}");
         // A larger allowance, asked for many times: never more than the 5 allowed.
-        let grants = concurrent_grants(300, 8, 4, || {
-            Budget::percent(0.0, 5, Duration::from_secs(1)).unwrap()
-        });
+        let five = || Budget::percent(0.0, 5, Duration::from_secs(1)).unwrap();
+        let grants: Vec<usize> = concurrent_grants(300, 8, five, |b, t| {
+            (0..4).filter(|_| b.try_retry(t)).count()
+        })
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect();
         assert!(grants.iter().all(|&g| g <= 5), "{grants:?}");
         assert!(grants.contains(&5), "{grants:?}");
     }
@@ -379,33 +382,20 @@ mod tests {
     fn token_bucket_never_overshoots_under_concurrency() {
         // gRPC: each failed attempt costs a token, then the retry is allowed while more than
         // half remain. From 7 of 10 tokens, 8 failing threads leave 6, 5, 4, ...: one retry.
-        use std::sync::{Barrier, atomic::AtomicUsize};
-        let threads = 8;
-        let barrier = Arc::new(Barrier::new(threads));
-        for round in 0..300 {
+        let seven_of_ten = || {
             let b = Budget::token_bucket(10, 0.1).unwrap();
             for _ in 0..3 {
                 b.record_outcome(false);
             }
-            let t = Instant::now();
-            let granted = Arc::new(AtomicUsize::new(0));
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    let (b, barrier, granted) = (b.clone(), barrier.clone(), granted.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        b.record_outcome(false);
-                        if b.try_retry(t) {
-                            granted.fetch_add(1, Relaxed);
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            assert!(granted.load(Relaxed) <= 1, "round {round}");
-            assert_eq!(b.remaining(t), 0.0, "7 - 8 tokens saturate at zero");
+            b
+        };
+        let rounds = concurrent_grants(300, 8, seven_of_ten, |b, t| {
+            b.record_outcome(false);
+            usize::from(b.try_retry(t))
+        });
+        for (round, (granted, left)) in rounds.into_iter().enumerate() {
+            assert!(granted <= 1, "round {round}");
+            assert_eq!(left, 0.0, "7 - 8 tokens saturate at zero");
         }
     }
 

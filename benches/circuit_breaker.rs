@@ -28,6 +28,8 @@
 //!   or 5 consecutive failures; equal-jittered backoff 10 s..300 s), wrapping the inner
 //!   service's call future with `failsafe::futures::CircuitBreaker::call`.
 //!
+//! `rampart_live/count_100` is the count breaker behind a reloadable `LiveBreaker`.
+//!
 //! `rampart_leaked/*` are the same breakers after `CircuitBreakerLayer::leak()` (static memory, no
 //! reference count per call).
 //!
@@ -53,7 +55,9 @@ use criterion::{
 };
 use tokio::runtime::{Builder as RtBuilder, Runtime};
 use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_rampart::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, Config, State};
+use tower_rampart::circuit_breaker::{
+    CircuitBreakerHandle, CircuitBreakerLayer, Config, LiveBreaker, State,
+};
 use tower_resilience::circuitbreaker::{CircuitBreakerLayer as TrLayer, SlidingWindowType};
 
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -300,6 +304,27 @@ fn closed_single_task(c: &mut Criterion) {
         layer.layer(leaf()),
         Some(layer.handle()),
     );
+
+    // The count breaker behind a `LiveBreaker` (reloadable): one `ArcSwap` load per call more.
+    let live = LiveBreaker::new(
+        Config::builder()
+            .name("bench-live")
+            .count_window(100)
+            .minimum_calls(100)
+            .build()
+            .expect("valid config"),
+    );
+    bench_single(
+        &mut group,
+        &rt,
+        "rampart_live/count_100",
+        CircuitBreakerLayer::live(live.clone()).layer(leaf()),
+        None,
+    );
+    let s = live.current().snapshot(tokio::time::Instant::now());
+    if s.state != State::Closed || s.failures > 0 {
+        eprintln!("WARNING rampart_live/count_100: breaker left the success path: {s:?}");
+    }
 
     // The same three with `leak()`: the breaker in static memory, no reference count per call.
     for (id, layer) in [

@@ -5,11 +5,13 @@
 //! with an inner `service_fn` that answers at once, so the figures are the layers' own cost.
 //!
 //! - `retry_success`: 3 attempts allowed, none needed. Ours (`RetryLayer`, `AnyError`,
-//!   `CloneRequest`, constant 1 ms backoff; `rampart_leaked` after `RetryLayer::leak()`);
+//!   `CloneRequest`, constant 1 ms backoff; `rampart_leaked` after `RetryLayer::leak()`;
+//!   `rampart_reloadable` and `rampart_leaked_reloadable` after `RetryLayer::reloadable()`);
 //!   `tower::retry` with a policy that allows two
 //!   retries of an `Err` and clones the request; tower-resilience `RetryLayer` with
 //!   `max_attempts(3)` and a fixed 1 ms backoff.
-//! - `timeout_success`: 1 s timeout. Ours (`TimeoutLayer`, error mode); `tower::timeout`;
+//! - `timeout_success`: 1 s timeout. Ours (`TimeoutLayer`, error mode; `rampart_reloadable`
+//!   after `TimeoutLayer::reloadable()`); `tower::timeout`;
 //!   tower-resilience `TimeLimiterLayer` with `timeout_duration(1 s)`.
 //! - `fallback_success`: ours (`FallbackLayer::value`, triggered on errors) vs bare.
 //! - `pipeline_success`: `StandardClientLayer` (total timeout > retry with budget > breaker per
@@ -123,6 +125,15 @@ fn retry_success(c: &mut Criterion) {
         &rt,
         ours.layer(leaf_fallible()),
     );
+    // Reloadable: each call takes the current policy version (see `RetryLayer::reloadable`).
+    let (reloadable, _reload) = ours.clone().reloadable();
+    bench(
+        c,
+        "retry_success",
+        "rampart_reloadable",
+        &rt,
+        reloadable.layer(leaf_fallible()),
+    );
     let leaked = ours.leak();
     bench(
         c,
@@ -130,6 +141,14 @@ fn retry_success(c: &mut Criterion) {
         "rampart_leaked",
         &rt,
         leaked.layer(leaf_fallible()),
+    );
+    let (leaked_reloadable, _reload) = leaked.clone().reloadable();
+    bench(
+        c,
+        "retry_success",
+        "rampart_leaked_reloadable",
+        &rt,
+        leaked_reloadable.layer(leaf_fallible()),
     );
     let tower_retry = tower::retry::RetryLayer::new(TwoRetries(2));
     bench(
@@ -162,6 +181,14 @@ fn timeout_success(c: &mut Criterion) {
         "rampart",
         &rt,
         TimeoutLayer::new(d).unwrap().layer(leaf()),
+    );
+    let (reloadable, _reload) = TimeoutLayer::new(d).unwrap().reloadable();
+    bench(
+        c,
+        "timeout_success",
+        "rampart_reloadable",
+        &rt,
+        reloadable.layer(leaf()),
     );
     bench(
         c,

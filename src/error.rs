@@ -19,6 +19,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     layer: &'static str,
+    /// The setting at fault, under its name in configuration files (`minimum_calls`), when one is.
+    field: Option<&'static str>,
+    /// What is wrong with it, read after the field's name ("must be at least 1").
     message: String,
 }
 
@@ -26,19 +29,59 @@ impl ConfigError {
     pub(crate) fn new(layer: &'static str, message: impl Into<String>) -> Self {
         ConfigError {
             layer,
+            field: None,
             message: message.into(),
         }
     }
 
-    /// What was wrong, without the layer's name.
-    pub fn message(&self) -> &str {
+    /// A refusal of one setting: `field` is its name in configuration files (and usually the
+    /// builder method's), `message` what is wrong with it, worded to follow the name.
+    pub(crate) fn field(
+        layer: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            layer,
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+
+    /// The setting at fault, by its name in configuration files, when the error is about one.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::Config;
+    ///
+    /// let err = Config::builder().minimum_calls(0).build().unwrap_err();
+    /// assert_eq!(err.setting(), Some("minimum_calls"));
+    /// assert_eq!(err.reason(), "must be at least 1");
+    /// ```
+    pub fn setting(&self) -> Option<&'static str> {
+        self.field
+    }
+
+    /// What is wrong, without the layer's name nor the setting's.
+    pub fn reason(&self) -> &str {
         &self.message
+    }
+
+    /// What was wrong, without the layer's name: the setting's name followed by the reason.
+    pub fn message(&self) -> String {
+        match self.field {
+            Some(field) => format!("{field} {}", self.message),
+            None => self.message.clone(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {} configuration: {}", self.layer, self.message)
+        write!(f, "invalid {} configuration: ", self.layer)?;
+        if let Some(field) = self.field {
+            write!(f, "{field} ")?;
+        }
+        f.write_str(&self.message)
     }
 }
 

@@ -17,6 +17,8 @@
 //! | problem types | every `application/problem+json` `type` the layers send, documented | [`problems`] |
 //! | fault injection (feature `chaos`) | latency, errors, HTTP and gRPC statuses or aborted calls in a seeded fraction of calls, switchable at run time | `chaos` |
 //! | health and readiness | breaker snapshots and store reachability as an `application/health+json` readiness probe | [`health`] |
+//! | configuration (feature `serde`) | every layer's settings as YAML, TOML or JSON, with the design-document vocabulary | `config` |
+//! | registry (feature `serde`) | named policies over shared defaults, built by name, reloaded live | `registry` |
 //!
 //! ## Quick start
 //!
@@ -63,6 +65,8 @@
 //! - `axum` (default): build `axum::body::Body` answers (breaker 503, timeout 504, canned
 //!   fallbacks) through `axum-core`.
 //! - `chaos`: `ChaosLayer`, fault injection for testing your own stacks.
+//! - `serde`: the `config` module (settings as data) and the `registry` (named policies, live
+//!   reload); `yaml` and `toml` add those file formats.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -75,6 +79,8 @@ pub mod call;
 pub mod chaos;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "serde")]
+pub mod config;
 mod error;
 pub mod fallback;
 pub mod health;
@@ -84,6 +90,8 @@ pub mod mode;
 pub mod pipeline;
 mod problem;
 pub mod problems;
+#[cfg(feature = "serde")]
+pub mod registry;
 pub mod replay;
 pub mod retry;
 mod time;

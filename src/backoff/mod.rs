@@ -171,33 +171,52 @@ impl Backoff {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the value out of range: a zero base delay (except for a
-    /// constant backoff), a cap below the base delay, a multiplier below 1 or not finite, or
-    /// proportional jitter above 1000 thousandths.
+    /// A [`ConfigError`] whose [`setting`](ConfigError::setting) names the value out of range:
+    /// `initial_delay` when the base delay is zero (except for a constant backoff), `max_delay`
+    /// when the cap is below the base delay, `multiplier` when it is below 1 or not finite,
+    /// `jitter` when proportional jitter is above 1000 thousandths.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::backoff::Backoff;
+    ///
+    /// let err = Backoff::exponential(Duration::from_millis(100)).multiplier(0.5).validate().unwrap_err();
+    /// assert_eq!(err.setting(), Some("multiplier"));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid backoff configuration: multiplier must be a finite number >= 1, got 0.5",
+    /// );
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError::new("backoff", m));
+        // Fields are named as in configuration files (`ConfigError::setting`).
+        let err = |field, m: String| Err(ConfigError::field("backoff", field, m));
         if self.base.is_zero() && !matches!(self.curve, Curve::Constant) {
-            return err("backoff base delay must be above zero".into());
+            return err("initial_delay", "must be above zero".into());
         }
         if self.max < self.base {
-            return err(format!(
-                "backoff max delay ({:?}) is below the base delay ({:?})",
-                self.max, self.base
-            ));
+            return err(
+                "max_delay",
+                format!(
+                    "must not be below initial_delay ({:?}), got {:?}",
+                    self.base, self.max
+                ),
+            );
         }
         if let Curve::Exponential { multiplier } = self.curve
             && !(multiplier.is_finite() && multiplier >= 1.0)
         {
-            return err(format!(
-                "backoff multiplier must be a finite number >= 1, got {multiplier}"
-            ));
+            return err(
+                "multiplier",
+                format!("must be a finite number >= 1, got {multiplier}"),
+            );
         }
         if let Jitter::Proportional(f) = self.jitter
             && f > 1000
         {
-            return err(format!(
-                "proportional jitter is in thousandths (0..=1000), got {f}"
-            ));
+            return err(
+                "jitter",
+                format!("must be proportional in thousandths (0..=1000), got {f}"),
+            );
         }
         Ok(())
     }

@@ -120,35 +120,27 @@ fn sequences_are_independent() {
 #[test]
 fn validation() {
     assert!(Backoff::default().validate().is_ok());
-    assert!(
-        Backoff::exponential(Duration::ZERO)
-            .validate()
-            .unwrap_err()
-            .message()
-            .contains("base")
+    let refused = |b: Backoff| b.validate().unwrap_err();
+    let e = refused(Backoff::exponential(Duration::ZERO));
+    assert_eq!(e.setting(), Some("initial_delay"));
+    assert_eq!(e.reason(), "must be above zero");
+    let e = refused(Backoff::exponential(ms(100)).multiplier(0.5));
+    assert_eq!(e.setting(), Some("multiplier"));
+    assert_eq!(
+        e.message(),
+        "multiplier must be a finite number >= 1, got 0.5"
     );
-    assert!(
-        Backoff::exponential(ms(100))
-            .multiplier(0.5)
-            .validate()
-            .unwrap_err()
-            .message()
-            .contains("multiplier")
+    let e = refused(Backoff::exponential(ms(100)).max_delay(ms(10)));
+    assert_eq!(e.setting(), Some("max_delay"));
+    assert_eq!(
+        e.to_string(),
+        "invalid backoff configuration: max_delay must not be below initial_delay (100ms), got 10ms"
     );
-    assert!(
-        Backoff::exponential(ms(100))
-            .max_delay(ms(10))
-            .validate()
-            .unwrap_err()
-            .message()
-            .contains("max")
-    );
-    assert!(
-        Backoff::exponential(ms(100))
-            .jitter(Jitter::Proportional(1001))
-            .validate()
-            .is_err()
-    );
+    let e = refused(Backoff::exponential(ms(100)).jitter(Jitter::Proportional(1001)));
+    assert_eq!(e.setting(), Some("jitter"));
+    assert!(e.reason().ends_with("got 1001"), "{e}");
+    // A zero constant delay is allowed (retry at once).
+    assert!(Backoff::constant(Duration::ZERO).validate().is_ok());
 }
 
 /// Proportional jitter on a delay capped near `Duration::MAX` stays a valid duration.

@@ -140,7 +140,7 @@ impl Fault {
     ///
     /// A [`ConfigError`] naming what is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError::new("chaos", m));
+        let err = |m: String| Err(ConfigError::field("chaos", "fault", m));
         match self {
             Fault::Latency(d) if d.is_zero() => err("latency must be above zero".into()),
             Fault::Http { status, .. } if !(400..=599).contains(&status.as_u16()) => err(format!(
@@ -241,7 +241,8 @@ impl Config {
 /// use tower_rampart::chaos::{Config, Fault};
 ///
 /// let err = Config::builder().fault(Fault::Latency(Duration::ZERO)).build().unwrap_err();
-/// assert_eq!(err.to_string(), "invalid chaos configuration: latency must be above zero");
+/// assert_eq!(err.to_string(), "invalid chaos configuration: fault latency must be above zero");
+/// assert_eq!(err.setting(), Some("fault"));
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -324,9 +325,10 @@ pub(crate) fn check_rate(rate: f64) -> Result<(), ConfigError> {
     if (0.0..=1.0).contains(&rate) {
         Ok(())
     } else {
-        Err(ConfigError::new(
+        Err(ConfigError::field(
             "chaos",
-            format!("injection_rate must be from 0 to 1, not {rate}"),
+            "injection_rate",
+            format!("must be from 0 to 1, not {rate}"),
         ))
     }
 }

@@ -9,10 +9,11 @@ use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use super::{
-    Config, State, WindowKind,
+    Config, ConfigError, State, WindowKind,
     events::{Listener, Observers},
     state::Word,
     sync::{AtomicU32, AtomicU64, Mutex},
+    tuning::{Judging, Tunables, Tuning},
 };
 use crate::{
     classify::Outcome,
@@ -57,7 +58,11 @@ use crate::{
 pub struct Breaker {
     word: CachePadded<AtomicU64>,
     window: Window,
-    config: Config,
+    /// The window's kind and size: fixed for the breaker's life (the window is built from it).
+    kind: WindowKind,
+    /// Everything [`Breaker::retune`] may change; read on every call, written only by retunes,
+    /// so it gets a cache line of its own.
+    tunables: CachePadded<Tunables>,
     epoch: Instant,
     open_until: AtomicU64,
     state_since: AtomicU64,
@@ -122,6 +127,7 @@ impl Permit {
     }
 
     /// Whether this permit is one of the half-open probes.
+    #[inline]
     pub fn is_probe(&self) -> bool {
         self.kind() == PermitKind::Probe
     }
@@ -305,7 +311,8 @@ impl Breaker {
         Breaker {
             word: CachePadded::new(AtomicU64::new(Word::new(State::Closed, 0, 0).0)),
             window,
-            config,
+            kind: config.window,
+            tunables: CachePadded::new(Tunables::new(&Tuning::of(&config))),
             epoch: Instant::now(),
             open_until: AtomicU64::new(0),
             state_since: AtomicU64::new(0),
@@ -326,9 +333,117 @@ impl Breaker {
         self.observers.name()
     }
 
-    /// The configuration it was built with.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration it runs with now: its name, window and listeners as built, the other
+    /// settings as last [retuned](Self::retune).
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{Breaker, Config};
+    ///
+    /// let breaker = Breaker::new(Config::builder().name("db").build()?);
+    /// breaker.retune(&Config::builder().half_open_permits(7).build()?)?;
+    /// let config = breaker.config();
+    /// assert_eq!(config.name(), "db");
+    /// assert!(format!("{config:?}").contains("half_open_permits: 7"));
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn config(&self) -> Config {
+        let mut config = Config {
+            name: self.observers.name().clone(),
+            window: self.kind,
+            failure_ppm: 0,
+            slow: None,
+            minimum_calls: 0,
+            open: Duration::ZERO,
+            open_multiplier: 1.0,
+            max_open: Duration::ZERO,
+            half_open_permits: 0,
+            half_open_max_wait: None,
+            respect_retry_after: false,
+            listeners: self.observers.listeners().to_vec(),
+        };
+        self.tunables.load().apply(&mut config);
+        config
+    }
+
+    /// The retunable settings now, as one consistent set (a test hook).
+    #[cfg(test)]
+    pub(crate) fn tuning(&self) -> Tuning {
+        self.tunables.load()
+    }
+
+    /// Applies `config`'s settings to the running breaker, keeping its state, window contents,
+    /// open-until time, count of consecutive openings, name and listeners: the failure rate,
+    /// slow calls (duration and rate, or off), minimum calls, open duration with its growth
+    /// and maximum, half-open permits, half-open max wait and whether retry-after hints are
+    /// respected. `config`'s name and listeners are ignored.
+    ///
+    /// Calls never wait for a retune, nor a retune for calls: each call reads the settings once
+    /// (lock-free) and uses that whole set, the old one or the new one, never a mix.
+    ///
+    /// When the new settings take effect:
+    ///
+    /// - rates and minimum calls: judged against the window as it is at the next failure or
+    ///   slow call (or, in a time window, any call; in a count window, a call that grows it),
+    ///   so a window already over a lowered threshold opens then;
+    /// - open duration, growth and maximum, retry-after hints: at the next opening (an open
+    ///   breaker keeps the wait it started with; the count of openings carries on, so a growing
+    ///   duration grows from where it was);
+    /// - half-open max wait: at once, measured from when the current half-open period began;
+    /// - slow-call duration: for calls admitted from then on (a call admitted untimed is never
+    ///   slow, a timed one is judged by the duration in force when it ends);
+    /// - half-open permits, in a half-open period under way: raised, more probes are admitted
+    ///   and the period waits for that many results; lowered, no more probes are admitted once
+    ///   as many as the new count are out, and the period decides as soon as it holds that many
+    ///   results (at the next result, or at the next call if enough results are already in).
+    ///   Results of probes beyond the new count that end after the decision are ignored, like
+    ///   every result from an earlier period.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the window setting when `config`'s window differs from the
+    /// breaker's (kind, size, duration or buckets; the threshold of
+    /// [`consecutive_failures`](super::Builder::consecutive_failures) is its window's size): a
+    /// window cannot be resized in place, so replace the breaker (as
+    /// [`LiveBreaker`](super::LiveBreaker) does). Nothing changes then.
+    ///
+    /// ```
+    /// use tokio::time::Instant;
+    /// use tower_rampart::circuit_breaker::{Breaker, Config, State};
+    /// use tower_rampart::classify::Outcome;
+    ///
+    /// let config = |rate| Config::builder().count_window(10).minimum_calls(10).failure_rate(rate);
+    /// let breaker = Breaker::new(config(0.5).build()?);
+    /// let t = Instant::now();
+    /// for i in 0..10 {
+    ///     let permit = breaker.try_acquire(|| t).unwrap();
+    ///     let outcome = if i < 4 { Outcome::FAILURE } else { Outcome::Success };
+    ///     breaker.record(permit, &outcome, || t);
+    /// }
+    /// assert_eq!(breaker.state(), State::Closed, "4 failures in 10 calls: under 0.5");
+    ///
+    /// // The window is kept: the next failure replaces the oldest call, a failure, so the
+    /// // window still holds 4 failures in 10, over the new threshold.
+    /// breaker.retune(&config(0.4).build()?)?;
+    /// let permit = breaker.try_acquire(|| t).unwrap();
+    /// breaker.record(permit, &Outcome::FAILURE, || t);
+    /// assert_eq!(breaker.state(), State::Open);
+    ///
+    /// let err = breaker.retune(&Config::builder().count_window(20).build()?).unwrap_err();
+    /// assert_eq!(err.setting(), Some("count_window"));
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn retune(&self, config: &Config) -> Result<(), ConfigError> {
+        if let Some((field, message)) = window_change(self.kind, config.window) {
+            return Err(ConfigError::field("circuit breaker", field, message));
+        }
+        // The transition lock serialises writers (the seqlock needs one at a time) and keeps
+        // a transition's settings whole: it reads them under the same lock.
+        let _serial = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.tunables.store(&Tuning::of(config));
+        Ok(())
     }
 
     /// The current state. Reading it changes nothing: an open breaker whose open duration has
@@ -355,11 +470,14 @@ impl Breaker {
     #[inline]
     pub fn try_acquire(&self, now: impl FnOnce() -> Instant) -> Result<Permit, Rejected> {
         let mut clock = Clock::new(now);
+        // Half-open needs the whole set; loaded at most once, and only there.
+        let mut tuning = None;
         loop {
             let w = self.load();
             match w.state() {
                 State::Closed | State::MetricsOnly => {
-                    let started = self.start_time(&mut clock);
+                    // The one setting admission needs here is a single word: no seqlock read.
+                    let started = self.start_time(self.tunables.timed(), &mut clock);
                     return Ok(Permit::new(w.generation(), PermitKind::Record, started));
                 }
                 State::Disabled => {
@@ -379,15 +497,24 @@ impl Breaker {
                     self.transition(Some(w), State::HalfOpen, now, None);
                 }
                 State::HalfOpen => {
-                    if let Some(wait) = self.config.half_open_max_wait {
+                    let t = *tuning.get_or_insert_with(|| self.tunables.load());
+                    if t.half_open_max_wait_nanos != 0 {
                         let now = clock.now();
                         let since = self.state_since.load(Acquire);
-                        if self.nanos(now).saturating_sub(since) >= nanos_of(wait) {
+                        if self.nanos(now).saturating_sub(since) >= t.half_open_max_wait_nanos {
                             self.transition(Some(w), State::Open, now, None);
                             continue;
                         }
                     }
-                    if w.issued() >= self.config.half_open_permits {
+                    if w.issued() >= t.half_open_permits {
+                        // Permits lowered by a retune to no more than the results already in:
+                        // no probe is left to report, so decide with those results now.
+                        if let Some(r) = self.probe_results(w)
+                            && r.calls >= u64::from(t.half_open_permits)
+                        {
+                            self.decide(w, r, &t.judging(), None, clock.now());
+                            continue;
+                        }
                         return Err(self.reject(State::HalfOpen, None));
                     }
                     let next = w.with_issued(w.issued() + 1);
@@ -396,7 +523,7 @@ impl Breaker {
                         .compare_exchange(w.0, next.0, AcqRel, Acquire)
                         .is_ok()
                     {
-                        let started = self.start_time(&mut clock);
+                        let started = self.start_time(t.slow_nanos != 0, &mut clock);
                         return Ok(Permit::new(w.generation(), PermitKind::Probe, started));
                     }
                 }
@@ -405,10 +532,11 @@ impl Breaker {
     }
 
     #[inline]
-    fn start_time<F: FnOnce() -> Instant>(&self, clock: &mut Clock<F>) -> u64 {
-        match self.config.slow {
-            Some(_) => self.nanos(clock.now()),
-            None => NOT_TIMED,
+    fn start_time<F: FnOnce() -> Instant>(&self, timed: bool, clock: &mut Clock<F>) -> u64 {
+        if timed {
+            self.nanos(clock.now())
+        } else {
+            NOT_TIMED
         }
     }
 
@@ -433,10 +561,20 @@ impl Breaker {
             }
         };
         let mut clock = Clock::new(now);
+        // The settings that judge (one consistent set, the first three words of the seqlock),
+        // loaded at most once, and only when needed: a success on an untimed permit that
+        // changes nothing in the window (the common case) never reads the settings.
+        let mut loaded = None;
+        let mut tuning = || *loaded.get_or_insert_with(|| self.tunables.load_judging());
         let elapsed = (permit.started != NOT_TIMED)
-            .then(|| Duration::from_nanos(self.nanos(clock.now()).saturating_sub(permit.started)));
-        let slow = matches!((self.config.slow, elapsed), (Some((d, _)), Some(e)) if e >= d);
-        self.observers.outcome(failure, slow, elapsed);
+            .then(|| self.nanos(clock.now()).saturating_sub(permit.started));
+        // A permit timed under settings since retuned without slow calls is not slow.
+        let slow = elapsed.is_some_and(|e| {
+            let t = tuning();
+            t.slow_nanos != 0 && e >= t.slow_nanos
+        });
+        self.observers
+            .outcome(failure, slow, elapsed.map(Duration::from_nanos));
 
         let w = self.load();
         // A result from an earlier period says nothing about this one.
@@ -444,15 +582,18 @@ impl Breaker {
             return;
         }
         if permit.kind() == PermitKind::Probe {
-            return self.record_probe(w, failure, slow, hint, &mut clock);
+            return self.record_probe(w, failure, slow, hint, &tuning(), &mut clock);
         }
         let sample = Sample { failure, slow };
         let reading = match &self.window {
-            Window::Count(c) => match c.record(sample) {
-                // A success that evicted another call can only lower the rates.
-                Some((r, grew)) if failure || slow || grew => r,
+            // A success that evicted another call can only lower the rates.
+            Window::Count(c) if !(failure || slow) => match c.record(sample) {
+                Some((r, true)) => r,
                 _ => return,
             },
+            // A failure or slow call that evicted its like leaves the rates as they were, but a
+            // retune may have lowered the thresholds since: judge them again.
+            Window::Count(c) => c.record(sample).map_or_else(|| c.reading(), |(r, _)| r),
             Window::Time(t) => t.record(self.nanos(clock.now()), sample),
             Window::Consecutive(c) => match c.record(failure) {
                 Some(run) => Reading {
@@ -463,7 +604,7 @@ impl Breaker {
                 None => return,
             },
         };
-        if w.state() == State::Closed && self.exceeded(reading, true) {
+        if w.state() == State::Closed && self.exceeded(reading, true, &tuning()) {
             self.transition(Some(w), State::Open, clock.now(), hint);
         }
     }
@@ -474,6 +615,7 @@ impl Breaker {
         failure: bool,
         slow: bool,
         hint: Option<Duration>,
+        t: &Judging,
         clock: &mut Clock<F>,
     ) {
         let tag = w.generation() & P16;
@@ -497,14 +639,29 @@ impl Breaker {
             slow: now & P16,
         };
         let consecutive = matches!(self.window, Window::Consecutive(_));
-        if r.calls >= u64::from(self.config.half_open_permits) || (consecutive && r.failures > 0) {
-            let to = if self.exceeded(r, false) {
-                State::Open
-            } else {
-                State::Closed
-            };
-            self.transition(Some(w), to, clock.now(), hint);
+        if r.calls >= u64::from(t.half_open_permits) || (consecutive && r.failures > 0) {
+            self.decide(w, r, t, hint, clock.now());
         }
+    }
+
+    /// The probe results of `w`'s half-open period, if the period's counter is set up.
+    fn probe_results(&self, w: Word) -> Option<Reading> {
+        let p = self.probes.load(Acquire);
+        (p >> TAG == w.generation() & P16).then_some(Reading {
+            calls: (p >> 32) & P16,
+            failures: (p >> 16) & P16,
+            slow: p & P16,
+        })
+    }
+
+    /// Ends `w`'s half-open period on its probe results `r`.
+    fn decide(&self, w: Word, r: Reading, t: &Judging, hint: Option<Duration>, now: Instant) {
+        let to = if self.exceeded(r, false, t) {
+            State::Open
+        } else {
+            State::Closed
+        };
+        self.transition(Some(w), to, now, hint);
     }
 
     /// Gives back a permit whose call ended without an outcome (cancelled, or classified as
@@ -526,23 +683,23 @@ impl Breaker {
         }
     }
 
-    fn exceeded(&self, r: Reading, closed: bool) -> bool {
-        if let WindowKind::Consecutive { failures } = self.config.window {
+    fn exceeded(&self, r: Reading, closed: bool, t: &Judging) -> bool {
+        if let WindowKind::Consecutive { .. } = self.kind {
+            // The retunable threshold (see `Tuning::of`), not the one built with.
             return if closed {
-                r.failures >= u64::from(failures)
+                r.failures >= u64::from(t.minimum_calls)
             } else {
                 r.failures > 0
             };
         }
         // In half-open the probes are the minimum.
-        if r.calls == 0 || (closed && r.calls < u64::from(self.config.minimum_calls)) {
+        if r.calls == 0 || (closed && r.calls < u64::from(t.minimum_calls)) {
             return false;
         }
         let over = |count: u64, ppm: u64| {
             u128::from(count) * 1_000_000 >= u128::from(ppm) * u128::from(r.calls)
         };
-        over(r.failures, self.config.failure_ppm)
-            || self.config.slow.is_some_and(|(_, ppm)| over(r.slow, ppm))
+        over(r.failures, t.failure_ppm) || (t.slow_nanos != 0 && over(r.slow, t.slow_ppm))
     }
 
     /// Moves to `to` if the breaker is still in `from`'s period (`None`: from any state).
@@ -569,11 +726,13 @@ impl Breaker {
         let next = cur.next(to);
         match to {
             State::Open => {
+                // Under the lock no retune is writing: this read never retries.
+                let t = self.tunables.load();
                 let openings = self.openings.load(Relaxed).saturating_add(1);
                 self.openings.store(openings, Relaxed);
-                let mut open = self.config.open_duration_after(openings);
-                if let Some(h) = hint.filter(|_| self.config.respect_retry_after) {
-                    open = open.max(h.min(self.config.max_open));
+                let mut open = t.open_duration_after(openings);
+                if let Some(h) = hint.filter(|_| t.respect_retry_after) {
+                    open = open.max(h.min(t.max_open()));
                 }
                 self.open_until
                     .store(n.saturating_add(nanos_of(open)), Release);
@@ -598,6 +757,22 @@ impl Breaker {
             self.observers.transition(left, to);
         }
         Some(left)
+    }
+
+    /// Takes on `old`'s state when it replaces it ([`LiveBreaker`](super::LiveBreaker) after a
+    /// window change): an operator's forced, disabled or metrics-only state stays, and a
+    /// breaker that was open or probing opens (for its own open duration), so that a reload
+    /// never lets traffic through to a downstream known to be failing.
+    pub(crate) fn take_state_of(&self, old: &Breaker, now: Instant) {
+        match old.state() {
+            State::Closed => {}
+            State::Open | State::HalfOpen => {
+                self.transition(None, State::Open, now, None);
+            }
+            State::ForcedOpen => self.force_open(now),
+            State::Disabled => self.disable(now),
+            State::MetricsOnly => self.metrics_only(now),
+        }
     }
 
     /// Operator control: reject every call until [`Breaker::reset`].
@@ -644,13 +819,14 @@ impl Breaker {
                 }
             }
         };
+        let t = self.tunables.load();
         let known = !matches!(self.window, Window::Consecutive(_))
-            && r.calls >= u64::from(self.config.minimum_calls)
+            && r.calls >= u64::from(t.minimum_calls)
             && r.calls > 0;
         let rate = |x: u64| x as f64 / r.calls as f64;
         let until = self.open_until.load(Acquire);
         let entered = self.state_since.load(Acquire);
-        let permits = self.config.half_open_permits;
+        let permits = t.half_open_permits;
         // (state, since, retry_after, free permits, reached by the clock alone)
         let (state, since, retry_after, free, awaiting_call) = match w.state() {
             State::Open if n >= until => (State::HalfOpen, until, None, Some(permits), true),
@@ -658,10 +834,10 @@ impl Breaker {
                 let left = Duration::from_nanos(until - n);
                 (State::Open, entered, Some(left), None, false)
             }
-            State::HalfOpen => match self.config.half_open_max_wait.map(nanos_of) {
-                Some(wait) if n.saturating_sub(entered) >= wait => {
+            State::HalfOpen => match t.half_open_max_wait_nanos {
+                wait if wait != 0 && n.saturating_sub(entered) >= wait => {
                     let next = self.openings.load(Relaxed).saturating_add(1);
-                    let open = self.config.open_duration_after(next);
+                    let open = t.open_duration_after(next);
                     (
                         State::Open,
                         entered.saturating_add(wait),
@@ -687,7 +863,7 @@ impl Breaker {
             failures: r.failures,
             slow_calls: r.slow,
             failure_rate: known.then(|| rate(r.failures)),
-            slow_call_rate: (known && self.config.slow.is_some()).then(|| rate(r.slow)),
+            slow_call_rate: (known && t.slow_nanos != 0).then(|| rate(r.slow)),
             not_permitted: self.not_permitted.load(Relaxed),
             retry_after,
             half_open_permits_free: free,
@@ -708,5 +884,49 @@ impl std::fmt::Debug for Breaker {
             .field("name", &self.name())
             .field("state", &self.state())
             .finish_non_exhaustive()
+    }
+}
+
+/// What stops `from` becoming `to` in place, when they differ: the setting's name and why.
+fn window_change(from: WindowKind, to: WindowKind) -> Option<(&'static str, String)> {
+    let refuse = |was: String, now: String| {
+        format!("cannot change on a running breaker ({was} -> {now}); replace the breaker")
+    };
+    let field = |kind: WindowKind| match kind {
+        WindowKind::Count { .. } => "count_window",
+        WindowKind::Time { .. } => "time_window",
+        WindowKind::Consecutive { .. } => "consecutive_failures",
+    };
+    match (from, to) {
+        _ if from == to => None,
+        (WindowKind::Count { size: a }, WindowKind::Count { size: b }) => {
+            Some(("count_window", refuse(a.to_string(), b.to_string())))
+        }
+        (
+            WindowKind::Time {
+                duration: a,
+                buckets: x,
+            },
+            WindowKind::Time {
+                duration: b,
+                buckets: y,
+            },
+        ) if a == b => Some(("time_window_buckets", refuse(x.to_string(), y.to_string()))),
+        (WindowKind::Time { duration: a, .. }, WindowKind::Time { duration: b, .. }) => {
+            Some(("time_window", refuse(format!("{a:?}"), format!("{b:?}"))))
+        }
+        // The threshold is retunable: the run of failures so far counts towards the new one.
+        (WindowKind::Consecutive { .. }, WindowKind::Consecutive { .. }) => None,
+        _ => Some((field(to), refuse(describe(from), describe(to)))),
+    }
+}
+
+fn describe(kind: WindowKind) -> String {
+    match kind {
+        WindowKind::Count { size } => format!("count window of {size} calls"),
+        WindowKind::Time { duration, buckets } => {
+            format!("time window of {duration:?} in {buckets} buckets")
+        }
+        WindowKind::Consecutive { failures } => format!("{failures} consecutive failures"),
     }
 }

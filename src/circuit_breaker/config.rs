@@ -107,13 +107,24 @@ impl Config {
     /// The open duration after `openings` consecutive openings (1 for the first), before any
     /// retry-after hint.
     pub fn open_duration_after(&self, openings: u32) -> Duration {
-        let exp = openings.saturating_sub(1).min(64) as i32;
-        let secs = self.open.as_secs_f64() * self.open_multiplier.powi(exp);
-        if !secs.is_finite() || secs >= self.max_open.as_secs_f64() {
-            self.max_open
-        } else {
-            Duration::from_secs_f64(secs).min(self.max_open)
-        }
+        grown_open_duration(self.open, self.open_multiplier, self.max_open, openings)
+    }
+}
+
+/// `open * multiplier^(openings - 1)`, capped at `max`: shared by [`Config`] and a running
+/// breaker's retunable settings.
+pub(crate) fn grown_open_duration(
+    open: Duration,
+    multiplier: f64,
+    max: Duration,
+    openings: u32,
+) -> Duration {
+    let exp = openings.saturating_sub(1).min(64) as i32;
+    let secs = open.as_secs_f64() * multiplier.powi(exp);
+    if !secs.is_finite() || secs >= max.as_secs_f64() {
+        max
+    } else {
+        Duration::from_secs_f64(secs).min(max)
     }
 }
 
@@ -137,7 +148,13 @@ impl Config {
 /// use tower_rampart::circuit_breaker::Config;
 ///
 /// let err = Config::builder().failure_rate(1.5).build().unwrap_err();
-/// assert!(err.to_string().contains("failure_rate"));
+/// assert_eq!(err.setting(), Some("failure_rate"));
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid circuit breaker configuration: failure_rate must be in (0, 1], got 1.5",
+/// );
+/// let err = Config::builder().minimum_calls(0).build().unwrap_err();
+/// assert_eq!(err.setting(), Some("minimum_calls"));
 ///
 /// let growing = Config::builder()
 ///     .open_duration(Duration::from_secs(1))
@@ -240,6 +257,12 @@ impl Builder {
         self
     }
 
+    /// The minimum calls set so far (or the default), for settings applied over this builder.
+    #[cfg(feature = "serde")]
+    pub(crate) fn minimum_calls_so_far(&self) -> u32 {
+        self.minimum_calls
+    }
+
     /// How long the breaker stays open before probing (at least 1 ms).
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.open = duration;
@@ -307,87 +330,109 @@ impl Builder {
     /// A [`ConfigError`] naming the first value out of range (each setter gives its range) or
     /// settings that contradict each other.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let err = |msg: String| Err(ConfigError::new("circuit breaker", msg));
+        // Each refusal names the setting a user would change, under its configuration-file name.
+        let err = |field: &'static str, msg: String| {
+            Err(ConfigError::field("circuit breaker", field, msg))
+        };
         let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
         match self.window {
             WindowKind::Count { size } if size == 0 || size > MAX_COUNT_WINDOW => {
-                return err(format!(
-                    "count_window size must be in 1..={MAX_COUNT_WINDOW}, got {size}"
-                ));
+                return err(
+                    "count_window",
+                    format!("must be in 1..={MAX_COUNT_WINDOW}, got {size}"),
+                );
             }
             WindowKind::Count { size } if self.minimum_calls > size => {
-                return err(format!(
-                    "minimum_calls ({}) exceeds the count window ({size}): the breaker could never open",
-                    self.minimum_calls
-                ));
+                return err(
+                    "minimum_calls",
+                    format!(
+                        "({}) exceeds the count window ({size}): the breaker could never open",
+                        self.minimum_calls
+                    ),
+                );
             }
             WindowKind::Time { buckets, .. } if buckets == 0 || buckets > 1000 => {
-                return err(format!(
-                    "time_window buckets must be in 1..=1000, got {buckets}"
-                ));
+                return err(
+                    "time_window_buckets",
+                    format!("must be in 1..=1000, got {buckets}"),
+                );
             }
             WindowKind::Time { duration, buckets }
                 if duration < Duration::from_millis(1) * buckets =>
             {
-                return err(format!(
-                    "time_window buckets must be at least 1 ms each, got {duration:?} / {buckets}"
-                ));
+                return err(
+                    "time_window_buckets",
+                    format!("must be at least 1 ms each, got {duration:?} / {buckets}"),
+                );
             }
             WindowKind::Consecutive { failures: 0 } => {
-                return err("consecutive_failures must be at least 1".into());
+                return err("consecutive_failures", "must be at least 1".into());
             }
             WindowKind::Consecutive { .. } if self.slow.is_some() => {
-                return err("slow_calls cannot be used with consecutive_failures".into());
+                return err(
+                    "slow_call_duration",
+                    "cannot be used with consecutive_failures (slow_calls needs a count or time window)"
+                        .into(),
+                );
             }
             _ => {}
         }
         if !rate_ok(self.failure_rate) {
-            return err(format!(
-                "failure_rate must be in (0, 1], got {}",
-                self.failure_rate
-            ));
+            return err(
+                "failure_rate",
+                format!("must be in (0, 1], got {}", self.failure_rate),
+            );
         }
         if let Some((d, r)) = self.slow {
             if !rate_ok(r) {
-                return err(format!("slow_calls rate must be in (0, 1], got {r}"));
+                return err("slow_call_rate", format!("must be in (0, 1], got {r}"));
             }
             if d.is_zero() {
-                return err("slow_calls duration must be above zero".into());
+                return err(
+                    "slow_call_duration",
+                    "must be above zero (the duration given to slow_calls)".into(),
+                );
             }
         }
         if self.minimum_calls == 0 {
-            return err("minimum_calls must be at least 1".into());
+            return err("minimum_calls", "must be at least 1".into());
         }
         if self.open < Duration::from_millis(1) {
-            return err(format!(
-                "open_duration must be at least 1 ms, got {:?}",
-                self.open
-            ));
+            return err(
+                "open_duration",
+                format!("must be at least 1 ms, got {:?}", self.open),
+            );
         }
         if !(self.open_multiplier.is_finite() && self.open_multiplier >= 1.0) {
-            return err(format!(
-                "open_duration_growth multiplier must be a finite number >= 1, got {}",
-                self.open_multiplier
-            ));
+            return err(
+                "open_duration_multiplier",
+                format!("must be a finite number >= 1, got {}", self.open_multiplier),
+            );
         }
         if self.max_open < self.open {
-            return err(format!(
-                "open_duration_growth max ({:?}) is below open_duration ({:?})",
-                self.max_open, self.open
-            ));
+            return err(
+                "max_open_duration",
+                format!(
+                    "({:?}) is below open_duration ({:?})",
+                    self.max_open, self.open
+                ),
+            );
         }
         if self.half_open_permits == 0 || self.half_open_permits > MAX_PERMITS {
-            return err(format!(
-                "half_open_permits must be in 1..={MAX_PERMITS}, got {}",
-                self.half_open_permits
-            ));
+            return err(
+                "half_open_permits",
+                format!(
+                    "must be in 1..={MAX_PERMITS}, got {}",
+                    self.half_open_permits
+                ),
+            );
         }
         if self
             .half_open_max_wait
             .flatten()
             .is_some_and(|w| w.is_zero())
         {
-            return err("half_open_max_wait must be above zero".into());
+            return err("half_open_max_wait", "must be above zero".into());
         }
         let ppm = |r: f64| (r * 1e6).round() as u64;
         Ok(Config {

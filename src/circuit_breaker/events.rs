@@ -181,6 +181,10 @@ impl Observers {
         &self.name
     }
 
+    pub(crate) fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
     #[inline]
     fn emit(&self, kind: EventKind) {
         if !self.listeners.is_empty() {
@@ -242,11 +246,14 @@ impl Observers {
             let m = &self.metrics;
             metrics::counter!(metric_names::TRANSITIONS, "breaker" => m.label.to_string(), "from" => from.as_str(), "to" => to.as_str())
                 .increment(1);
-            if !m.counting {
+            // A retired breaker (evicted, or replaced by a `LiveBreaker`) may still change
+            // state for calls in flight; its label's gauges belong to the live breakers now.
+            let retired = m.retired.load(Relaxed);
+            if !retired && !m.counting {
                 for (s, g) in State::ALL.iter().zip(&m.state) {
                     g.set(if *s == to { 1.0 } else { 0.0 });
                 }
-            } else if !m.retired.load(Relaxed) {
+            } else if !retired {
                 m.state[from as usize].decrement(1.0);
                 m.state[to as usize].increment(1.0);
             }
@@ -265,14 +272,15 @@ impl Observers {
         self.emit(EventKind::Reset { from });
     }
 
-    /// A keyed breaker in `current` state is gone (evicted or dropped): take it out of the
-    /// counting state gauges, once. Called with the transition lock held, or from `Drop`.
-    /// Plain breakers keep their gauges as they were.
+    /// The breaker in `current` state is gone (evicted, replaced or dropped): from now on its
+    /// transitions leave the state gauges alone, and a keyed breaker leaves the counting state
+    /// gauges, once. Called with the transition lock held, or from `Drop`. A plain breaker's
+    /// gauges keep their last values (a replacement with the same name sets them anew).
     pub(crate) fn retire(&self, current: State) {
         #[cfg(feature = "metrics")]
         {
             let m = &self.metrics;
-            if m.counting && !m.retired.swap(true, Relaxed) {
+            if !m.retired.swap(true, Relaxed) && m.counting {
                 m.state[current as usize].decrement(1.0);
             }
         }

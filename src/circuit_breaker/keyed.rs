@@ -14,17 +14,17 @@ use std::{
     fmt,
     hash::Hash,
     sync::{
-        Arc, Mutex, OnceLock, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering::*},
     },
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::uri::Authority;
 use tokio::time::Instant;
 
-use super::{Breaker, CircuitBreakerHandle, Config, State, select::SelectBreaker};
+use super::{Breaker, CircuitBreakerHandle, Config, Reconfigured, State, select::SelectBreaker};
 
 /// Computes the key of a request. Closures `Fn(&Req) -> K` are key functions.
 pub trait KeyFn<Req> {
@@ -84,7 +84,9 @@ impl KeyFn<reqwest::Request> for ByAuthority {
 
 /// The breakers of a keyed layer, shared by every service the layer makes.
 pub struct KeyedBreakers<K> {
-    config: Config,
+    /// The template of new breakers (with the base name). Swappable by
+    /// [`reconfigure`](Self::reconfigure); read only when a breaker is made, under `inserting`.
+    config: ArcSwap<Config>,
     epoch: Instant,
     max_keys: usize,
     idle_timeout: Duration,
@@ -92,8 +94,9 @@ pub struct KeyedBreakers<K> {
     /// One writer at a time; holds the keys that got their own metric label (at most
     /// `max_keys`, ever), so label cardinality stays bounded however keys churn.
     inserting: Mutex<HashSet<K>>,
-    /// Serves new keys while every slot holds an open or half-open breaker.
-    overflow: OnceLock<Arc<Breaker>>,
+    /// Serves new keys while every slot holds an open or half-open breaker. Made under
+    /// `inserting`, so that a reconfiguration never misses one being made.
+    overflow: ArcSwapOption<Breaker>,
 }
 
 /// The key part of the shared name and label for keys without their own.
@@ -107,7 +110,7 @@ struct Entry {
 impl<K> fmt::Debug for KeyedBreakers<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBreakers")
-            .field("name", &self.config.name())
+            .field("name", &self.config.load().name())
             .field("keys", &self.map.load().len())
             .field("max_keys", &self.max_keys)
             .field("idle_timeout", &self.idle_timeout)
@@ -121,25 +124,41 @@ where
 {
     pub(crate) fn new(config: Config, max_keys: usize, idle_timeout: Duration) -> Self {
         KeyedBreakers {
-            config,
+            config: ArcSwap::from_pointee(config),
             epoch: Instant::now(),
             max_keys: max_keys.max(1),
             idle_timeout,
             map: ArcSwap::from_pointee(HashMap::new()),
             inserting: Mutex::new(HashSet::new()),
-            overflow: OnceLock::new(),
+            overflow: ArcSwapOption::empty(),
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, HashSet<K>> {
+        self.inserting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn overflow(&self) -> Arc<Breaker> {
-        self.overflow
-            .get_or_init(|| {
-                let name: Arc<str> = Arc::from(format!("{}/{OTHER}", self.config.name()));
-                let mut config = self.config.clone();
-                config.name = name.clone();
-                Arc::new(Breaker::keyed(config, name))
-            })
-            .clone()
+        match self.overflow.load_full() {
+            Some(b) => b,
+            None => self.overflow_locked(&self.lock()),
+        }
+    }
+
+    /// The overflow breaker, made if need be; the caller holds the `inserting` lock.
+    fn overflow_locked(&self, _held: &MutexGuard<'_, HashSet<K>>) -> Arc<Breaker> {
+        if let Some(b) = self.overflow.load_full() {
+            return b;
+        }
+        let template = self.config.load();
+        let name: Arc<str> = Arc::from(format!("{}/{OTHER}", template.name()));
+        let mut config = Config::clone(&template);
+        config.name = name.clone();
+        let b = Arc::new(Breaker::keyed(config, name));
+        self.overflow.store(Some(b.clone()));
+        b
     }
 
     /// Whether a slot can be freed: only closed breakers may go.
@@ -175,10 +194,7 @@ where
     }
 
     fn insert(&self, key: K, n: u64) -> Arc<Breaker> {
-        let mut labelled = self
-            .inserting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut labelled = self.lock();
         let current = self.map.load_full();
         if let Some(e) = current.get(&key) {
             return e.breaker.clone();
@@ -199,19 +215,20 @@ where
                     if map.len() != current.len() {
                         self.map.store(Arc::new(map));
                     }
-                    return self.overflow();
+                    return self.overflow_locked(&labelled);
                 }
             }
         }
-        let mut config = self.config.clone();
-        config.name = Arc::from(format!("{}/{}", self.config.name(), key));
+        let template = self.config.load();
+        let mut config = Config::clone(&template);
+        config.name = Arc::from(format!("{}/{}", template.name(), key));
         // Own labels for the first `max_keys` keys only: a recorder keeps every label it has
         // seen, so churning keys must not mint new ones without end.
         let label = if labelled.contains(&key) || labelled.len() < self.max_keys {
             labelled.insert(key.clone());
             config.name.clone()
         } else {
-            Arc::from(format!("{}/{OTHER}", self.config.name()))
+            Arc::from(format!("{}/{OTHER}", template.name()))
         };
         let breaker = Arc::new(Breaker::keyed(config, label));
         map.insert(
@@ -245,10 +262,7 @@ where
 
     /// Drops idle closed breakers now (it also happens whenever a new key arrives).
     pub fn evict_idle(&self, now: Instant) {
-        let _one_writer = self
-            .inserting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_writer = self.lock();
         let current = self.map.load_full();
         let map = self.without_idle(&current, self.nanos(now));
         if map.len() != current.len() {
@@ -304,8 +318,8 @@ where
                 CircuitBreakerHandle::new(e.breaker.clone()),
             )
         }));
-        if let Some(b) = self.overflow.get() {
-            out.push((None, CircuitBreakerHandle::new(b.clone())));
+        if let Some(b) = self.overflow.load_full() {
+            out.push((None, CircuitBreakerHandle::new(b)));
         }
         out
     }
@@ -317,6 +331,115 @@ where
             .into_iter()
             .map(|(k, h)| (k, h.breaker().snapshot(now)))
             .collect()
+    }
+
+    /// The template new breakers are built from: the configuration the family was made with
+    /// or last [reconfigured](Self::reconfigure) with, under the base name (breakers are named
+    /// `<name>/<key>`).
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
+    ///
+    /// let layer = CircuitBreakerLayer::keyed(
+    ///     Config::builder().name("api").build()?,
+    ///     |host: &String| host.clone(),
+    /// );
+    /// assert_eq!(layer.breakers().config().name(), "api");
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn config(&self) -> Config {
+        Config::clone(&self.config.load())
+    }
+
+    /// Applies `config` (named with the base name, as the family's template) to the family.
+    ///
+    /// - Same window as now: every breaker the family holds, the overflow breaker included, is
+    ///   [retuned](Breaker::retune) in place, keeping its state, window contents and name, and
+    ///   `config` becomes the template of breakers made from now on. Its name and listeners
+    ///   apply to those new breakers only. Returns [`Reconfigured::Retuned`].
+    /// - Another window: `config` becomes the template and every breaker is replaced (the old
+    ///   ones leave the state gauges, as on eviction). Closed breakers are dropped: their keys
+    ///   get new ones at their next call. Breakers that are not closed are replaced at once by
+    ///   new ones with empty windows in their state (open or half-open opens, an operator's
+    ///   forced-open, disabled or metrics-only state stays), so a reload never lets traffic
+    ///   through to a host known to be failing. Calls already admitted record into the old
+    ///   breakers. Keys that had their own metric label keep it. Returns
+    ///   [`Reconfigured::Replaced`].
+    ///
+    /// ```
+    /// use tokio::time::Instant;
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config, Reconfigured};
+    ///
+    /// let config = |size| Config::builder().name("api").count_window(size);
+    /// let layer = CircuitBreakerLayer::keyed(config(100).build()?, |host: &String| host.clone());
+    /// let breakers = layer.breakers();
+    /// breakers.get_or_insert("a.example".to_owned(), Instant::now());
+    ///
+    /// let tuned = config(100).failure_rate(0.2).build()?;
+    /// assert_eq!(breakers.reconfigure(tuned), Reconfigured::Retuned);
+    /// assert_eq!(breakers.keys(), ["a.example"]);
+    ///
+    /// assert_eq!(breakers.reconfigure(config(200).build()?), Reconfigured::Replaced);
+    /// assert!(breakers.is_empty());
+    /// let b = breakers.get_or_insert("a.example".to_owned(), Instant::now());
+    /// assert_eq!(b.name(), "api/a.example");
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn reconfigure(&self, config: Config) -> Reconfigured {
+        // Under the insertion lock no breaker is being made, from the old template or the new.
+        let held = self.lock();
+        if self.config.load().window == config.window {
+            for e in self.map.load().values() {
+                // Built from a template with this window: never refused.
+                let _ = e.breaker.retune(&config);
+            }
+            if let Some(b) = self.overflow.load_full() {
+                let _ = b.retune(&config);
+            }
+            self.config.store(Arc::new(config));
+            return Reconfigured::Retuned;
+        }
+        let base = config.name.clone();
+        self.config.store(Arc::new(config.clone()));
+        let now = Instant::now();
+        // A breaker of the new window in `old`'s state (see `Breaker::take_state_of`).
+        let successor = |old: &Breaker, name: Arc<str>, label: Arc<str>| {
+            let mut c = config.clone();
+            c.name = name;
+            let b = Breaker::keyed(c, label);
+            b.take_state_of(old, now);
+            Arc::new(b)
+        };
+        let old = self.map.swap(Arc::new(HashMap::new()));
+        let mut kept = HashMap::new();
+        for (key, e) in old.iter() {
+            e.breaker.retire_metrics();
+            // Closed breakers go (the next call makes a new one); the others are replaced in
+            // their state, or a reload would let traffic through to a host known to be down.
+            if Self::evictable(e) {
+                continue;
+            }
+            let name: Arc<str> = Arc::from(format!("{base}/{key}"));
+            let label = if held.contains(key) {
+                name.clone()
+            } else {
+                Arc::from(format!("{base}/{OTHER}"))
+            };
+            let entry = Entry {
+                breaker: successor(&e.breaker, name, label),
+                last_used: AtomicU64::new(e.last_used.load(Relaxed)),
+            };
+            kept.insert(key.clone(), Arc::new(entry));
+        }
+        self.map.store(Arc::new(kept));
+        if let Some(b) = self.overflow.swap(None) {
+            b.retire_metrics();
+            if b.state() != State::Closed {
+                let name: Arc<str> = Arc::from(format!("{base}/{OTHER}"));
+                self.overflow.store(Some(successor(&b, name.clone(), name)));
+            }
+        }
+        Reconfigured::Replaced
     }
 
     /// The keys that have a breaker now.
@@ -373,10 +496,6 @@ where
 }
 
 impl<K> KeyedBreakers<K> {
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
     pub(crate) fn max_keys(&self) -> usize {
         self.max_keys
     }

@@ -8,7 +8,7 @@ use tower_layer::Layer;
 
 use super::{
     Breaker, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
-    KeyedBreakers,
+    KeyedBreakers, LiveBreaker,
     select::{Single, Static},
 };
 use crate::{
@@ -67,6 +67,41 @@ impl CircuitBreakerLayer {
     pub fn new(config: Config) -> Self {
         CircuitBreakerLayer {
             picker: Single(Arc::new(Breaker::new(config))),
+            classifier: AnyError,
+            _mode: PhantomData,
+        }
+    }
+
+    /// A layer with the one breaker of `breaker`, which a configuration reload can retune or
+    /// replace while the layer's services run ([`LiveBreaker::reconfigure`]). Keep a clone of
+    /// `breaker` to reconfigure it; classify and respond as with [`new`](Self::new).
+    ///
+    /// ```
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_rampart::circuit_breaker::{
+    ///     CircuitBreakerLayer, Config, LiveBreaker, Reconfigured, State,
+    /// };
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_rampart::BoxError> {
+    /// let live = LiveBreaker::new(Config::builder().consecutive_failures(2).build()?);
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(CircuitBreakerLayer::live(live.clone()))
+    ///     .service_fn(|fail: bool| async move { if fail { Err("boom") } else { Ok("ok") } });
+    ///
+    /// assert!(svc.ready().await?.call(true).await.is_err());
+    /// // Reloaded with a threshold of 1 failure in a row: retuned in place, the run of one
+    /// // failure kept, so the next failure opens it.
+    /// let reloaded = Config::builder().consecutive_failures(1).build()?;
+    /// assert_eq!(live.reconfigure(reloaded), Reconfigured::Retuned);
+    /// assert!(svc.ready().await?.call(true).await.is_err());
+    /// assert_eq!(live.current().state(), State::Open);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn live(breaker: LiveBreaker) -> CircuitBreakerLayer<AnyError, ReturnError, LiveBreaker> {
+        CircuitBreakerLayer {
+            picker: breaker,
             classifier: AnyError,
             _mode: PhantomData,
         }
@@ -174,11 +209,7 @@ where
     /// new, empty family.
     pub fn max_keys(mut self, max: usize) -> Self {
         let b = &self.picker.breakers;
-        self.picker.breakers = Arc::new(KeyedBreakers::new(
-            b.config().clone(),
-            max,
-            b.idle_timeout(),
-        ));
+        self.picker.breakers = Arc::new(KeyedBreakers::new(b.config(), max, b.idle_timeout()));
         self
     }
 
@@ -186,7 +217,7 @@ where
     /// new, empty family.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         let b = &self.picker.breakers;
-        self.picker.breakers = Arc::new(KeyedBreakers::new(b.config().clone(), b.max_keys(), idle));
+        self.picker.breakers = Arc::new(KeyedBreakers::new(b.config(), b.max_keys(), idle));
         self
     }
 }

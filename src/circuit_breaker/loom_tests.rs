@@ -218,3 +218,38 @@ fn loom_a_stale_release_frees_nothing_in_the_next_period() {
         b.release(second);
     });
 }
+
+/// A retune racing a reader of the settings: the reader gets the old set or the new one whole,
+/// never a mix (the seqlock's words are written one by one, so a torn copy is possible without
+/// the sequence check and its fences).
+#[test]
+fn loom_a_retune_is_never_read_torn() {
+    use super::tuning::Tuning;
+
+    model(|| {
+        let old = Config::builder()
+            .failure_rate(0.2)
+            .minimum_calls(2)
+            .open_duration(Duration::from_secs(2))
+            .half_open_permits(1)
+            .build()
+            .unwrap();
+        let new = Config::builder()
+            .failure_rate(0.9)
+            .minimum_calls(8)
+            .open_duration(Duration::from_secs(8))
+            .half_open_permits(4)
+            .build()
+            .unwrap();
+        let (was, will) = (Tuning::of(&old), Tuning::of(&new));
+        let b = Arc::new(Breaker::new(old));
+        let writer = {
+            let b = b.clone();
+            thread::spawn(move || b.retune(&new).unwrap())
+        };
+        let seen = b.tuning();
+        assert!(seen == was || seen == will, "torn read: {seen:?}");
+        writer.join().unwrap();
+        assert_eq!(b.tuning(), will);
+    });
+}

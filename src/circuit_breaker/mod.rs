@@ -15,6 +15,9 @@
 //! - **Operator control** through a [`CircuitBreakerHandle`], events through listeners, and
 //!   metrics through the `metrics` facade (feature `metrics`, on by default).
 //! - **Keyed** breakers, one per host or route: [`CircuitBreakerLayer::keyed`].
+//! - **Live reconfiguration**: [`Breaker::retune`] changes thresholds and durations in place,
+//!   state kept; [`LiveBreaker`] (layered with [`CircuitBreakerLayer::live`]) and
+//!   [`KeyedBreakers::reconfigure`] also replace breakers whose window changed.
 //!
 //! The state machine itself is [`Breaker`], which knows nothing about tower or HTTP.
 //!
@@ -53,13 +56,17 @@ mod future;
 mod handle;
 mod keyed;
 mod layer;
+mod live;
 mod select;
 mod service;
 mod state;
 pub(crate) mod sync;
+mod tuning;
 
 #[cfg(all(test, rampart_loom))]
 mod loom_tests;
+#[cfg(all(test, not(rampart_loom)))]
+mod retune_tests;
 
 pub use crate::ConfigError;
 pub use breaker::{Breaker, Permit, Rejected, Snapshot};
@@ -70,6 +77,7 @@ pub use future::ResponseFuture;
 pub use handle::CircuitBreakerHandle;
 pub use keyed::{ByAuthority, KeyFn, Keyed, KeyedBreakers};
 pub use layer::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
+pub use live::{LiveBreaker, Reconfigured};
 pub use select::{SelectBreaker, Single, Static};
 pub use service::CircuitBreaker;
 pub use state::State;

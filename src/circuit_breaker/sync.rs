@@ -3,12 +3,18 @@
 //! the crate's unit tests switch, so no downstream build ever gets loom atomics.
 
 #[cfg(all(test, rampart_loom))]
-pub(crate) use loom::sync::{
-    Mutex,
-    atomic::{AtomicU8, AtomicU32, AtomicU64},
+pub(crate) use loom::{
+    hint::spin_loop,
+    sync::{
+        Mutex,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, fence},
+    },
 };
 #[cfg(not(all(test, rampart_loom)))]
-pub(crate) use std::sync::{
-    Mutex,
-    atomic::{AtomicU8, AtomicU32, AtomicU64},
+pub(crate) use std::{
+    hint::spin_loop,
+    sync::{
+        Mutex,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, fence},
+    },
 };

@@ -14,6 +14,7 @@
 //! | [`GrpcResponse`] | gRPC over `http::Response<B>` | every `Err`, `grpc-status` in [`GrpcCodes::default`] |
 //! | `TonicStatus` (feature `tonic`) | `Result<T, tonic::Status>` | codes in [`GrpcCodes::default`] |
 //! | [`ClassifyFn`] | your own rule | whatever the closure says |
+//! | [`ByName`] | any of the above, narrowed | the base's failures, narrowed by error names ([`ErrorNames`]): only those listed, never those listed |
 //!
 //! ```
 //! use tower_rampart::classify::{Classify, HttpStatus, Outcome};
@@ -56,6 +57,7 @@ macro_rules! classify_http_response {
 
 mod grpc;
 mod http_status;
+mod names;
 mod retry_after;
 
 use std::time::Duration;
@@ -64,6 +66,7 @@ use std::time::Duration;
 pub use grpc::TonicStatus;
 pub use grpc::{GrpcCode, GrpcCodes, GrpcResponse};
 pub use http_status::{HttpStatus, StatusSet};
+pub use names::{ByName, ErrorNames, InspectResponse, NameSet, NamedError, UnknownName};
 pub use retry_after::{parse_grpc_pushback, parse_retry_after};
 
 /// What a finished call meant to a resilience layer.

@@ -304,9 +304,10 @@ impl<St: Store> Builder<St> {
     /// other.
     pub fn build(self) -> Result<IdempotencyLayer<St>, ConfigError> {
         let err = |m: &str| Err(ConfigError::new("idempotency", m));
+        let field = |f: &'static str, m: &str| Err(ConfigError::field("idempotency", f, m));
         let o = &self.options;
         if o.methods.is_empty() {
-            return err("methods must not be empty");
+            return field("methods", "must not be empty");
         }
         if let Scope::Unset = o.scope {
             return err(
@@ -314,23 +315,29 @@ impl<St: Store> Builder<St> {
             );
         }
         if o.response_body_timeout.is_zero() {
-            return err("response_body_timeout must be above zero");
+            return field("response_body_timeout", "must be above zero");
         }
         if o.lease < Duration::from_millis(30) {
-            return err("lease must be at least 30 ms (it is renewed every third of it)");
+            return field(
+                "lease",
+                "must be at least 30 ms (it is renewed every third of it)",
+            );
         }
         if o.ttl <= o.lease {
-            return err("ttl must be longer than the lease");
+            return field("ttl", "must be longer than the lease");
         }
         if o.store_timeout.is_zero() || o.store_timeout >= o.lease {
-            return err("store_timeout must be above zero and shorter than the lease");
+            return field(
+                "store_timeout",
+                "must be above zero and shorter than the lease",
+            );
         }
         if o.max_request_body == 0 {
-            return err("max_request_body must be above zero");
+            return field("max_request_body", "must be above zero");
         }
         // Stored records carry 32-bit lengths.
         if o.max_response_body > u32::MAX as usize {
-            return err("max_response_body must be at most 4 GiB");
+            return field("max_response_body", "must be at most 4 GiB");
         }
         Ok(IdempotencyLayer {
             settings: Arc::new(Settings {

@@ -1,6 +1,6 @@
 //! The standard HTTP client pipeline.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use http::uri::Authority;
 use tower_layer::Layer;
@@ -11,10 +11,10 @@ use crate::{
     circuit_breaker::{
         self, ByAuthority, CircuitBreaker, CircuitBreakerLayer, Keyed, KeyedBreakers,
     },
-    classify::HttpStatus,
+    classify::{ByName, HttpStatus},
     mode::ReturnError,
-    retry::{self, Budget, HttpReplay, Retry, RetryLayer},
-    timeout::{Timeout, TimeoutLayer},
+    retry::{self, Budget, HttpReplay, Retry, RetryLayer, RetryReload},
+    timeout::{Timeout, TimeoutLayer, TimeoutReload},
 };
 
 use super::Stage;
@@ -28,7 +28,7 @@ pub type StandardClient<S> = Timeout<
             ReturnError,
             Keyed<Authority, ByAuthority>,
         >,
-        HttpStatus,
+        ByName<HttpStatus>,
         HttpReplay,
     >,
     ReturnError,
@@ -78,7 +78,7 @@ pub type StandardClient<S> = Timeout<
 #[derive(Clone)]
 pub struct StandardClientLayer {
     total: TimeoutLayer,
-    retry: RetryLayer<HttpStatus, HttpReplay>,
+    retry: RetryLayer<ByName<HttpStatus>, HttpReplay>,
     breaker: circuit_breaker::KeyedCircuitBreakerLayer<Authority, ByAuthority, HttpStatus>,
     attempt: TimeoutLayer,
 }
@@ -100,8 +100,139 @@ impl StandardClientLayer {
     }
 
     /// The per-authority breakers, to read or steer them.
-    pub fn breakers(&self) -> std::sync::Arc<KeyedBreakers<Authority>> {
+    pub fn breakers(&self) -> Arc<KeyedBreakers<Authority>> {
         self.breaker.breakers()
+    }
+
+    /// Makes the stack's settings replaceable while it serves: the returned layer (and every
+    /// service it makes) follows what [`ClientReload::apply`] sets. The layer's own clones
+    /// and services share one set of settings, as before.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::pipeline::StandardClientLayer;
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// let (layer, reload) = StandardClientLayer::builder().build()?.reloadable();
+    /// reload.apply(StandardClientLayer::builder().attempt_timeout(Duration::from_secs(2)))?;
+    /// // An attempt timeout above the total timeout is refused, and nothing changes.
+    /// assert!(reload
+    ///     .apply(StandardClientLayer::builder().attempt_timeout(Duration::from_secs(60)))
+    ///     .is_err());
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reloadable(self) -> (StandardClientLayer, ClientReload) {
+        let (total, total_reload) = self.total.reloadable();
+        let (retry, retry_reload) = self.retry.reloadable();
+        let (attempt, attempt_reload) = self.attempt.reloadable();
+        let reload = ClientReload {
+            total: total_reload,
+            attempt: attempt_reload,
+            retry: retry_reload,
+            breakers: self.breaker.breakers(),
+        };
+        let layer = StandardClientLayer {
+            total,
+            retry,
+            breaker: self.breaker,
+            attempt,
+        };
+        (layer, reload)
+    }
+
+    /// The stack from checked parts, with `classifier` for retries.
+    pub(crate) fn from_parts(
+        parts: ClientParts,
+        classifier: ByName<HttpStatus>,
+    ) -> Result<StandardClientLayer, ConfigError> {
+        let retry = parts
+            .retry
+            .build()?
+            .classify(classifier)
+            .replay(HttpReplay::default());
+        Ok(StandardClientLayer {
+            total: TimeoutLayer::new(parts.total)?,
+            retry,
+            breaker: CircuitBreakerLayer::keyed_by_authority(parts.breaker)
+                .classify(HttpStatus::default()),
+            attempt: TimeoutLayer::new(parts.attempt)?,
+        })
+    }
+}
+
+/// Changes the settings of a [reloadable](StandardClientLayer::reloadable) client stack while
+/// it serves. Cheap to clone.
+///
+/// Each stage switches atomically: a call keeps the retry policy it started with, timeouts apply
+/// to calls that start afterwards, and the per-authority breakers take new thresholds in place
+/// (keeping their state) or, when the window changes, start afresh.
+#[derive(Clone)]
+pub struct ClientReload {
+    total: TimeoutReload,
+    attempt: TimeoutReload,
+    retry: RetryReload,
+    breakers: Arc<KeyedBreakers<Authority>>,
+}
+
+impl fmt::Debug for ClientReload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientReload")
+            .field("total", &self.total.get())
+            .field("attempt", &self.attempt.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientReload {
+    /// Applies the settings `builder` describes (its name is ignored: the stack keeps its own,
+    /// and so do its metrics and listeners). Checked whole first.
+    ///
+    /// # Errors
+    ///
+    /// What [`ClientBuilder::build`] would refuse; nothing changes then.
+    pub fn apply(&self, builder: ClientBuilder) -> Result<(), ConfigError> {
+        self.apply_parts(builder.parts()?)
+    }
+
+    pub(crate) fn apply_parts(&self, parts: ClientParts) -> Result<(), ConfigError> {
+        // The only step that can still refuse goes first, so a refusal changes nothing.
+        self.retry.apply(parts.retry)?;
+        self.total.set(parts.total)?;
+        self.attempt.set(parts.attempt)?;
+        self.breakers.reconfigure(parts.breaker);
+        Ok(())
+    }
+}
+
+/// A client stack's settings, checked but not yet built.
+pub(crate) struct ClientParts {
+    pub(crate) total: Duration,
+    pub(crate) attempt: Duration,
+    /// With the attempt timeout set.
+    pub(crate) retry: retry::Builder,
+    pub(crate) breaker: circuit_breaker::Config,
+}
+
+impl ClientParts {
+    /// Checks that both timeouts are above zero and an attempt cannot outlast the whole call.
+    pub(crate) fn check_timeouts(total: Duration, attempt: Duration) -> Result<(), ConfigError> {
+        let err =
+            |f: &'static str, m: String| Err(ConfigError::field("standard client pipeline", f, m));
+        if total.is_zero() {
+            return err("total", "must be above zero".into());
+        }
+        if attempt.is_zero() {
+            return err("attempt", "must be above zero".into());
+        }
+        if attempt > total {
+            return err(
+                "attempt",
+                format!("({attempt:?}) exceeds the total timeout ({total:?})"),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -158,7 +289,7 @@ impl Default for ClientBuilder {
 
 /// The pipeline's retry defaults (the table on [`StandardClientLayer`]), named `name`, with
 /// `attempt` as the attempt timeout.
-fn default_retry(name: &str, attempt: Duration) -> retry::Builder {
+pub(crate) fn default_retry(name: &str, attempt: Duration) -> retry::Builder {
     RetryLayer::builder()
         .name(name)
         .max_attempts(3)
@@ -169,7 +300,7 @@ fn default_retry(name: &str, attempt: Duration) -> retry::Builder {
 }
 
 /// The pipeline's breaker defaults (the table on [`StandardClientLayer`]), named `name`.
-fn default_breaker(name: &str) -> circuit_breaker::Builder {
+pub(crate) fn default_breaker(name: &str) -> circuit_breaker::Builder {
     circuit_breaker::Config::builder()
         .name(name)
         .time_window(Duration::from_secs(30), 10)
@@ -282,35 +413,27 @@ impl ClientBuilder {
     /// A [`ConfigError`] when a timeout is zero, the attempt timeout exceeds the total timeout,
     /// or the retry or breaker settings are refused by their own builders.
     pub fn build(self) -> Result<StandardClientLayer, ConfigError> {
-        let err = |m: String| Err(ConfigError::new("standard client pipeline", m));
-        if self.total.is_zero() || self.attempt.is_zero() {
-            return err("timeouts must be above zero".into());
-        }
-        if self.attempt > self.total {
-            return err(format!(
-                "attempt timeout ({:?}) exceeds the total timeout ({:?})",
-                self.attempt, self.total
-            ));
-        }
+        StandardClientLayer::from_parts(self.parts()?, ByName::new(HttpStatus::retryable()))
+    }
+
+    /// Every stage's settings, checked (the retry stage when it is built).
+    pub(crate) fn parts(self) -> Result<ClientParts, ConfigError> {
+        ClientParts::check_timeouts(self.total, self.attempt)?;
         let (name, attempt) = (self.name.as_str(), self.attempt);
         let retry = self
             .retry
             .resolve(|| default_retry(name, attempt), |b| b.name(name))
             // Retries fit the total timeout's deadline, each with a whole attempt timeout.
-            .attempt_timeout(attempt)
-            .build()?
-            .classify(HttpStatus::retryable())
-            .replay(HttpReplay::default());
+            .attempt_timeout(attempt);
         let breaker = self
             .breaker
             .resolve(|| default_breaker(name), |b| b.name(name))
             .build()?;
-        Ok(StandardClientLayer {
-            total: TimeoutLayer::new(self.total)?,
+        Ok(ClientParts {
+            total: self.total,
+            attempt,
             retry,
-            breaker: CircuitBreakerLayer::keyed_by_authority(breaker)
-                .classify(HttpStatus::default()),
-            attempt: TimeoutLayer::new(attempt)?,
+            breaker,
         })
     }
 }

@@ -18,7 +18,9 @@ use std::fmt;
 mod client;
 mod server;
 
-pub use client::{ClientBuilder, StandardClient, StandardClientLayer};
+pub use client::{ClientBuilder, ClientReload, StandardClient, StandardClientLayer};
+#[cfg(feature = "serde")]
+pub(crate) use client::{ClientParts, default_breaker, default_retry};
 pub use server::{NoFallback, ServerBuilder, StandardServer, StandardServerLayer};
 
 /// A change to a stage builder's settings.

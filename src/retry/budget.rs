@@ -58,6 +58,8 @@ enum Kind {
     Percent {
         percent_ppm: u64,
         reserve: u64,
+        /// The window's length, for [`Budget::same_settings`].
+        ttl: Duration,
         epoch: Instant,
         /// Requests are recorded as successes, retries as failures.
         window: TimeWindow,
@@ -108,18 +110,29 @@ impl Budget {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when a value is out of range.
+    /// A [`ConfigError`] when a value is out of range, naming it
+    /// ([`setting`](ConfigError::setting)): `budget.max_tokens` or `budget.token_ratio`.
+    ///
+    /// ```
+    /// use tower_rampart::retry::Budget;
+    ///
+    /// let err = Budget::token_bucket(0, 0.1).unwrap_err();
+    /// assert_eq!(err.setting(), Some("budget.max_tokens"));
+    /// assert_eq!(err.reason(), "must be in 1..=1000, got 0");
+    /// ```
     pub fn token_bucket(max_tokens: u32, token_ratio: f64) -> Result<Budget, ConfigError> {
-        let err = |m: String| Err(ConfigError::new("retry budget", m));
+        let err = |field, m: String| Err(ConfigError::field("retry budget", field, m));
         if !(1..=1000).contains(&max_tokens) {
-            return err(format!(
-                "token bucket max_tokens must be in 1..=1000, got {max_tokens}"
-            ));
+            return err(
+                "budget.max_tokens",
+                format!("must be in 1..=1000, got {max_tokens}"),
+            );
         }
         if !(token_ratio > 0.0 && token_ratio <= 1.0) {
-            return err(format!(
-                "token bucket token_ratio must be in (0, 1], got {token_ratio}"
-            ));
+            return err(
+                "budget.token_ratio",
+                format!("must be in (0, 1], got {token_ratio}"),
+            );
         }
         let max = u64::from(max_tokens) * MILLI;
         Ok(Budget(Arc::new(Kind::Tokens {
@@ -134,27 +147,82 @@ impl Budget {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `percent` is outside [0, 10] or `ttl` outside 1 s..=60 s.
+    /// A [`ConfigError`] naming the value ([`setting`](ConfigError::setting)):
+    /// `budget.percent` when `percent` is outside [0, 10], `budget.window` when `ttl` is outside
+    /// 1 s..=60 s. (`min_per_sec`, `budget.min_per_second` in configuration files, takes any
+    /// value.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::retry::Budget;
+    ///
+    /// let err = Budget::percent(0.2, 10, Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(err.setting(), Some("budget.window"));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid retry budget configuration: budget.window must be within 1 s..=60 s, got 10ms",
+    /// );
+    /// ```
     pub fn percent(percent: f64, min_per_sec: u32, ttl: Duration) -> Result<Budget, ConfigError> {
-        let err = |m: String| Err(ConfigError::new("retry budget", m));
+        let err = |field, m: String| Err(ConfigError::field("retry budget", field, m));
         if !(0.0..=10.0).contains(&percent) {
-            return err(format!(
-                "percent budget must be in [0, 10] (a fraction of requests), got {percent}"
-            ));
+            return err(
+                "budget.percent",
+                format!("must be in [0, 10] (a fraction of requests), got {percent}"),
+            );
         }
         if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
-            return err(format!(
-                "percent budget ttl must be within 1 s..=60 s, got {ttl:?}"
-            ));
+            return err(
+                "budget.window",
+                format!("must be within 1 s..=60 s, got {ttl:?}"),
+            );
         }
         let bucket = ttl.as_nanos() as u64 / 10;
         Ok(Budget(Arc::new(Kind::Percent {
             percent_ppm: (percent * 1e6).round() as u64,
             reserve: u64::from(min_per_sec) * ttl.as_secs(),
+            ttl,
             epoch: Instant::now(),
             window: TimeWindow::new(bucket, 10),
             grants: CachePadded::new(AtomicU64::new(0)),
         })))
+    }
+
+    /// Whether `other` was made with the same settings (kind, limits and window), whatever
+    /// either's state: a reloaded retry policy keeps its budget, and what it has counted, when
+    /// the new configuration asks for the same one.
+    pub(crate) fn same_settings(&self, other: &Budget) -> bool {
+        match (&*self.0, &*other.0) {
+            (
+                Kind::Tokens { max, ratio, .. },
+                Kind::Tokens {
+                    max: max2,
+                    ratio: ratio2,
+                    ..
+                },
+            ) => (max, ratio) == (max2, ratio2),
+            (
+                Kind::Percent {
+                    percent_ppm,
+                    reserve,
+                    ttl,
+                    ..
+                },
+                Kind::Percent {
+                    percent_ppm: percent_ppm2,
+                    reserve: reserve2,
+                    ttl: ttl2,
+                    ..
+                },
+            ) => (percent_ppm, reserve, ttl) == (percent_ppm2, reserve2, ttl2),
+            _ => false,
+        }
+    }
+
+    /// Whether `self` and `other` are clones of one budget (share its state).
+    #[cfg(test)]
+    pub(crate) fn same_budget(&self, other: &Budget) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Counts an original request (not a retry): it earns retries in a percent budget. The
@@ -210,6 +278,7 @@ impl Budget {
                 epoch,
                 window,
                 grants,
+                ..
             } => {
                 // A grant is reserved in `grants` before it is written to the window, and settled
                 // after. The compare-exchange succeeds only if no grant was reserved or settled
@@ -256,6 +325,7 @@ impl Budget {
                 epoch,
                 window,
                 grants,
+                ..
             } => {
                 let seen = grants.load(Acquire);
                 let r = window.reading(nanos_since(*epoch, now));
@@ -396,6 +466,54 @@ mod tests {
         for (round, (granted, left)) in rounds.into_iter().enumerate() {
             assert!(granted <= 1, "round {round}");
             assert_eq!(left, 0.0, "7 - 8 tokens saturate at zero");
+        }
+    }
+
+    #[test]
+    fn settings_compare_without_state() {
+        let ten = Duration::from_secs(10);
+        let a = Budget::token_bucket(10, 0.1).unwrap();
+        a.record_outcome(false);
+        assert!(a.same_settings(&Budget::token_bucket(10, 0.1).unwrap()));
+        assert!(!a.same_settings(&Budget::token_bucket(10, 0.2).unwrap()));
+        assert!(!a.same_settings(&Budget::token_bucket(11, 0.1).unwrap()));
+        let p = Budget::percent(0.2, 10, ten).unwrap();
+        assert!(p.same_settings(&Budget::percent(0.2, 10, ten).unwrap()));
+        assert!(!p.same_settings(&Budget::percent(0.3, 10, ten).unwrap()));
+        assert!(!p.same_settings(&Budget::percent(0.2, 11, ten).unwrap()));
+        assert!(!p.same_settings(&Budget::percent(0.2, 10, Duration::from_secs(20)).unwrap()));
+        assert!(!p.same_settings(&a) && !a.same_settings(&p));
+    }
+
+    #[test]
+    fn refusals_name_the_setting() {
+        let ten = Duration::from_secs(10);
+        let cases = [
+            (
+                Budget::token_bucket(0, 0.1),
+                "budget.max_tokens",
+                "must be in 1..=1000, got 0",
+            ),
+            (
+                Budget::token_bucket(10, 0.0),
+                "budget.token_ratio",
+                "must be in (0, 1], got 0",
+            ),
+            (
+                Budget::percent(11.0, 10, ten),
+                "budget.percent",
+                "must be in [0, 10] (a fraction of requests), got 11",
+            ),
+            (
+                Budget::percent(0.2, 10, Duration::from_secs(61)),
+                "budget.window",
+                "must be within 1 s..=60 s, got 61s",
+            ),
+        ];
+        for (result, field, reason) in cases {
+            let e = result.unwrap_err();
+            assert_eq!(e.setting(), Some(field));
+            assert_eq!(e.reason(), reason);
         }
     }
 

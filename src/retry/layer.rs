@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use tower_layer::Layer;
 
-use super::{Builder, CloneRequest, Retry, policy::Held};
+use super::{Builder, CloneRequest, Retry, RetryReload, reload::Source};
 use crate::{ConfigError, classify::AnyError};
 
 /// Retries failed calls with backoff, within attempt, time and budget limits.
@@ -35,7 +35,7 @@ use crate::{ConfigError, classify::AnyError};
 /// # }
 /// ```
 pub struct RetryLayer<C = AnyError, R = CloneRequest> {
-    policy: Held,
+    policy: Source,
     classifier: C,
     replay: R,
 }
@@ -56,7 +56,7 @@ impl Builder {
     /// backoff is refused by [`Backoff::validate`](crate::backoff::Backoff::validate).
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         Ok(RetryLayer {
-            policy: Held::Shared(Arc::new(self.build_policy()?)),
+            policy: Source::Shared(Arc::new(self.build_policy()?)),
             classifier: AnyError,
             replay: CloneRequest,
         })
@@ -84,7 +84,7 @@ impl<C, R> RetryLayer<C, R> {
 
     /// The layer's name.
     pub fn name(&self) -> &str {
-        &self.policy.name
+        self.policy.name()
     }
 
     /// Moves the layer's shared state (here the policy, with its budget and listeners) to
@@ -95,6 +95,12 @@ impl<C, R> RetryLayer<C, R> {
     /// call leaks one small allocation, so a program that builds layers again and again should
     /// not leak them. Leaking a leaked layer leaks nothing more.
     ///
+    /// With [`reloadable`](Self::reloadable), leak first: `layer.leak().reloadable()` gives a
+    /// reloadable layer whose calls still take no reference count (each
+    /// [`apply`](RetryReload::apply) then leaks the new policy). A layer already reloadable is
+    /// left as it is by `leak` (its handles keep controlling it, and calls keep counting
+    /// references to the policy version they use).
+    ///
     /// ```
     /// use tower_rampart::retry::RetryLayer;
     ///
@@ -103,18 +109,38 @@ impl<C, R> RetryLayer<C, R> {
     /// # Ok::<_, tower_rampart::ConfigError>(())
     /// ```
     pub fn leak(self) -> Self {
-        let policy = match self.policy {
-            Held::Shared(arc) => {
-                let held: &'static Arc<_> = Box::leak(Box::new(arc));
-                Held::Static(held)
-            }
-            held @ Held::Static(_) => held,
-        };
         RetryLayer {
-            policy,
+            policy: self.policy.leak(),
             classifier: self.classifier,
             replay: self.replay,
         }
+    }
+
+    /// Makes the policy replaceable while the layer serves traffic: returns the layer, whose
+    /// services (made before or after a reload) and their clones follow the policy set through
+    /// the [`RetryReload`] handle, and the handle. Each call uses the policy current when it
+    /// starts until it ends. Calls read it without a lock nor an allocation; they count a
+    /// reference to it, as a layer that is not leaked does (see [`leak`](Self::leak) for a
+    /// reloadable layer without one). Called on a layer already reloadable, returns another
+    /// handle to the same policy.
+    ///
+    /// ```
+    /// use tower_rampart::retry::RetryLayer;
+    ///
+    /// let (layer, reload) = RetryLayer::builder().name("ledger").build()?.reloadable();
+    /// reload.apply(RetryLayer::builder().max_attempts(5))?;
+    /// assert_eq!(reload.current().max_attempts, 5);
+    /// assert_eq!(layer.name(), "ledger", "the name is kept");
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn reloadable(self) -> (Self, RetryReload) {
+        let (policy, reload) = self.policy.reloadable();
+        let layer = RetryLayer {
+            policy,
+            classifier: self.classifier,
+            replay: self.replay,
+        };
+        (layer, reload)
     }
 }
 
@@ -131,8 +157,8 @@ impl<C: Clone, R: Clone> Clone for RetryLayer<C, R> {
 impl<C, R> fmt::Debug for RetryLayer<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer")
-            .field("name", &self.policy.name)
-            .field("max_attempts", &self.policy.max_attempts)
+            .field("name", &self.policy.name())
+            .field("max_attempts", &self.policy.snapshot().max_attempts)
             .finish_non_exhaustive()
     }
 }

@@ -14,6 +14,9 @@
 //!   logical request.
 //! - A circuit breaker's refusal is never retried unless asked, whether the breaker returned a
 //!   `CircuitOpen` error or answered its own 503 ([`Classify::is_refused`](crate::classify::Classify::is_refused)).
+//! - Reloadable: [`RetryLayer::reloadable`] gives a [`RetryReload`] handle that replaces the
+//!   policy of live services (on a configuration reload), each call keeping the version it
+//!   started with.
 //! - Inside a [`TimeoutLayer`](crate::timeout::TimeoutLayer), no retry is made that cannot start
 //!   (or, with [`Builder::attempt_timeout`], finish) before its
 //!   [`Deadline`](crate::timeout::Deadline): the call gives up with [`GiveUp::Deadline`].
@@ -49,6 +52,7 @@ mod budget;
 mod future;
 mod layer;
 mod policy;
+mod reload;
 mod service;
 mod set_idempotency_key;
 
@@ -60,6 +64,7 @@ pub use budget::Budget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{Builder, GiveUp, metric_names};
+pub use reload::{RetryReload, Settings};
 pub use set_idempotency_key::{SetIdempotencyKey, SetIdempotencyKeyLayer};
 // Copying requests lives in `crate::replay` (shared with fallback and idempotency); retry users
 // find what they stack with a retry layer here too.
@@ -69,6 +74,9 @@ pub use crate::replay::{
     GrpcReplay, HttpReplay, Replay, ReplayBody,
 };
 pub use service::Retry;
+
+#[cfg(test)]
+mod reload_tests;
 
 /// Something a retry layer did.
 #[derive(Debug, Clone, Copy)]

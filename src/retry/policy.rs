@@ -55,8 +55,9 @@ impl fmt::Display for GiveUp {
     }
 }
 
-/// How layers, services and futures hold the policy: shared with a reference count, or in
-/// static memory after [`RetryLayer::leak`](super::RetryLayer::leak) (no count per call).
+/// How a call holds the policy version it uses from start to end: shared with a reference
+/// count, or in static memory after [`RetryLayer::leak`](super::RetryLayer::leak) (no count per
+/// call). Layers and services hold a `reload::Source`, which hands one out per call.
 #[derive(Clone)]
 pub(crate) enum Held {
     Shared(Arc<Policy>),
@@ -84,7 +85,9 @@ pub(crate) enum Next {
 
 type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
 
-/// Shared by every service the layer makes.
+/// Shared by every service the layer makes. A reloaded policy is a new `Policy` (cloned from
+/// the current one's name, listeners and metric handles): calls never see one half changed.
+#[derive(Clone)]
 pub(crate) struct Policy {
     pub(crate) name: Arc<str>,
     epoch: Instant,
@@ -101,6 +104,7 @@ pub(crate) struct Policy {
 }
 
 #[cfg(feature = "metrics")]
+#[derive(Clone)]
 struct Handles {
     attempts: metrics::Counter,
     retry_error: metrics::Counter,
@@ -360,6 +364,26 @@ impl Builder {
         self
     }
 
+    /// No budget (the default): undoes [`budget`](Self::budget), e.g. when a configuration
+    /// layered over another one turns the budget off. Given to
+    /// [`RetryReload::apply`](super::RetryReload::apply), removes the layer's budget.
+    ///
+    /// ```
+    /// use tower_rampart::retry::{Budget, RetryLayer};
+    ///
+    /// let (_layer, reload) = RetryLayer::builder()
+    ///     .budget(Budget::token_bucket(10, 0.1)?)
+    ///     .build()?
+    ///     .reloadable();
+    /// reload.apply(RetryLayer::builder().budget(Budget::token_bucket(10, 0.1)?).no_budget())?;
+    /// assert!(reload.current().budget.is_none());
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
     /// Retry a circuit breaker's refusal too (off by default: an open breaker means "not now").
     pub fn retry_circuit_open(mut self, retry: bool) -> Self {
         self.retry_circuit_open = retry;
@@ -399,20 +423,29 @@ impl Builder {
         self
     }
 
-    pub(crate) fn build_policy(self) -> Result<Policy, ConfigError> {
-        let err = |m: String| Err(ConfigError::new("retry", m));
+    /// Checks every value, as [`build`](Self::build) does.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         if !(1..=100).contains(&self.max_attempts) {
-            return err(format!(
-                "max_attempts must be in 1..=100, got {}",
-                self.max_attempts
+            return Err(ConfigError::field(
+                "retry",
+                "max_attempts",
+                format!("must be in 1..=100, got {}", self.max_attempts),
             ));
         }
         if self.max_elapsed.is_some_and(|e| e.is_zero()) {
-            return err("max_elapsed must be above zero".into());
+            return Err(ConfigError::field(
+                "retry",
+                "max_elapsed",
+                "must be above zero",
+            ));
         }
-        if let Err(e) = self.backoff.validate() {
-            return err(e.message().to_owned());
-        }
+        // The backoff's own error, as it is: it names the backoff setting at fault
+        // (`multiplier`, `max_delay`...).
+        self.backoff.validate()
+    }
+
+    pub(crate) fn build_policy(self) -> Result<Policy, ConfigError> {
+        self.check()?;
         #[cfg(feature = "metrics")]
         let metrics = {
             let n = self.name.to_string();
@@ -437,6 +470,31 @@ impl Builder {
             #[cfg(feature = "metrics")]
             metrics,
         })
+    }
+
+    /// The policy that replaces `current` on a reload: this builder's limits, delays and hints;
+    /// `current`'s name, listeners and metric handles (the builder's are ignored), and
+    /// `current`'s budget, state included, when this builder asks for one with the same
+    /// settings. The values must have passed [`check`](Self::check).
+    pub(crate) fn reissue(self, current: &Policy) -> Policy {
+        let budget = match (self.budget, &current.budget) {
+            (Some(new), Some(kept)) if new.same_settings(kept) => Some(kept.clone()),
+            (new, _) => new,
+        };
+        Policy {
+            name: current.name.clone(),
+            epoch: current.epoch,
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            budget,
+            retry_circuit_open: self.retry_circuit_open,
+            attempt_timeout: self.attempt_timeout,
+            listeners: current.listeners.clone(),
+            #[cfg(feature = "metrics")]
+            metrics: current.metrics.clone(),
+        }
     }
 }
 

@@ -7,13 +7,13 @@ use tower_service::Service;
 
 use tower_layer::Layer;
 
-use super::{Replay, RetryLayer, future::ResponseFuture, policy::Held};
+use super::{Replay, RetryLayer, future::ResponseFuture, reload::Source};
 use crate::{BoxError, classify::Classify};
 
 /// A service whose failed calls are retried. Made by [`RetryLayer`](super::RetryLayer).
 pub struct Retry<S, C, R> {
     pub(crate) inner: S,
-    pub(crate) policy: Held,
+    pub(crate) policy: Source,
     pub(crate) classifier: C,
     pub(crate) replay: R,
 }
@@ -33,7 +33,7 @@ impl<S: std::fmt::Debug, C, R> std::fmt::Debug for Retry<S, C, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("name", &self.policy.name)
+            .field("name", &self.policy.name())
             .finish_non_exhaustive()
     }
 }
@@ -71,7 +71,8 @@ where
         // The ready service makes this call; a clone stays behind for the next one.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let policy = &self.policy;
+        // One version of the policy for the whole call, however it is reloaded meanwhile.
+        let policy = self.policy.snapshot();
         // Keep a copy only when another attempt is possible at all.
         let kept = if policy.max_attempts > 1 {
             self.replay.replay(&req)
@@ -91,7 +92,7 @@ where
             kept,
             self.classifier.clone(),
             self.replay.clone(),
-            policy.clone(),
+            policy,
             started,
             call,
         )

@@ -5,7 +5,10 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::{Event, Listener, Timeout};
+use super::{
+    Event, Listener, Timeout, TimeoutReload,
+    reload::{self, Limit},
+};
 use crate::{
     ConfigError,
     mode::{RespondGrpc, RespondHttp, ReturnError},
@@ -33,7 +36,7 @@ use crate::{
 /// ```
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer<M = ReturnError> {
-    timeout: Duration,
+    timeout: Limit,
     mode: M,
     events: Listener,
 }
@@ -54,11 +57,9 @@ impl TimeoutLayer {
     /// assert_eq!(err.to_string(), "invalid timeout configuration: timeout must be above zero");
     /// ```
     pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
-        if timeout.is_zero() {
-            return Err(ConfigError::new("timeout", "timeout must be above zero"));
-        }
+        reload::check(timeout)?;
         Ok(TimeoutLayer {
-            timeout,
+            timeout: Limit::Fixed(timeout),
             mode: ReturnError,
             events: Listener::default(),
         })
@@ -66,9 +67,37 @@ impl TimeoutLayer {
 }
 
 impl<M> TimeoutLayer<M> {
-    /// The timeout.
+    /// The timeout: for a [`reloadable`](Self::reloadable) layer, the one calls starting now
+    /// get.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.timeout.get()
+    }
+
+    /// Makes the timeout changeable while the layer serves traffic: returns the layer, whose
+    /// services (made before or after a change) and their clones read the timeout set through
+    /// the [`TimeoutReload`] handle when each call starts, and the handle. A call keeps the
+    /// timeout it started with. Modes ([`respond_http`](Self::respond_http),
+    /// [`respond_grpc`](Self::respond_grpc)) and listeners may be set before or after. Called
+    /// on a layer already reloadable, returns another handle to the same timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::timeout::TimeoutLayer;
+    ///
+    /// let (layer, reload) = TimeoutLayer::new(Duration::from_secs(10))?.reloadable();
+    /// let layer = layer.respond_http();
+    /// reload.set(Duration::from_secs(3))?;
+    /// assert_eq!(layer.timeout(), Duration::from_secs(3));
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn reloadable(self) -> (Self, TimeoutReload) {
+        let (timeout, reload) = self.timeout.reloadable();
+        let layer = TimeoutLayer {
+            timeout,
+            mode: self.mode,
+            events: self.events,
+        };
+        (layer, reload)
     }
 
     /// Calls `listener` with every [`Event`]: each call cut off, with the logical call's id.
@@ -131,7 +160,7 @@ impl<S, M: Clone> Layer<S> for TimeoutLayer<M> {
     fn layer(&self, inner: S) -> Self::Service {
         Timeout {
             inner,
-            timeout: self.timeout,
+            timeout: self.timeout.clone(),
             mode: self.mode.clone(),
             events: self.events.clone(),
         }

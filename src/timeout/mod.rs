@@ -7,6 +7,9 @@
 //! `grpc-timeout` when it is shorter. A zero timeout is refused with a
 //! [`ConfigError`](crate::ConfigError).
 //!
+//! [`TimeoutLayer::reloadable`] gives a [`TimeoutReload`] handle that changes the timeout of
+//! live services (on a configuration reload); each call keeps the timeout it started with.
+//!
 //! A timeout passes its [`Deadline`] down to the layers it encloses: an attempt timeout inside
 //! never waits past the total timeout outside (it shrinks to the time left), and a retry layer
 //! between them gives up ([`GiveUp::Deadline`](crate::retry::GiveUp::Deadline)) rather than
@@ -36,7 +39,10 @@ mod error;
 mod future;
 mod grpc_timeout;
 mod layer;
+mod reload;
 mod service;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -46,6 +52,7 @@ pub use error::{Elapsed, TIMEOUT_PROBLEM_TYPE};
 pub use future::ResponseFuture;
 pub use grpc_timeout::parse_grpc_timeout;
 pub use layer::TimeoutLayer;
+pub use reload::TimeoutReload;
 pub use service::Timeout;
 
 /// Something a timeout layer did (see [`TimeoutLayer::on_event`]).

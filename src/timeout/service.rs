@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use tower_layer::Layer;
 
-use super::{Listener, ResponseFuture, TimeoutLayer, parse_grpc_timeout};
+use super::{Listener, ResponseFuture, TimeoutLayer, parse_grpc_timeout, reload::Limit};
 use crate::{
     BoxError, ConfigError,
     mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
@@ -20,7 +20,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Timeout<S, M> {
     pub(crate) inner: S,
-    pub(crate) timeout: Duration,
+    // Read once per call: a call keeps the timeout it started with.
+    pub(crate) timeout: Limit,
     pub(crate) mode: M,
     pub(crate) events: Listener,
 }
@@ -57,7 +58,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        call(&mut self.inner, req, self.timeout, 0, &self.events)
+        call(&mut self.inner, req, self.timeout.get(), 0, &self.events)
     }
 }
 
@@ -80,7 +81,7 @@ where
         call(
             &mut self.inner,
             req,
-            self.timeout,
+            self.timeout.get(),
             self.mode.status,
             &self.events,
         )
@@ -111,7 +112,8 @@ where
                     .and_then(parse_grpc_timeout)
             })
             .flatten();
-        let timeout = client.map_or(self.timeout, |c| c.min(self.timeout));
+        let own = self.timeout.get();
+        let timeout = client.map_or(own, |c| c.min(own));
         call(&mut self.inner, req, timeout, 0, &self.events)
     }
 }

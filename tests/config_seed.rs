@@ -409,3 +409,106 @@ fn registry_errors_carry_the_policy_path() {
         "policies.a.circuit_breaker.minimum_calls: (20) exceeds the count window (10): the breaker could never open"
     );
 }
+
+/// Every section, with every kind of value, serializes and reads back the same.
+const EVERYTHING: &str = r#"
+defaults:
+  timeout: { total: 10s, attempt: 1500ms }
+  circuit_breaker:
+    time_window: 30s
+    time_window_buckets: 10
+    failure_rate: 0.25
+    minimum_calls: 50
+    slow_call_duration: 2s
+    slow_call_rate: 0.5
+    open_duration: 5s
+    open_duration_multiplier: 2.0
+    max_open_duration: 1m
+    half_open_permits: 2
+    half_open_max_wait: off
+    respect_retry_after: false
+  retry:
+    max_attempts: 4
+    max_elapsed: 20s
+    backoff: linear
+    initial_delay: 100ms
+    step: 50ms
+    max_delay: 1s
+    jitter: 0.2
+    retry_after_cap: off
+    retry_circuit_open: false
+    attempt_timeout: 1500ms
+    budget: { percent: 0.2, min_per_second: 5, window: 10s }
+    retry_on: ["5xx", "NetworkTimeout", "UNAVAILABLE", "CircuitOpen"]
+    never_retry: ["501"]
+policies:
+  payments:
+    critical: true
+    retry:
+      backoff: exponential
+      initial_delay: 200ms
+      multiplier: 3.0
+      step: null
+      jitter: equal
+      budget: { max_tokens: 10, token_ratio: 0.1 }
+    fallback:
+      on: [circuit_open, timeout, error, failure]
+      status: 503
+      body: '{"degraded": true}'
+      content_type: application/json
+    idempotency:
+      methods: [POST, PATCH]
+      required: true
+      fingerprint_headers: [content-type]
+      max_request_body: 65536
+      max_response_body: 1048576
+      response_body_timeout: 30s
+      ttl: 24h
+      lease: 30s
+      store_timeout: 2s
+      wait_for_in_flight: 5s
+      in_flight_retry_after: 1s
+      on_store_error: fail_closed
+    chaos:
+      enabled: true
+      injection_rate: 0.1
+      seed: 42
+      fault: grpc
+      grpc_code: UNAVAILABLE
+      message: injected outage
+  search:
+    circuit_breaker: { consecutive_failures: 3 }
+    chaos: { enabled: false, fault: latency, latency: 200ms }
+"#;
+
+#[test]
+fn every_section_round_trips() {
+    let settings = RegistrySettings::from_yaml(EVERYTHING).unwrap();
+    let json = serde_json::to_value(&settings).unwrap();
+    let again = RegistrySettings::from_value(json.clone()).unwrap();
+    assert_eq!(again, settings);
+    // Durations are written back as human strings, `off` as `off`.
+    assert_eq!(json["defaults"]["timeout"]["attempt"], "1s 500ms");
+    assert_eq!(json["defaults"]["retry"]["retry_after_cap"], "off");
+    assert_eq!(json["defaults"]["retry"]["jitter"], 0.2);
+    // And the TOML of it loads to the same settings.
+    let toml = toml::to_string(&settings).unwrap();
+    assert_eq!(RegistrySettings::from_toml(&toml).unwrap(), settings);
+    // The policy over the defaults: the time window and its rate inherited, the backoff
+    // replaced field by field, the budget block whole.
+    let payments = settings.resolved("payments").unwrap();
+    let config = payments.circuit_breaker_config().unwrap();
+    assert_eq!(
+        config.window(),
+        WindowKind::Time {
+            duration: Duration::from_secs(30),
+            buckets: 10
+        }
+    );
+    assert_eq!(config.half_open_max_wait(), None);
+    let retry = payments.retry_settings().unwrap();
+    assert_eq!(retry.max_attempts, Some(4));
+    assert_eq!(retry.multiplier, Some(3.0));
+    assert_eq!(retry.budget.as_ref().unwrap().max_tokens, Some(10));
+    assert_eq!(retry.budget.as_ref().unwrap().percent, None);
+}

@@ -451,3 +451,69 @@ async fn the_registry_file_switches_fault_injection() {
         .unwrap();
     assert!(statuses(20).await.iter().all(|s| *s == 200));
 }
+
+/// An application's own error, known to configuration files by its variants' names.
+#[derive(Debug)]
+enum PaymentError {
+    CardDeclined,
+    GatewayBusy,
+}
+
+impl std::fmt::Display for PaymentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for PaymentError {}
+
+impl tower_rampart::classify::NamedError for PaymentError {
+    const NAMES: &'static [&'static str] = &["CardDeclined", "GatewayBusy"];
+
+    fn error_name(&self) -> &str {
+        match self {
+            PaymentError::CardDeclined => "CardDeclined",
+            PaymentError::GatewayBusy => "GatewayBusy",
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_registry_retries_the_applications_own_errors_by_name() {
+    let file = "policies:\n  payments:\n    retry:\n      max_attempts: 3\n      retry_on: [GatewayBusy]\n";
+    // Unregistered names are typos until proven otherwise.
+    let err = Registry::from_yaml(file).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("policies.payments.retry.retry_on[0]: "),
+        "{err}"
+    );
+    let names = tower_rampart::classify::ErrorNames::default().register::<PaymentError>();
+    let registry = Registry::builder()
+        .error_names(names)
+        .from_yaml(file)
+        .unwrap();
+    let layer = registry
+        .retry("payments", tower_rampart::classify::AnyError)
+        .unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let svc = |fail: fn() -> PaymentError| {
+        let attempts = attempts.clone();
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(move |_: ()| {
+                attempts.fetch_add(1, SeqCst);
+                async move { Err::<(), BoxError>(Box::new(fail())) }
+            })
+    };
+    svc(|| PaymentError::GatewayBusy)
+        .oneshot(())
+        .await
+        .unwrap_err();
+    assert_eq!(attempts.swap(0, SeqCst), 3, "retried: named in retry_on");
+    svc(|| PaymentError::CardDeclined)
+        .oneshot(())
+        .await
+        .unwrap_err();
+    assert_eq!(attempts.swap(0, SeqCst), 1, "not named: not retried");
+}

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 
-use super::{Classify, Outcome, retry_after::parse_grpc_pushback};
+#[cfg(feature = "tonic")]
+use super::Classify;
+use super::{Outcome, retry_after::parse_grpc_pushback};
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
 

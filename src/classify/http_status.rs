@@ -4,7 +4,9 @@ use std::time::SystemTime;
 
 use http::{StatusCode, header::RETRY_AFTER};
 
-use super::{Classify, Outcome, retry_after::parse_retry_after};
+#[cfg(feature = "reqwest")]
+use super::Classify;
+use super::{Outcome, retry_after::parse_retry_after};
 
 /// A set of HTTP status codes in the 400..=599 range, stored as a 200-bit map (cheap to copy).
 ///

@@ -166,6 +166,42 @@ impl<T> InspectResponse for tonic::Response<T> {
     }
 }
 
+/// Responses with nothing to inspect: errors alone are matched by name. For the common
+/// non-HTTP responses of a service; your own types implement the trait in one line
+/// (`impl InspectResponse for MyReply {}`), since every method has a default.
+macro_rules! nothing_to_inspect {
+    ($($t:ty),* $(,)?) => {
+        $(impl InspectResponse for $t {})*
+    };
+}
+
+nothing_to_inspect!(
+    (),
+    bool,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    char,
+    String,
+    &'static str,
+    bytes::Bytes,
+);
+
+impl<T> InspectResponse for Vec<T> {}
+
+impl<T> InspectResponse for Option<T> {}
+
 // ---------------------------------------------------------------------------------------------
 // What a name means.
 

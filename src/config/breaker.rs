@@ -119,7 +119,7 @@ impl BreakerSettings {
     /// `failure_threshold` replace each other).
     #[must_use]
     pub fn inherit(&self, base: &BreakerSettings) -> BreakerSettings {
-        inherit!(self, base;
+        let mut out = inherit!(self, base;
             [name, service]
             [count_window, sliding_window_size, time_window, time_window_buckets, consecutive_failures]
             [failure_rate, failure_threshold]
@@ -132,7 +132,20 @@ impl BreakerSettings {
             [half_open_permits, permitted_calls_in_half_open]
             [half_open_max_wait]
             [respect_retry_after]
-        )
+        );
+        // Failures in a row judge no rates: a policy that picks them drops the defaults'
+        // slow-call settings (which need a window) rather than fail on them.
+        let own_slow = self.slow_call_duration.is_some()
+            || self.slow_call_duration_threshold.is_some()
+            || self.slow_call_rate.is_some()
+            || self.slow_call_rate_threshold.is_some();
+        if out.consecutive_failures.is_some() && !own_slow {
+            out.slow_call_duration = None;
+            out.slow_call_duration_threshold = None;
+            out.slow_call_rate = None;
+            out.slow_call_rate_threshold = None;
+        }
+        out
     }
 
     /// The breaker's name, if set (`name` or `service`).

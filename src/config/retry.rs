@@ -197,7 +197,7 @@ impl RetrySettings {
     /// budget block is taken whole).
     #[must_use]
     pub fn inherit(&self, base: &RetrySettings) -> RetrySettings {
-        inherit!(self, base;
+        let mut out = inherit!(self, base;
             [max_attempts]
             [max_elapsed]
             [backoff]
@@ -212,7 +212,16 @@ impl RetrySettings {
             [budget]
             [retry_on, retryable_exceptions]
             [never_retry, non_retryable_exceptions]
-        )
+        );
+        // A policy that picks another backoff kind drops the defaults' settings of the old one.
+        let kind = out.backoff.unwrap_or(BackoffKind::Exponential);
+        if self.step.is_none() && kind != BackoffKind::Linear {
+            out.step = None;
+        }
+        if self.multiplier.is_none() && kind != BackoffKind::Exponential {
+            out.multiplier = None;
+        }
+        out
     }
 
     /// A retry layer named `name`: these settings over the retry builder's defaults. The

@@ -586,14 +586,15 @@ impl Breaker {
         }
         let sample = Sample { failure, slow };
         let reading = match &self.window {
-            // A success that evicted another call can only lower the rates.
-            Window::Count(c) if !(failure || slow) => match c.record(sample) {
-                Some((r, true)) => r,
+            // One call site, so that the ring's record stays inlined on the hot path.
+            Window::Count(c) => match c.record(sample) {
+                // A success that evicted another call can only lower the rates.
+                Some((r, grew)) if failure || slow || grew => r,
+                // A failure or slow call that evicted its like leaves the rates as they were,
+                // but a retune may have lowered the thresholds since: judge them again.
+                None if failure || slow => c.reading(),
                 _ => return,
             },
-            // A failure or slow call that evicted its like leaves the rates as they were, but a
-            // retune may have lowered the thresholds since: judge them again.
-            Window::Count(c) => c.record(sample).map_or_else(|| c.reading(), |(r, _)| r),
             Window::Time(t) => t.record(self.nanos(clock.now()), sample),
             Window::Consecutive(c) => match c.record(failure) {
                 Some(run) => Reading {

@@ -66,7 +66,7 @@ use std::time::Duration;
 pub use grpc::TonicStatus;
 pub use grpc::{GrpcCode, GrpcCodes, GrpcResponse};
 pub use http_status::{HttpStatus, StatusSet};
-pub use names::{ByName, ErrorNames, InspectResponse, NameSet, NamedError, UnknownName};
+pub use names::{ByName, ErrorNames, InspectResponse, LiveNames, NameSet, NamedError, UnknownName};
 pub use retry_after::{parse_grpc_pushback, parse_retry_after};
 
 /// What a finished call meant to a resilience layer.

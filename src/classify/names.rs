@@ -1044,6 +1044,56 @@ pub struct ByName<C> {
     base: C,
     retry_on: Option<NameSet>,
     never: Option<NameSet>,
+    /// Lists that a configuration reload may replace; when set, they replace the two above.
+    live: Option<LiveNames>,
+}
+
+/// The two name lists of a [`ByName`] classifier, replaceable while it classifies: a
+/// configuration registry keeps one per policy and sets new lists on reload. Cheap to clone;
+/// every clone (and every classifier made with it) sees the same lists.
+///
+/// A call reads the lists with one lock-free load (no allocation); a classification uses one
+/// pair of lists, the old or the new, never one of each.
+///
+/// ```
+/// use tower_rampart::classify::{ByName, Classify, ErrorNames, HttpStatus, LiveNames, Outcome};
+///
+/// let names = ErrorNames::default();
+/// let lists = LiveNames::new(Some(names.compile(&["503"]).unwrap()), None);
+/// let classifier = ByName::live(HttpStatus::default(), lists.clone());
+/// let res = |s: u16| http::Response::builder().status(s).body(()).unwrap();
+/// let k = |s: u16| classifier.classify(Ok::<_, &tower_rampart::BoxError>(&res(s)));
+/// assert_eq!(k(502), Outcome::Ignore);
+/// lists.set(Some(names.compile(&["5xx"]).unwrap()), None);
+/// assert_eq!(k(502), Outcome::FAILURE);
+/// ```
+#[derive(Clone)]
+pub struct LiveNames(Arc<arc_swap::ArcSwap<NamePair>>);
+
+/// `retry_on` and `never`.
+type NamePair = (Option<NameSet>, Option<NameSet>);
+
+impl LiveNames {
+    /// Lists to start with: failures are exactly what `retry_on` matches (when given), and what
+    /// `never` matches is never a failure.
+    pub fn new(retry_on: Option<NameSet>, never: Option<NameSet>) -> Self {
+        LiveNames(Arc::new(arc_swap::ArcSwap::from_pointee((retry_on, never))))
+    }
+
+    /// Replaces both lists, for every classifier made with this (or a clone).
+    pub fn set(&self, retry_on: Option<NameSet>, never: Option<NameSet>) {
+        self.0.store(Arc::new((retry_on, never)));
+    }
+}
+
+impl fmt::Debug for LiveNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pair = self.0.load();
+        f.debug_struct("LiveNames")
+            .field("retry_on", &pair.0)
+            .field("never", &pair.1)
+            .finish()
+    }
 }
 
 impl<C> ByName<C> {
@@ -1061,6 +1111,19 @@ impl<C> ByName<C> {
             base,
             retry_on: None,
             never: None,
+            live: None,
+        }
+    }
+
+    /// Names from `lists`, which may be replaced while the classifier runs
+    /// ([`LiveNames::set`]); they take the place of [`only`](Self::only) and
+    /// [`except`](Self::except).
+    pub fn live(base: C, lists: LiveNames) -> Self {
+        ByName {
+            base,
+            retry_on: None,
+            never: None,
+            live: Some(lists),
         }
     }
 
@@ -1116,24 +1179,12 @@ where
     E: 'static,
 {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
-        let matches = |set: &NameSet| match result {
-            Ok(res) => set.matches_response(res),
-            Err(e) => set.matches_error(e),
-        };
-        if self.never.as_ref().is_some_and(matches) {
-            return Outcome::Ignore;
-        }
-        let base = self.base.classify(result);
-        match &self.retry_on {
-            None => base,
-            Some(only) if matches(only) => match base {
-                Outcome::Failure { .. } => base,
-                _ => Outcome::FAILURE,
-            },
-            Some(_) => match base {
-                Outcome::Failure { .. } => Outcome::Ignore,
-                other => other,
-            },
+        match &self.live {
+            None => self.decide(self.retry_on.as_ref(), self.never.as_ref(), result),
+            Some(lists) => {
+                let pair = lists.0.load();
+                self.decide(pair.0.as_ref(), pair.1.as_ref(), result)
+            }
         }
     }
 
@@ -1151,6 +1202,41 @@ where
         E: 'static,
     {
         self.base.is_refused(result)
+    }
+}
+
+impl<C> ByName<C> {
+    /// The outcome of `result` under the lists `retry_on` and `never`.
+    fn decide<Res, E>(
+        &self,
+        retry_on: Option<&NameSet>,
+        never: Option<&NameSet>,
+        result: Result<&Res, &E>,
+    ) -> Outcome
+    where
+        C: Classify<Res, E>,
+        Res: InspectResponse,
+        E: 'static,
+    {
+        let matches = |set: &NameSet| match result {
+            Ok(res) => set.matches_response(res),
+            Err(e) => set.matches_error(e),
+        };
+        if never.is_some_and(matches) {
+            return Outcome::Ignore;
+        }
+        let base = self.base.classify(result);
+        match retry_on {
+            None => base,
+            Some(only) if matches(only) => match base {
+                Outcome::Failure { .. } => base,
+                _ => Outcome::FAILURE,
+            },
+            Some(_) => match base {
+                Outcome::Failure { .. } => Outcome::Ignore,
+                other => other,
+            },
+        }
     }
 }
 

@@ -220,18 +220,21 @@ impl PolicySettings {
         }
     }
 
-    /// The retry error-name lists, as written (for telling whether they changed).
-    pub(crate) fn retry_name_lists(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
-        match self.retry_settings() {
-            Some(r) => (
-                r.retry_on
-                    .clone()
-                    .or_else(|| r.retryable_exceptions.clone()),
-                r.never_retry
-                    .clone()
-                    .or_else(|| r.non_retryable_exceptions.clone()),
-            ),
-            None => (None, None),
+    /// The retry error names (`retry_on`, `never_retry`), compiled against `names`.
+    pub(crate) fn retry_name_sets_at(
+        &self,
+        names: &ErrorNames,
+        path: &str,
+    ) -> Result<
+        (
+            Option<crate::classify::NameSet>,
+            Option<crate::classify::NameSet>,
+        ),
+        Error,
+    > {
+        match self.retry_section(path)? {
+            Some((r, section)) => r.name_sets_at(names, &section),
+            None => Ok((None, None)),
         }
     }
 

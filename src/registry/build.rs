@@ -6,7 +6,7 @@ use super::{Built, Registry, State, resolve};
 use crate::{
     backoff::Backoff,
     circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, LiveBreaker},
-    classify::{AnyError, ByName, HttpStatus},
+    classify::{AnyError, ByName, ErrorNames, HttpStatus, LiveNames},
     config::{Error, PolicySettings, error::join},
     health::{BreakerSource, Readiness},
     mode::ReturnError,
@@ -111,16 +111,15 @@ impl Registry {
     pub fn retry<C>(&self, name: &str, base: C) -> Result<RetryLayer<ByName<C>>, Error> {
         let mut state = self.state();
         let (policy, built) = state.entry(name)?;
-        let classifier = policy.retry_classifier_at(base, &self.inner.names, &path(name))?;
+        let lists = live_names(built, &policy, &self.inner.names, name)?;
         if built.retry.is_none() {
             let layer = retry_builder(&policy, name)?
                 .build()
                 .map_err(|e| policy.retry_refused(&path(name), &e))?;
             built.retry = Some(layer.reloadable());
         }
-        built.names = Some(policy.retry_name_lists());
         let (layer, _) = built.retry.as_ref().expect("set above");
-        Ok(layer.clone().classify(classifier))
+        Ok(layer.clone().classify(ByName::live(base, lists)))
     }
 
     /// A retry layer for HTTP clients of policy `name`: the policy's error names over
@@ -172,12 +171,11 @@ impl Registry {
         let (policy, built) = state.entry(name)?;
         if built.client.is_none() {
             let p = path(name);
-            let classifier =
-                policy.retry_classifier_at(HttpStatus::retryable(), &self.inner.names, &p)?;
+            let lists = live_names(built, &policy, &self.inner.names, name)?;
+            let classifier = ByName::live(HttpStatus::retryable(), lists);
             let layer = StandardClientLayer::from_parts(client_parts(&policy, name)?, classifier)
                 .map_err(|e| policy.retry_refused(&p, &e))?;
             built.client = Some(layer.reloadable());
-            built.names = Some(policy.retry_name_lists());
         }
         Ok(built.client.as_ref().expect("set above").0.clone())
     }
@@ -288,6 +286,22 @@ impl BreakerSource for Registry {
     fn breakers(&self) -> Vec<CircuitBreakerHandle> {
         self.breaker_handles().into_iter().map(|(_, h)| h).collect()
     }
+}
+
+/// The policy's retry error names, one set of lists shared by every classifier built for it.
+fn live_names(
+    built: &mut Built,
+    policy: &PolicySettings,
+    names: &ErrorNames,
+    name: &str,
+) -> Result<LiveNames, Error> {
+    if let Some(lists) = &built.names {
+        return Ok(lists.clone());
+    }
+    let (on, never) = policy.retry_name_sets_at(names, &path(name))?;
+    let lists = LiveNames::new(on, never);
+    built.names = Some(lists.clone());
+    Ok(lists)
 }
 
 /// The chaos configuration of `policy`: its section, or injection off.

@@ -39,10 +39,11 @@
 //! - timeouts take the new durations for calls that start afterwards;
 //! - chaos sections switch fault injection on, off, or to another fault.
 //!
+//! - retry classifiers take the new error names (`retry_on`, `never_retry`);
+//!
 //! A file that does not load or check changes nothing, and the error says why, with the path
-//! of the field. So does a file that removes a policy layers were built from, or changes the
-//! error names of a retry classifier built from it (classifiers are fixed when built). Each
-//! reload emits a [`ReloadEvent`] and counts in [`metric_names::RELOADS`].
+//! of the field. So does a file that removes a policy layers were built from. Each reload emits
+//! a [`ReloadEvent`] and counts in [`metric_names::RELOADS`].
 //!
 //! Each layer switches atomically, but the layers of one stack switch one after the other: a
 //! call that starts during a reload may run with the new total timeout and the previous retry
@@ -61,7 +62,7 @@ use std::{
 
 use crate::{
     circuit_breaker::LiveBreaker,
-    classify::ErrorNames,
+    classify::{ErrorNames, LiveNames},
     config::{Error, PolicySettings, RegistrySettings},
     pipeline::{ClientReload, StandardClientLayer},
     retry::{RetryLayer, RetryReload},
@@ -105,11 +106,9 @@ struct Built {
     client: Option<(StandardClientLayer, ClientReload)>,
     #[cfg(feature = "chaos")]
     chaos: Option<crate::chaos::ChaosLayer>,
-    /// The retry error names classifiers were built with: they do not reload.
-    names: Option<NameLists>,
+    /// The retry error names of the policy's classifiers, replaced on reload.
+    names: Option<LiveNames>,
 }
-
-type NameLists = (Option<Vec<String>>, Option<Vec<String>>);
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -70,8 +70,8 @@ impl Registry {
     /// # Errors
     ///
     /// An [`Error`] with the path of the field at fault when the file does not check, removes a
-    /// policy layers were built from, takes away a setting such a layer needs (its
-    /// `timeout.total`), or changes the error names of a retry classifier built from it.
+    /// policy layers were built from, or takes away a setting such a layer needs (its
+    /// `timeout.total`).
     pub fn reload(&self, settings: RegistrySettings) -> Result<u64, Error> {
         let mut state = self.state();
         let actions = match self.plan(&state, &settings) {
@@ -184,17 +184,10 @@ impl Registry {
                     "layers built from this policy are running: it cannot be removed (restart to remove it)",
                 )
             })?;
-            if let Some(lists) = &built.names
-                && *lists != policy.retry_name_lists()
-            {
-                let key = match policy.retry_section(&p)? {
-                    Some((_, section)) => join(&section, "retry_on"),
-                    None => join(&p, "retry"),
-                };
-                return Err(Error::at(
-                    key,
-                    "the error names of running retry classifiers cannot change (they are fixed when built): restart to apply",
-                ));
+            if let Some(lists) = &built.names {
+                let (on, never) = policy.retry_name_sets_at(&self.inner.names, &p)?;
+                let lists = lists.clone();
+                actions.push(Box::new(move || lists.set(on, never)));
             }
             if let Some(breaker) = &built.breaker {
                 let config = policy.breaker_config(build::breaker_name(&policy, name), &p)?;

@@ -36,10 +36,9 @@
 //!   open, an operator's forced-open state stays);
 //! - retry layers take the new limits, backoff and budget (a budget with unchanged settings
 //!   keeps its state); a call keeps the policy it started with, so none sees half of one;
+//! - retry classifiers take the new error names (`retry_on`, `never_retry`);
 //! - timeouts take the new durations for calls that start afterwards;
 //! - chaos sections switch fault injection on, off, or to another fault.
-//!
-//! - retry classifiers take the new error names (`retry_on`, `never_retry`);
 //!
 //! A file that does not load or check changes nothing, and the error says why, with the path
 //! of the field. So does a file that removes a policy layers were built from. Each reload emits

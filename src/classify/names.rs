@@ -120,42 +120,34 @@ pub trait InspectResponse {
     }
 }
 
-impl<B> InspectResponse for http::Response<B> {
-    #[inline]
-    fn http_status(&self) -> Option<StatusCode> {
-        Some(self.status())
-    }
+/// `InspectResponse` for an HTTP response type with `status()`, `headers()` and `extensions()`.
+macro_rules! inspect_http_response {
+    ($(#[$attr:meta])* [$($generics:tt)*] $response:ty) => {
+        $(#[$attr])*
+        impl<$($generics)*> InspectResponse for $response {
+            #[inline]
+            fn http_status(&self) -> Option<StatusCode> {
+                Some(self.status())
+            }
 
-    /// The `grpc-status` header of the response head, when present. A status sent only in the
-    /// trailers of a streamed body is not visible here.
-    #[inline]
-    fn grpc_code(&self) -> Option<GrpcCode> {
-        self.headers().get("grpc-status").map(GrpcCode::from_header)
-    }
+            /// The `grpc-status` header of the response head, when present. A status sent only
+            /// in the trailers of a streamed body is not visible here.
+            #[inline]
+            fn grpc_code(&self) -> Option<GrpcCode> {
+                self.headers().get("grpc-status").map(GrpcCode::from_header)
+            }
 
-    #[inline]
-    fn is_breaker_refusal(&self) -> bool {
-        super::breaker_refusal(self).is_some()
-    }
+            /// The breaker's mark ([`breaker_refusal`](super::breaker_refusal)).
+            #[inline]
+            fn is_breaker_refusal(&self) -> bool {
+                self.extensions().get::<CircuitOpen>().is_some()
+            }
+        }
+    };
 }
 
-#[cfg(feature = "reqwest")]
-impl InspectResponse for reqwest::Response {
-    #[inline]
-    fn http_status(&self) -> Option<StatusCode> {
-        Some(self.status())
-    }
-
-    #[inline]
-    fn grpc_code(&self) -> Option<GrpcCode> {
-        self.headers().get("grpc-status").map(GrpcCode::from_header)
-    }
-
-    #[inline]
-    fn is_breaker_refusal(&self) -> bool {
-        self.extensions().get::<CircuitOpen>().is_some()
-    }
-}
+inspect_http_response!([B] http::Response<B>);
+inspect_http_response!(#[cfg(feature = "reqwest")] [] reqwest::Response);
 
 #[cfg(feature = "tonic")]
 impl<T> InspectResponse for tonic::Response<T> {

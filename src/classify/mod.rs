@@ -57,7 +57,7 @@ macro_rules! classify_http_response {
 
 mod grpc;
 mod http_status;
-mod names;
+pub(crate) mod names;
 mod retry_after;
 
 use std::time::Duration;

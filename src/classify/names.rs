@@ -414,13 +414,18 @@ fn status_text(i: usize) -> &'static str {
     std::str::from_utf8(&STATUS_TEXT[i]).unwrap_or("")
 }
 
+/// The gRPC code named `name` (`UNAVAILABLE`), as configuration files write it.
+pub(crate) fn grpc_code_named(name: &str) -> Option<GrpcCode> {
+    GRPC_NAMES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
 /// The meaning of a built-in name (standard name, gRPC code, HTTP status or class).
 fn builtin(name: &str) -> Option<Meaning> {
     if let Some((_, m)) = STANDARD.iter().find(|(n, _)| *n == name) {
         return Some(*m);
     }
-    if let Some((_, code)) = GRPC_NAMES.iter().find(|(n, _)| *n == name) {
-        return Some(Meaning::NONE.grpc(*code));
+    if let Some(code) = grpc_code_named(name) {
+        return Some(Meaning::NONE.grpc(code));
     }
     match name.as_bytes() {
         [d @ b'1'..=b'5', b'x', b'x'] | [d @ b'1'..=b'5', b'X', b'X'] => {

@@ -82,26 +82,12 @@ pub enum GrpcCodeName {
     Name(String),
 }
 
-/// `UNAVAILABLE` for `Unavailable`, `DEADLINE_EXCEEDED` for `DeadlineExceeded`.
-fn upper_snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
 impl GrpcCodeName {
     fn code(&self) -> Option<GrpcCode> {
         match self {
             GrpcCodeName::Number(n) if *n <= 16 => Some(GrpcCode::from_i32(i32::from(*n))),
             GrpcCodeName::Number(_) => None,
-            GrpcCodeName::Name(name) => (0..=16)
-                .map(GrpcCode::from_i32)
-                .find(|c| upper_snake(&format!("{c:?}")) == *name),
+            GrpcCodeName::Name(name) => crate::classify::names::grpc_code_named(name),
         }
     }
 }

@@ -197,11 +197,8 @@ impl Registry {
                 }));
             }
             if let Some((_, reload)) = &built.retry {
-                // Built once to check it (the builder is consumed by either).
-                build::retry_builder(&policy, name)?
-                    .build()
-                    .map_err(|e| policy.retry_refused(&p, &e))?;
                 let builder = build::retry_builder(&policy, name)?;
+                builder.check().map_err(|e| policy.retry_refused(&p, &e))?;
                 let reload = reload.clone();
                 actions.push(Box::new(move || {
                     let _checked_above = reload.apply(builder);
@@ -221,11 +218,11 @@ impl Registry {
                 }));
             }
             if let Some((_, reload)) = &built.client {
-                build::client_parts(&policy, name)?
-                    .retry
-                    .build()
-                    .map_err(|e| policy.retry_refused(&p, &e))?;
                 let parts = build::client_parts(&policy, name)?;
+                parts
+                    .retry
+                    .check()
+                    .map_err(|e| policy.retry_refused(&p, &e))?;
                 let reload = reload.clone();
                 actions.push(Box::new(move || {
                     let _checked_above = reload.apply_parts(parts);

@@ -54,6 +54,9 @@ async fn main() -> Result<(), BoxError> {
                     e.generation
                 );
             }
+            ReloadOutcome::Unchanged => {
+                println!("  reload: no change, generation {} stays", e.generation);
+            }
             ReloadOutcome::Rejected { error } => {
                 println!("  reload refused, nothing changed: {error}");
             }

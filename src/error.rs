@@ -1,6 +1,6 @@
 //! Error types shared by every layer: the boxed error of error mode, and builders' refusals.
 
-use std::{any::Any, fmt};
+use std::{any::Any, fmt, time::Duration};
 
 /// The boxed error type layers return in error mode, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -48,6 +48,27 @@ impl ConfigError {
         }
     }
 
+    /// Refuses a duration above [`MAX_DURATION`] (one year): `Duration::MAX` meant as "forever"
+    /// would overflow the `Instant` arithmetic of a running layer, so it is refused while
+    /// building, never met later. Zero is for each caller to judge.
+    pub(crate) fn check_duration(
+        layer: &'static str,
+        field: &'static str,
+        value: Duration,
+    ) -> Result<Duration, ConfigError> {
+        if value > MAX_DURATION {
+            return Err(ConfigError::field(
+                layer,
+                field,
+                format!(
+                    "must be at most one year (365 days), got {}",
+                    describe(value)
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
     /// The setting at fault, by its name in configuration files, when the error is about one.
     ///
     /// ```
@@ -86,6 +107,30 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The longest duration any setting of any layer accepts: one year. Builders and configuration
+/// files refuse longer ones with a [`ConfigError`] naming the setting.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::{MAX_DURATION, idempotency::IdempotencyLayer};
+///
+/// assert_eq!(MAX_DURATION, Duration::from_secs(365 * 24 * 3600));
+/// let err = IdempotencyLayer::builder().global_keys().ttl(Duration::MAX).build().unwrap_err();
+/// assert_eq!(err.setting(), Some("ttl"));
+/// ```
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration as an operator reads it: whole days or seconds when it is one, else as Rust
+/// prints it.
+fn describe(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    match (d.as_secs(), d.subsec_nanos()) {
+        (s, 0) if s % DAY == 0 => format!("{} days", s / DAY),
+        (s, 0) => format!("{s} seconds"),
+        _ => format!("{d:?}"),
+    }
+}
 
 /// Finds an error of type `T` in `e`: `e` itself, or the error inside a `BoxError` (how layers
 /// in error mode pass on a breaker's refusal or a timeout).

@@ -62,6 +62,8 @@
 //! - `reqwest`: classify `reqwest::Response`s, retry `reqwest::Request`s, key breakers by their
 //!   authority.
 //! - `redis`: `RedisStore` for the Idempotency-Key layer.
+//! - `redis-tls`: `rediss://` URLs for `RedisStore` (rustls with aws-lc-rs, no system
+//!   OpenSSL; turns `redis` on).
 //! - `axum` (default): build `axum::body::Body` answers (breaker 503, timeout 504, canned
 //!   fallbacks) through `axum-core`.
 //! - `chaos`: `ChaosLayer`, fault injection for testing your own stacks.
@@ -98,10 +100,11 @@ mod time;
 pub mod timeout;
 mod window;
 
-pub use error::{BoxError, ConfigError};
+pub use error::{BoxError, ConfigError, MAX_DURATION};
 
 // Every Rust snippet in the README is compiled (and run where it can be) as a doc test, so the
-// README cannot drift from the API.
+// README cannot drift from the API. A snippet users copy must not leave them a warning.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
+#[doc(test(attr(deny(unused_imports, unused_mut, unused_variables))))]
+mod readme_doctests {}

@@ -141,10 +141,12 @@
 //!
 //! ## idempotency-store-full
 //!
-//! [`IDEMPOTENCY_STORE_FULL`]: **503 Service Unavailable**, with `Retry-After: 1`.
+//! [`IDEMPOTENCY_STORE_FULL`]: **503 Service Unavailable**, with `Retry-After`: when the store
+//! expects room (the memory store: when its oldest completed record passes the retention floor,
+//! or the soonest lease ends, from 1 s to 1 h), else 1 s.
 //!
-//! - **When:** the store is at its size bound and takes no new key until older ones expire.
-//!   The request was not run.
+//! - **When:** the store is at its size bound and takes no new key: the memory store is full of
+//!   in-flight records and records younger than its retention floor. The request was not run.
 //! - **Retry:** yes, with the same key, after `Retry-After`.
 //!
 //! ## idempotency-record-unreadable

@@ -20,7 +20,7 @@ use tower_rampart::{
     backoff::Backoff,
     pipeline::StandardClientLayer,
     retry::{EventKind, GiveUp, RetryLayer},
-    timeout::{Deadline, Elapsed, TimeoutLayer},
+    timeout::{Deadline, DeadlineOrigin, Elapsed, TimeoutLayer},
 };
 
 type Log<T> = Arc<Mutex<Vec<T>>>;
@@ -97,7 +97,8 @@ async fn retry_gives_up_before_the_total_timeout() {
 }
 
 /// Without the attempt timeout, a retry starts while time is left, and its attempt timeout
-/// shrinks to what is left; then the retry stops with the deadline's reason.
+/// shrinks to what is left; then the retry stops with the deadline's reason. What ran out is
+/// the total timeout, and the error says so (issue 14 item 13).
 #[tokio::test(start_paused = true)]
 async fn attempt_timeouts_shrink_to_the_time_left() {
     let (retry, events) = retry(Duration::from_millis(1500), None);
@@ -113,8 +114,12 @@ async fn attempt_timeouts_shrink_to_the_time_left() {
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     assert_eq!(
         elapsed_of(&err),
-        Duration::from_millis(1500),
-        "the shrunk attempt timeout"
+        Duration::from_secs(5),
+        "the total timeout, which cut the attempt short"
+    );
+    assert_eq!(
+        err.downcast_ref::<Elapsed>().unwrap().deadline_origin(),
+        Some(DeadlineOrigin::Timeout)
     );
     assert_eq!(
         left.lock().unwrap()[..],

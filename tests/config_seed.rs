@@ -340,9 +340,10 @@ fn errors_name_the_path_to_the_field() {
         "circuit_breaker.sliding_window_size: `count_window` and `sliding_window_size` are the same setting: give one"
     );
     // The key the user wrote is the one named, whichever spelling.
-    assert_eq!(
-        err("circuit_breaker:\n  sliding_window_size: 0\n"),
-        "circuit_breaker.sliding_window_size: must be in 1..=1000000, got 0"
+    let zero = err("circuit_breaker:\n  sliding_window_size: 0\n");
+    assert!(
+        zero.starts_with("circuit_breaker.sliding_window_size: must be at least 1"),
+        "{zero}"
     );
     assert_eq!(
         err("circuit_breaker:\n  failure_threshold: 11\n  sliding_window_size: 10\n"),

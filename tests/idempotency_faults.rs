@@ -1,7 +1,9 @@
 //! Exactly-once under faults: every store operation (claim, renew, complete, release) and the
 //! response body read meet every fault (fail, lose the answer, slow past the timeout, lose the
-//! write, lease expired), with duplicates arriving before, during and after it, on tokio's
-//! paused clock, through a real axum `Router`. For every schedule:
+//! write, lease expired, answer late after taking effect), with duplicates arriving before,
+//! during and after it, on tokio's paused clock, through a real axum `Router`; plus the rows of
+//! issue #14 (a panic after the handler returned, a caller that gives up while its claim is in
+//! flight, a store down for every operation). For every schedule:
 //! - the payment commits at most once (the handler fences its commit with the owner token and
 //!   the lease, as the README's Guarantees section tells users to);
 //! - without a lost write or a lost lease, the handler runs at most once;
@@ -104,6 +106,25 @@ async fn slow_body(
     (StatusCode::CREATED, Body::from_stream(stream)).into_response()
 }
 
+/// Commits, then its response body panics while the layer reads it (after the handler
+/// returned): the key must be kept as not replayable, never freed for a second run.
+async fn panicky_body(
+    State(ledger): State<Ledger>,
+    Extension(ctx): Extension<IdempotencyContext>,
+) -> Response {
+    ledger.invocations.fetch_add(1, SeqCst);
+    ledger.rows.lock().unwrap().insert(ctx.key.to_string(), 0);
+    ledger.commits.fetch_add(1, SeqCst);
+    let stream = futures_util::stream::unfold(0, |i| async move {
+        if i == 1 {
+            panic!("the response body panics after the handler returned");
+        }
+        tokio::time::sleep(SLOW).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from_static(b"{")), 1))
+    });
+    (StatusCode::CREATED, Body::from_stream(stream)).into_response()
+}
+
 fn app(store: FaultyStore<MemoryStore>, ledger: Ledger, body_timeout: Duration) -> Router {
     let layer = IdempotencyLayer::builder()
         .store(store)
@@ -117,6 +138,7 @@ fn app(store: FaultyStore<MemoryStore>, ledger: Ledger, body_timeout: Duration) 
     Router::new()
         .route("/pay", post(pay))
         .route("/slow-body", post(slow_body))
+        .route("/panicky-body", post(panicky_body))
         .with_state(ledger)
         .layer(layer)
 }
@@ -177,6 +199,8 @@ struct Scenario {
     body_timeout: Duration,
     /// Duplicates sent at these offsets from the first request.
     duplicates: Vec<Duration>,
+    /// The first caller gives up after this long (client gone, an outer timeout).
+    gives_up: Option<Duration>,
 }
 
 struct Outcome {
@@ -198,20 +222,22 @@ async fn run(s: &Scenario) -> Outcome {
 
     let start = tokio::time::Instant::now();
     let mut tasks = vec![tokio::spawn({
-        let app = app.clone();
-        let path = s.path;
-        async move { send(&app, path).await }
+        let (app, path, gives_up) = (app.clone(), s.path, s.gives_up);
+        async move {
+            let patience = gives_up.unwrap_or(Duration::MAX);
+            tokio::time::timeout(patience, send(&app, path)).await.ok()
+        }
     })];
     for at in &s.duplicates {
         let (app, at, path) = (app.clone(), start + *at, s.path);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            send(&app, path).await
+            Some(send(&app, path).await)
         }));
     }
     let mut answers = Vec::new();
     for t in tasks {
-        answers.push(t.await.unwrap());
+        answers.extend(t.await.unwrap());
     }
     // The faults clear; one lease later the key must be answered, not stuck.
     let healed = tokio::time::Instant::now().max(start + Duration::from_secs(12));
@@ -285,6 +311,7 @@ async fn every_fault_point_keeps_exactly_once() {
         ("slow", Fault::Delay(SLOW), false),
         ("lose-write", Fault::LoseWrite, true),
         ("expire-lease", Fault::ExpireLease, true),
+        ("answer-late", Fault::AnswerAfter(SLOW), false),
     ];
     let ops = [
         (Op::Claim, 0..1, 0),
@@ -306,13 +333,70 @@ async fn every_fault_point_keeps_exactly_once() {
                 panics,
                 body_timeout: Duration::from_secs(30),
                 duplicates: every(Duration::from_millis(250), Duration::from_secs(9)),
+                gives_up: None,
             };
             let o = run(&s).await;
             check(&s, &o, lossy);
             ran += 1;
         }
     }
-    assert_eq!(ran, 25);
+    assert_eq!(ran, 30);
+}
+
+/// The rows of issue #14: a panic in the owner after the handler returned (item 1), a first
+/// caller that gives up while its claim is in flight (item 3), and a store down for every
+/// operation under duplicates (item 5: exactly-once with the shared backoff; the traffic
+/// bounds are counted in `tests/idempotency_owner_faults.rs`). Item 2 (a handler that blocks
+/// its thread) needs a multi-thread runtime: `tests/idempotency_owner_faults.rs`.
+#[tokio::test(start_paused = true)]
+async fn issue_14_rows_keep_exactly_once() {
+    let outage = |op| (op, 0..40, Fault::Fail);
+    let rows = [
+        ("panic after return", "/panicky-body", vec![], None),
+        (
+            "gives up, the claim lands, its answer is late",
+            "/pay",
+            vec![(
+                Op::Claim,
+                0..1,
+                Fault::AnswerAfter(Duration::from_millis(50)),
+            )],
+            Some(Duration::from_millis(10)),
+        ),
+        (
+            "store down for every operation",
+            "/pay",
+            [Op::Claim, Op::Renew, Op::Complete, Op::Release]
+                .map(outage)
+                .to_vec(),
+            None,
+        ),
+    ];
+    for (name, path, rules, gives_up) in rows {
+        let s = Scenario {
+            name: name.to_owned(),
+            path,
+            rules,
+            panics: 0,
+            body_timeout: Duration::from_secs(30),
+            duplicates: every(Duration::from_millis(250), Duration::from_secs(9)),
+            gives_up,
+        };
+        let o = run(&s).await;
+        check(&s, &o, false);
+        if gives_up.is_some() {
+            // The first duplicate (250 ms) runs: the abandoned claim did not block the key.
+            assert_eq!(o.invocations, 1, "{name}");
+            assert_eq!(o.answers[0].status, 201, "{name}: {:?}", o.answers[0]);
+        }
+        if path == "/panicky-body" {
+            assert_eq!(o.invocations, 1, "{name}");
+            assert_eq!(
+                o.last.problem.as_deref(),
+                Some(problem_types::NOT_REPLAYABLE)
+            );
+        }
+    }
 }
 
 /// The lease is held while a slow response body is read (here 8 s, eight leases), and a body
@@ -330,6 +414,7 @@ async fn the_lease_holds_while_the_body_is_read() {
             panics: 0,
             body_timeout: timeout,
             duplicates: every(Duration::from_millis(500), Duration::from_secs(10)),
+            gives_up: None,
         };
         let o = run(&s).await;
         check(&s, &o, false);
@@ -495,6 +580,7 @@ fn rule() -> impl Strategy<Value = Rule> {
         Just(Fault::LoseWrite),
         Just(Fault::ExpireLease),
         Just(Fault::Corrupt),
+        (1u64..1500).prop_map(|ms| Fault::AnswerAfter(Duration::from_millis(ms))),
     ];
     (op, 0usize..6, 1usize..12, fault).prop_map(|(op, from, len, f)| Rule(op, from, len, f))
 }
@@ -516,7 +602,8 @@ proptest! {
         let lossy = rules.iter().any(|Rule(op, _, len, f)| {
             matches!(f, Fault::LoseWrite | Fault::ExpireLease)
                 || (*op == Op::Renew && *len > 2)
-                || matches!(f, Fault::Delay(d) if *d >= STORE_TIMEOUT && *op != Op::Claim)
+                || matches!(f, Fault::Delay(d) | Fault::AnswerAfter(d)
+                    if *d >= STORE_TIMEOUT && *op != Op::Claim)
         });
         let s = Scenario {
             name: format!("{rules:?} panics {panics}"),
@@ -525,6 +612,7 @@ proptest! {
             panics,
             body_timeout: Duration::from_secs(30),
             duplicates: dups.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            gives_up: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()

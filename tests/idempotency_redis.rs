@@ -15,7 +15,7 @@ use std::{
 use axum::{Router, extract::State as Shared, http::StatusCode, routing::post};
 use common::{
     http::{client, serve},
-    redis_server::RedisServer,
+    redis_server::{RedisCluster, RedisServer},
     store_contract::contract,
 };
 use tower_rampart::idempotency::{
@@ -189,33 +189,8 @@ async fn a_redis_outage_fails_closed_and_the_server_recovers_by_itself() {
 
 #[tokio::test]
 async fn redis_cluster_keeps_the_contract() {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !nodes.iter().all(|n| {
-        n.cli(&["CLUSTER", "INFO"])
-            .unwrap_or_default()
-            .contains("cluster_state:ok")
-    }) {
-        assert!(Instant::now() < deadline, "the cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
+    let cluster = RedisCluster::start(3, None);
+    let urls = cluster.urls();
     let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     let store = RedisStore::connect_cluster(&refs).await.unwrap();
     contract(store, LEASE, TTL, real_sleep).await;

@@ -2,6 +2,9 @@
 //! and restarted mid-handler, corrupt and foreign records, the key deleted (DEL, FLUSHALL)
 //! mid-handler, a claim slower than the store timeout (CLIENT PAUSE), and `WAIT` for a replica
 //! that goes away. Each app runs behind a real axum server, called by a real HTTP client.
+//! (`WAIT` on a Redis Cluster whose other primaries have no replica: in
+//! idempotency_redis_cluster_wait.rs; TLS and a least-privilege ACL user: in
+//! idempotency_redis_tls.rs.)
 //!
 //! The handler counts its invocations and commits into a fenced ledger (one row per key, with
 //! the owner token that wrote it); it selects on `lease().lost()` and checks `is_held()` before
@@ -593,7 +596,7 @@ async fn unreadable_records_never_run_and_always_expire() {
 async fn an_unreadable_record_expires_after_its_ttl_and_the_key_runs_again() {
     let redis = RedisServer::start();
     let ttl = Duration::from_millis(500);
-    let store = connect(&redis).await.unreadable_ttl(ttl);
+    let store = connect(&redis).await.unreadable_ttl(ttl).unwrap();
     let app = app_with(
         store,
         LEASE,
@@ -725,7 +728,8 @@ async fn waiting_for_a_replica_refuses_when_it_is_gone() {
     until_synced(&replica, "the replica never synced").await;
     let store = connect(&primary)
         .await
-        .wait_for_replicas(1, Duration::from_millis(100));
+        .wait_for_replicas(1, Duration::from_millis(100))
+        .unwrap();
     let app = app_with(
         store,
         Duration::from_millis(600),

@@ -79,7 +79,9 @@ async fn live_keys_are_answered_right(store: &MemoryStore) {
 }
 
 /// The bug this replaces: an entry-bounded cache evicted live records, so after enough other
-/// keys an in-flight or completed key was claimable again and its handler ran twice.
+/// keys an in-flight or completed key was claimable again and its handler ran twice. (Every
+/// record here is younger than the retention floor; dropping older completed records to make
+/// room is tested in `idempotency_memory_eviction.rs`.)
 #[tokio::test(start_paused = true)]
 async fn a_full_store_refuses_new_keys_and_never_forgets_live_ones() {
     let store = MemoryStore::with_max_bytes(64 * 1024);

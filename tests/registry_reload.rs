@@ -530,3 +530,164 @@ async fn the_registry_retries_the_applications_own_errors_by_name() {
         .unwrap_err();
     assert_eq!(attempts.swap(0, SeqCst), 1, "not named: not retried");
 }
+
+/// Runs `f` on its own thread and waits for it at most 10 s: a deadlock fails the test instead
+/// of hanging it (the stuck thread is left behind).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not return within 10 s: deadlocked"))
+}
+
+#[test]
+fn every_reload_listener_may_read_the_registry() {
+    let cell = Arc::new(std::sync::OnceLock::<Registry>::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (reader, log) = (cell.clone(), seen.clone());
+    let registry = Registry::builder()
+        .on_reload(move |e| {
+            // Reads the registry it listens to: takes its lock.
+            let now = reader.get().unwrap().generation();
+            let kind = match e.outcome {
+                ReloadOutcome::Applied { .. } => "applied",
+                ReloadOutcome::Rejected { .. } => "rejected",
+                _ => "unchanged",
+            };
+            log.lock()
+                .unwrap()
+                .push(format!("{kind} {} {now}", e.generation));
+        })
+        .from_yaml(FILE)
+        .unwrap();
+    cell.set(registry.clone()).ok().unwrap();
+
+    // Refused while checking the file against the layers built (under the lock).
+    let r = registry.clone();
+    registry.timeout("search").unwrap();
+    let removed = FILE.replace("  search:\n    retry: { max_attempts: 3 }\n", "");
+    let err = within_10s("a rejected reload", move || r.reload_yaml(&removed));
+    assert!(err.is_err());
+    // Refused by the checks of the file.
+    let r = registry.clone();
+    let bad = FILE.replace("failure_rate: 0.6", "failure_rate: 1.6");
+    assert!(within_10s("a rejected reload", move || r.reload_yaml(&bad)).is_err());
+    // Refused before reaching the registry (syntax), applied, unchanged.
+    let r = registry.clone();
+    assert!(within_10s("a rejected reload", move || r.reload_yaml("policies: [")).is_err());
+    let r = registry.clone();
+    let changed = FILE.replace("failure_rate: 0.6", "failure_rate: 0.5");
+    assert_eq!(
+        within_10s("an applied reload", move || r.reload_yaml(&changed)),
+        Ok(2)
+    );
+    let r = registry.clone();
+    let same = FILE.replace("failure_rate: 0.6", "failure_rate: 0.5");
+    assert_eq!(
+        within_10s("an unchanged reload", move || r.reload_yaml(&same)),
+        Ok(2)
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "rejected 1 1",
+            "rejected 1 1",
+            "rejected 1 1",
+            "applied 2 2",
+            "unchanged 2 2"
+        ]
+    );
+}
+
+#[test]
+fn a_reload_that_changes_nothing_keeps_the_generation_and_says_so() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let registry = Registry::builder()
+        .on_reload(move |e| {
+            let line = match e.outcome {
+                ReloadOutcome::Applied { changed } => {
+                    format!("{} applied {changed:?}", e.generation)
+                }
+                ReloadOutcome::Rejected { error } => format!("{} rejected {error}", e.generation),
+                ReloadOutcome::Unchanged => format!("{} unchanged", e.generation),
+                _ => unreachable!(),
+            };
+            seen.lock().unwrap().push(line);
+        })
+        .from_yaml(FILE)
+        .unwrap();
+    let timeout = registry.timeout("search").unwrap();
+    // The same file, and the same settings written differently (a comment, flow style, keys
+    // in another order): nothing changes.
+    assert_eq!(registry.reload_yaml(FILE), Ok(1));
+    let restyled = format!(
+        "# reformatted\n{}",
+        FILE.replace(
+            "retry: { max_attempts: 3 }",
+            "retry:\n      max_attempts: 3"
+        )
+    );
+    assert_eq!(registry.reload_yaml(&restyled), Ok(1));
+    assert_eq!(registry.generation(), 1);
+    // A change to the defaults changes every policy; removing a policy nothing was built from
+    // is a change too, and names it.
+    let longer = FILE.replace("total: 10s", "total: 12s");
+    assert_eq!(registry.reload_yaml(&longer), Ok(2));
+    assert_eq!(timeout.timeout(), Duration::from_secs(12));
+    let fewer = longer.replace(
+        "  payment-gateway:\n    critical: true\n    circuit_breaker:\n      sliding_window_size: 10\n      failure_rate: 0.6\n      minimum_calls: 4\n",
+        "",
+    );
+    assert_eq!(registry.reload_yaml(&fewer), Ok(3));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            "1 unchanged",
+            "1 unchanged",
+            "2 applied [\"payment-gateway\", \"search\"]",
+            "3 applied [\"payment-gateway\"]",
+        ]
+    );
+}
+
+#[test]
+fn a_failed_build_does_not_pin_its_policy() {
+    let registry = Registry::from_yaml(FILE).unwrap();
+    // `search` sets no `timeout.total` of its own... in a file without defaults.
+    let file = "policies:\n  search: {}\n  payments: {}\n";
+    registry.reload_yaml(file).unwrap();
+    let err = registry.timeout("search").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "policies.search.timeout.total: is needed for a timeout layer"
+    );
+    // Nothing runs on `search`: a reload may remove it.
+    assert_eq!(registry.reload_yaml("policies:\n  payments: {}\n"), Ok(3));
+    // A layer that was built does pin its policy.
+    registry.timeout("payments").unwrap_err();
+    registry.client("payments").unwrap();
+    let err = registry
+        .reload_yaml("policies:\n  other: {}\n")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("policies.payments: layers built from this policy are running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_file_is_refused_on_reload_and_changes_nothing() {
+    let registry = Registry::from_yaml(FILE).unwrap();
+    for empty in ["", "# emptied by a deploy script\n"] {
+        let err = registry.reload_yaml(empty).unwrap_err();
+        assert!(err.to_string().starts_with("the file is empty"), "{err}");
+        let err = registry.reload_toml(empty).unwrap_err();
+        assert!(err.to_string().starts_with("the file is empty"), "{err}");
+    }
+    assert_eq!(registry.generation(), 1);
+    assert_eq!(registry.policy_names(), ["payment-gateway", "search"]);
+}

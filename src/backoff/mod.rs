@@ -173,7 +173,8 @@ impl Backoff {
     ///
     /// A [`ConfigError`] whose [`setting`](ConfigError::setting) names the value out of range:
     /// `initial_delay` when the base delay is zero (except for a constant backoff), `max_delay`
-    /// when the cap is below the base delay, `multiplier` when it is below 1 or not finite,
+    /// when the cap is below the base delay, `initial_delay`, `max_delay` or `step` when it is
+    /// above [`MAX_DURATION`](crate::MAX_DURATION) (one year), `multiplier` when it is below 1 or not finite,
     /// `jitter` when proportional jitter is above 1000 thousandths.
     ///
     /// ```
@@ -192,6 +193,12 @@ impl Backoff {
         let err = |field, m: String| Err(ConfigError::field("backoff", field, m));
         if self.base.is_zero() && !matches!(self.curve, Curve::Constant) {
             return err("initial_delay", "must be above zero".into());
+        }
+        // At most a year each, so that no delay is "forever" written as `Duration::MAX`.
+        ConfigError::check_duration("backoff", "initial_delay", self.base)?;
+        ConfigError::check_duration("backoff", "max_delay", self.max)?;
+        if let Curve::Linear { step } = self.curve {
+            ConfigError::check_duration("backoff", "step", step)?;
         }
         if self.max < self.base {
             return err(

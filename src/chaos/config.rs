@@ -134,7 +134,8 @@ impl Fault {
     }
 
     /// Checks the fault: a latency above zero, an HTTP status from 400 to 599, a gRPC code other
-    /// than `Ok`.
+    /// than `Ok`, a latency and a `Retry-After` of at most [`MAX_DURATION`](crate::MAX_DURATION)
+    /// (refused as `latency` and `retry_after`).
     ///
     /// # Errors
     ///
@@ -143,6 +144,15 @@ impl Fault {
         let err = |m: String| Err(ConfigError::field("chaos", "fault", m));
         match self {
             Fault::Latency(d) if d.is_zero() => err("latency must be above zero".into()),
+            // At most a year, so that an added delay is never "forever" written as
+            // `Duration::MAX`.
+            Fault::Latency(d) => ConfigError::check_duration("chaos", "latency", *d).map(drop),
+            Fault::Http {
+                retry_after: Some(d),
+                ..
+            } if *d > crate::MAX_DURATION => {
+                ConfigError::check_duration("chaos", "retry_after", *d).map(drop)
+            }
             Fault::Http { status, .. } if !(400..=599).contains(&status.as_u16()) => err(format!(
                 "an injected HTTP status must be from 400 to 599, not {}",
                 status.as_u16()

@@ -1,7 +1,7 @@
 //! The breaker state machine: plain atomics, time passed in by the caller.
 
 use std::{
-    sync::{Arc, PoisonError, atomic::Ordering::*},
+    sync::{Arc, OnceLock, Weak, atomic::Ordering::*},
     time::Duration,
 };
 
@@ -12,12 +12,12 @@ use super::{
     Config, ConfigError, State, WindowKind,
     events::{Listener, Observers},
     state::Word,
-    sync::{AtomicU32, AtomicU64, Mutex},
+    sync::{AtomicU32, AtomicU64, Mutex, MutexGuard},
     tuning::{Judging, Tunables, Tuning},
 };
 use crate::{
     classify::Outcome,
-    time::{nanos_of, nanos_since},
+    time::nanos_since,
     window::{Consecutive, CountWindow, Reading, Sample, TimeWindow},
 };
 
@@ -72,6 +72,9 @@ pub struct Breaker {
     not_permitted: AtomicU64,
     transitions: Mutex<()>,
     observers: Observers,
+    /// The breaker that replaced this one, once handed over: an opening of this one (a call
+    /// admitted before the hand-over that fails afterwards) opens it too.
+    successor: OnceLock<Weak<Breaker>>,
 }
 
 enum Window {
@@ -264,6 +267,9 @@ impl<F: FnOnce() -> Instant> Clock<F> {
     }
 }
 
+// State changes, hand-overs and operator controls.
+mod transition;
+
 const TAG: u32 = 48;
 const P16: u64 = 0xFFFF;
 
@@ -288,10 +294,7 @@ impl Breaker {
     /// Takes an evicted keyed breaker out of the state gauges. Under the transition lock, so no
     /// transition can move the gauges after it.
     pub(crate) fn retire_metrics(&self) {
-        let _serial = self
-            .transitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _serial = self.serial();
         self.observers.retire(self.load().state());
     }
 
@@ -321,6 +324,7 @@ impl Breaker {
             not_permitted: AtomicU64::new(0),
             transitions: Mutex::new(()),
             observers,
+            successor: OnceLock::new(),
         }
     }
 
@@ -351,6 +355,7 @@ impl Breaker {
             name: self.observers.name().clone(),
             window: self.kind,
             failure_ppm: 0,
+            failure_count: 0,
             slow: None,
             minimum_calls: 0,
             open: Duration::ZERO,
@@ -372,10 +377,10 @@ impl Breaker {
     }
 
     /// Applies `config`'s settings to the running breaker, keeping its state, window contents,
-    /// open-until time, count of consecutive openings, name and listeners: the failure rate,
-    /// slow calls (duration and rate, or off), minimum calls, open duration with its growth
-    /// and maximum, half-open permits, half-open max wait and whether retry-after hints are
-    /// respected. `config`'s name and listeners are ignored.
+    /// open-until time, count of consecutive openings, name and listeners: the failure rate or
+    /// [count](super::Builder::failure_count), slow calls (duration and rate, or off), minimum
+    /// calls, open duration with its growth and maximum, half-open permits, half-open max wait
+    /// and whether retry-after hints are respected. `config`'s name and listeners are ignored.
     ///
     /// Calls never wait for a retune, nor a retune for calls: each call reads the settings once
     /// (lock-free) and uses that whole set, the old one or the new one, never a mix.
@@ -438,10 +443,7 @@ impl Breaker {
         }
         // The transition lock serialises writers (the seqlock needs one at a time) and keeps
         // a transition's settings whole: it reads them under the same lock.
-        let _serial = self
-            .transitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _serial = self.serial();
         self.tunables.store(&Tuning::of(config));
         Ok(())
     }
@@ -700,106 +702,14 @@ impl Breaker {
         let over = |count: u64, ppm: u64| {
             u128::from(count) * 1_000_000 >= u128::from(ppm) * u128::from(r.calls)
         };
-        over(r.failures, t.failure_ppm) || (t.slow_nanos != 0 && over(r.slow, t.slow_ppm))
-    }
-
-    /// Moves to `to` if the breaker is still in `from`'s period (`None`: from any state).
-    /// Returns the state left, when this call made the change.
-    fn transition(
-        &self,
-        from: Option<Word>,
-        to: State,
-        now: Instant,
-        hint: Option<Duration>,
-    ) -> Option<State> {
-        let _serial = self
-            .transitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut cur = self.load();
-        if let Some(from) = from
-            && (cur.state() != from.state() || cur.generation() != from.generation())
-        {
-            return None;
-        }
-        let left = cur.state();
-        let n = self.nanos(now);
-        let next = cur.next(to);
-        match to {
-            State::Open => {
-                // Under the lock no retune is writing: this read never retries.
-                let t = self.tunables.load();
-                let openings = self.openings.load(Relaxed).saturating_add(1);
-                self.openings.store(openings, Relaxed);
-                let mut open = t.open_duration_after(openings);
-                if let Some(h) = hint.filter(|_| t.respect_retry_after) {
-                    open = open.max(h.min(t.max_open()));
-                }
-                self.open_until
-                    .store(n.saturating_add(nanos_of(open)), Release);
-            }
-            State::HalfOpen => self.probes.store((next.generation() & P16) << TAG, Release),
-            State::Closed => {
-                self.openings.store(0, Relaxed);
-                match &self.window {
-                    Window::Count(c) => c.reset(),
-                    Window::Time(t) => t.reset(),
-                    Window::Consecutive(c) => c.reset(),
-                }
-            }
-            State::ForcedOpen | State::Disabled | State::MetricsOnly => {}
-        }
-        self.state_since.store(n, Release);
-        // Under the lock only the half-open permit count can change beside us.
-        while let Err(seen) = self.word.compare_exchange(cur.0, next.0, AcqRel, Acquire) {
-            cur = Word(seen);
-        }
-        if left != to {
-            self.observers.transition(left, to);
-        }
-        Some(left)
-    }
-
-    /// Takes on `old`'s state when it replaces it ([`LiveBreaker`](super::LiveBreaker) after a
-    /// window change): an operator's forced, disabled or metrics-only state stays, and a
-    /// breaker that was open or probing opens (for its own open duration), so that a reload
-    /// never lets traffic through to a downstream known to be failing.
-    pub(crate) fn take_state_of(&self, old: &Breaker, now: Instant) {
-        match old.state() {
-            State::Closed => {}
-            State::Open | State::HalfOpen => {
-                self.transition(None, State::Open, now, None);
-            }
-            State::ForcedOpen => self.force_open(now),
-            State::Disabled => self.disable(now),
-            State::MetricsOnly => self.metrics_only(now),
-        }
-    }
-
-    /// Operator control: reject every call until [`Breaker::reset`].
-    pub fn force_open(&self, now: Instant) {
-        self.transition(None, State::ForcedOpen, now, None);
-    }
-
-    /// Operator control: admit every call and record nothing.
-    pub fn disable(&self, now: Instant) {
-        self.transition(None, State::Disabled, now, None);
-    }
-
-    /// Operator control: admit and record every call, never change state.
-    pub fn metrics_only(&self, now: Instant) {
-        self.transition(None, State::MetricsOnly, now, None);
-    }
-
-    /// Operator control: closed, with an empty window and the open duration back at its start.
-    ///
-    /// Always emits [`EventKind::Reset`](super::EventKind::Reset), from any state (closed
-    /// included: the window is emptied all the same), after the
-    /// [`Transition`](super::EventKind::Transition) event when the state changed.
-    pub fn reset(&self, now: Instant) {
-        if let Some(from) = self.transition(None, State::Closed, now, None) {
-            self.observers.reset(from);
-        }
+        // A failure count (count windows only) judges the closed window as a number; the
+        // probes of half-open are judged by the rate it stands for.
+        let failed = if closed && t.failure_count != 0 {
+            r.failures >= u64::from(t.failure_count)
+        } else {
+            over(r.failures, t.failure_ppm)
+        };
+        failed || (t.slow_nanos != 0 && over(r.slow, t.slow_ppm))
     }
 
     /// The breaker's readings at `now`, with the state read on the clock (see [`Snapshot`]).
@@ -886,6 +796,12 @@ impl std::fmt::Debug for Breaker {
             .field("state", &self.state())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a breaker with window `from` takes `to` in place ([`Breaker::retune`]): the same
+/// window, or failures in a row with another threshold (a retunable setting).
+pub(crate) fn retunable(from: WindowKind, to: WindowKind) -> bool {
+    window_change(from, to).is_none()
 }
 
 /// What stops `from` becoming `to` in place, when they differ: the setting's name and why.

@@ -52,6 +52,8 @@ pub struct Config {
     pub(crate) name: Arc<str>,
     pub(crate) window: WindowKind,
     pub(crate) failure_ppm: u64,
+    /// Failures in the count window that open the breaker; 0: the failure rate judges.
+    pub(crate) failure_count: u32,
     pub(crate) slow: Option<(Duration, u64)>,
     pub(crate) minimum_calls: u32,
     pub(crate) open: Duration,
@@ -69,6 +71,7 @@ impl fmt::Debug for Config {
             .field("name", &self.name)
             .field("window", &self.window)
             .field("failure_rate", &(self.failure_ppm as f64 / 1e6))
+            .field("failure_count", &self.failure_count)
             .field("slow", &self.slow)
             .field("minimum_calls", &self.minimum_calls)
             .field("open", &self.open)
@@ -137,6 +140,7 @@ pub(crate) fn grown_open_duration(
 /// | window | last 100 calls | enough calls for a stable rate at modest traffic |
 /// | minimum calls | 20 | a handful of early errors should not open the breaker |
 /// | failure rate | 50 % | Resilience4j's default; opens on a clearly broken downstream |
+/// | failure count | off (the rate judges) | [`Builder::failure_count`]: at least N failures of the last W calls |
 /// | slow calls | off | latency targets are per service; turn on with [`Builder::slow_calls`] |
 /// | open duration | 10 s, fixed, at most 5 min | short enough to notice recovery quickly |
 /// | half-open probes | 3 | one probe is a coin toss; three give a signal |
@@ -169,6 +173,7 @@ pub struct Builder {
     name: Arc<str>,
     window: WindowKind,
     failure_rate: f64,
+    failure_count: Option<u32>,
     slow: Option<(Duration, f64)>,
     minimum_calls: u32,
     open: Duration,
@@ -191,6 +196,7 @@ impl Default for Builder {
             name: Arc::from("default"),
             window: WindowKind::Count { size: 100 },
             failure_rate: 0.5,
+            failure_count: None,
             slow: None,
             minimum_calls: 20,
             open: Duration::from_secs(10),
@@ -238,9 +244,55 @@ impl Builder {
         self
     }
 
-    /// Open when the failure rate is at least `rate` (in (0, 1]).
+    /// Open when the failure rate is at least `rate` (in (0, 1]). Replaces a
+    /// [`failure_count`](Self::failure_count).
     pub fn failure_rate(mut self, rate: f64) -> Self {
         self.failure_rate = rate;
+        self.failure_count = None;
+        self
+    }
+
+    /// With a [count window](Self::count_window) of W calls: open when at least `failures`
+    /// (1..=W) of the last W calls failed, once the window holds the
+    /// [minimum calls](Self::minimum_calls). So `failures` in a row always open it, and fewer
+    /// failures than that never do, however few calls the window holds. Replaces a
+    /// [`failure_rate`](Self::failure_rate); the slow-call rate still applies.
+    ///
+    /// In half-open the probes are judged by the rate `failures / W` (with 3 probes and 5 of
+    /// 10, two failed probes open it again). Retunable like the rate
+    /// ([`Breaker::retune`](super::Breaker::retune)): the window's contents count towards the
+    /// new number. This is what a configuration file's `failure_threshold` sets over a count
+    /// window.
+    ///
+    /// ```
+    /// use tokio::time::Instant;
+    /// use tower_rampart::circuit_breaker::{Breaker, Config, State};
+    /// use tower_rampart::classify::Outcome;
+    ///
+    /// let breaker = Breaker::new(
+    ///     Config::builder().count_window(10).minimum_calls(5).failure_count(5).build()?,
+    /// );
+    /// let t = Instant::now();
+    /// let mut call = |outcome: Outcome| {
+    ///     let permit = breaker.try_acquire(|| t).unwrap();
+    ///     breaker.record(permit, &outcome, || t);
+    /// };
+    /// for outcome in [Outcome::Success, Outcome::Success] {
+    ///     call(outcome);
+    /// }
+    /// for _ in 0..4 {
+    ///     call(Outcome::FAILURE);
+    /// }
+    /// assert_eq!(breaker.state(), State::Closed, "4 failures: fewer than 5");
+    /// call(Outcome::FAILURE);
+    /// assert_eq!(breaker.state(), State::Open, "5 of the last 10 calls failed");
+    ///
+    /// let err = Config::builder().count_window(10).minimum_calls(5).failure_count(11).build();
+    /// assert_eq!(err.unwrap_err().setting(), Some("failure_count"));
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn failure_count(mut self, failures: u32) -> Self {
+        self.failure_count = Some(failures);
         self
     }
 
@@ -263,7 +315,8 @@ impl Builder {
         self.minimum_calls
     }
 
-    /// How long the breaker stays open before probing (at least 1 ms).
+    /// How long the breaker stays open before probing (at least 1 ms, at most one year, like
+    /// every duration of the breaker: see [`MAX_DURATION`](crate::MAX_DURATION)).
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.open = duration;
         self
@@ -318,6 +371,17 @@ impl Builder {
 
     /// Calls `listener` for every event (transitions, rejections, outcomes). Listeners run on the
     /// caller's task, so keep them short.
+    ///
+    /// No listener runs while the breaker (or a keyed family, or a
+    /// [`LiveBreaker`](super::LiveBreaker)) holds a lock, so a listener may steer the breaker it listens to: read it, force it open,
+    /// reset, retune or reconfigure it. Outcomes and rejections are reported at once, on the
+    /// thread of the call. State changes ([`Transition`](super::EventKind::Transition) and
+    /// [`Reset`](super::EventKind::Reset)) are reported in the order they happened, each
+    /// `from` the previous `to`: one thread reports at a time, and a state change made while
+    /// another thread is reporting is reported by that thread, after the ones before it. So a
+    /// change a listener makes (a `force_open` on `Open`) is reported once every listener has
+    /// seen the current one, and the call that made a change may return before its listeners
+    /// have run.
     pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
         self.listeners.push(Arc::new(listener));
         self
@@ -335,6 +399,19 @@ impl Builder {
             Err(ConfigError::field("circuit breaker", field, msg))
         };
         let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
+        // No duration above a year: the breaker adds them to instants.
+        let bound = |field, d| ConfigError::check_duration("circuit breaker", field, d);
+        if let WindowKind::Time { duration, .. } = self.window {
+            bound("time_window", duration)?;
+        }
+        if let Some((d, _)) = self.slow {
+            bound("slow_call_duration", d)?;
+        }
+        bound("open_duration", self.open)?;
+        bound("max_open_duration", self.max_open)?;
+        if let Some(Some(w)) = self.half_open_max_wait {
+            bound("half_open_max_wait", w)?;
+        }
         match self.window {
             WindowKind::Count { size } if size == 0 || size > MAX_COUNT_WINDOW => {
                 return err(
@@ -383,6 +460,28 @@ impl Builder {
                 format!("must be in (0, 1], got {}", self.failure_rate),
             );
         }
+        // A count of failures: judged as is when closed, as the rate it is of the window when
+        // half-open.
+        let failure_rate = match (self.failure_count, self.window) {
+            (None, _) => self.failure_rate,
+            (Some(n), WindowKind::Count { size }) if (1..=size).contains(&n) => {
+                f64::from(n) / f64::from(size)
+            }
+            (Some(n), WindowKind::Count { size }) => {
+                return err(
+                    "failure_count",
+                    format!("must be in 1..={size} (the count window), got {n}"),
+                );
+            }
+            (Some(_), _) => {
+                return err(
+                    "failure_count",
+                    "counts failures in a count window (count_window): with a time window give \
+                     failure_rate, for failures in a row consecutive_failures"
+                        .into(),
+                );
+            }
+        };
         if let Some((d, r)) = self.slow {
             if !rate_ok(r) {
                 return err("slow_call_rate", format!("must be in (0, 1], got {r}"));
@@ -438,7 +537,8 @@ impl Builder {
         Ok(Config {
             name: self.name,
             window: self.window,
-            failure_ppm: ppm(self.failure_rate),
+            failure_ppm: ppm(failure_rate),
+            failure_count: self.failure_count.unwrap_or(0),
             slow: self.slow.map(|(d, r)| (d, ppm(r))),
             minimum_calls: self.minimum_calls,
             open: self.open,

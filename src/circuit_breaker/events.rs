@@ -2,7 +2,11 @@
 
 #[cfg(feature = "metrics")]
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use super::State;
 use crate::call::CallId;
@@ -87,11 +91,48 @@ pub(crate) type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
 
 /// Where events go: listeners, and metric handles registered once so the hot path neither
 /// allocates nor looks anything up.
+///
+/// State changes ([`EventKind::Transition`] and [`EventKind::Reset`]) are made under the
+/// breaker's transition lock but never reported under it: a listener may steer the breaker it
+/// listens to (force it open, reset, retune or reconfigure it), which takes that lock. They are
+/// queued under the lock, in the order they happen, and delivered once it is released (see
+/// [`Observers::deliver`]). Outcomes and rejections take no lock and are reported at once on the
+/// caller's thread.
 pub(crate) struct Observers {
     name: Arc<str>,
     listeners: Box<[Listener]>,
+    /// Transitions and resets waiting for delivery; `None` when nobody would hear them (no
+    /// listener, no `tracing`).
+    pending: Option<Mutex<Pending>>,
     #[cfg(feature = "metrics")]
     metrics: Handles,
+}
+
+/// State changes queued under the transition lock, delivered in that order once it is released.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Queued>,
+    /// A thread is delivering: state changes queued meanwhile are delivered by it, after the
+    /// ones before them, so every listener sees them in the order they happened.
+    delivering: bool,
+}
+
+/// A state change to report, with the call that made it (read when it happened: another
+/// thread may deliver it).
+#[derive(Clone, Copy)]
+struct Queued {
+    kind: EventKind,
+    call: Option<CallId>,
+}
+
+/// Ends a delivery even when a listener panics, so later state changes are still delivered.
+struct Delivering<'a>(&'a Mutex<Pending>);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        let mut p = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        p.delivering = false;
+    }
 }
 
 #[cfg(feature = "metrics")]
@@ -169,9 +210,11 @@ impl Observers {
         };
         #[cfg(not(feature = "metrics"))]
         let _ = (initial, label, counting);
+        let heard = !listeners.is_empty() || cfg!(feature = "tracing");
         Observers {
             name,
             listeners: listeners.into(),
+            pending: heard.then(|| Mutex::new(Pending::default())),
             #[cfg(feature = "metrics")]
             metrics,
         }
@@ -190,14 +233,74 @@ impl Observers {
         if !self.listeners.is_empty() {
             // The call in scope (the breaker's service call or a poll of its future), its id
             // drawn only now that a listener wants it.
-            let event = Event {
-                breaker: &self.name,
-                call: CallId::current(),
-                kind,
-            };
-            for l in self.listeners.iter() {
-                l(&event);
+            self.emit_for(kind, CallId::current());
+        }
+    }
+
+    fn emit_for(&self, kind: EventKind, call: Option<CallId>) {
+        let event = Event {
+            breaker: &self.name,
+            call,
+            kind,
+        };
+        for l in self.listeners.iter() {
+            l(&event);
+        }
+    }
+
+    /// Queues a state change; called under the transition lock.
+    fn queue(&self, kind: EventKind) {
+        if let Some(pending) = &self.pending {
+            let call = CallId::current();
+            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            p.queue.push_back(Queued { kind, call });
+        }
+    }
+
+    /// Reports the queued state changes, in the order they happened. Called with no lock of the
+    /// crate held, after every operation that may have queued one.
+    ///
+    /// One thread delivers at a time: a thread that finds another delivering leaves its state
+    /// changes to it (they are reported after the ones before them, on that thread). A listener
+    /// that changes the state of its own breaker finds its own thread delivering, so its change
+    /// is reported after the listeners of the current one have all run, never inside them.
+    pub(crate) fn deliver(&self) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        {
+            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.delivering || p.queue.is_empty() {
+                return;
             }
+            p.delivering = true;
+        }
+        let _end = Delivering(pending);
+        loop {
+            let next = {
+                let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                match p.queue.pop_front() {
+                    Some(q) => q,
+                    None => return,
+                }
+            };
+            self.report(next);
+        }
+    }
+
+    fn report(&self, q: Queued) {
+        #[cfg(feature = "tracing")]
+        match q.kind {
+            EventKind::Transition { from, to } => {
+                tracing::info!(breaker = %self.name, call_id = q.call.map(CallId::get), from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
+            }
+            EventKind::Reset { from } => {
+                tracing::info!(breaker = %self.name, from = from.as_str(), "circuit breaker reset");
+            }
+            _ => {}
+        }
+        if !self.listeners.is_empty() {
+            self.emit_for(q.kind, q.call);
         }
     }
 
@@ -239,7 +342,8 @@ impl Observers {
     }
 
     /// Called with the breaker's transition lock held, like [`Observers::retire`], so that the
-    /// counting gauges move in step with the state.
+    /// counting gauges move in step with the state. The event is queued, and reported by
+    /// [`deliver`](Self::deliver) once the lock is released.
     pub(crate) fn transition(&self, from: State, to: State) {
         #[cfg(feature = "metrics")]
         {
@@ -258,18 +362,15 @@ impl Observers {
                 m.state[to as usize].increment(1.0);
             }
         }
-        #[cfg(feature = "tracing")]
-        tracing::info!(breaker = %self.name, call_id = CallId::current().map(CallId::get), from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
-        self.emit(EventKind::Transition { from, to });
+        self.queue(EventKind::Transition { from, to });
     }
 }
 
 impl Observers {
-    /// An operator reset, from `from` (any state, closed included).
+    /// An operator reset, from `from` (any state, closed included): queued under the
+    /// transition lock, after the transition it made, like [`transition`](Self::transition).
     pub(crate) fn reset(&self, from: State) {
-        #[cfg(feature = "tracing")]
-        tracing::info!(breaker = %self.name, from = from.as_str(), "circuit breaker reset");
-        self.emit(EventKind::Reset { from });
+        self.queue(EventKind::Reset { from });
     }
 
     /// The breaker in `current` state is gone (evicted, replaced or dropped): from now on its

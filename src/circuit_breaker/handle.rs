@@ -1,14 +1,17 @@
 //! Operator access to a running breaker.
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use tokio::time::Instant;
 
-use super::{Breaker, Snapshot, State};
+use super::{Breaker, LiveBreaker, Snapshot, State};
 
 /// Reads and steers the breaker of a configured layer (get it with
-/// [`CircuitBreakerLayer::handle`](super::CircuitBreakerLayer::handle)). Cheap to clone; every
-/// clone steers the same breaker that every service made by the layer shares.
+/// [`CircuitBreakerLayer::handle`](super::CircuitBreakerLayer::handle), which every kind of
+/// single-breaker layer offers: plain, [leaked](super::CircuitBreakerLayer::leak),
+/// [live](super::CircuitBreakerLayer::live) and so the registry's). Cheap to clone; every
+/// clone steers the same breaker that every service made by the layer shares. A handle of a
+/// [`LiveBreaker`] follows it: after a reload replaces the breaker, it steers the new one.
 ///
 /// ```
 /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config, State};
@@ -30,6 +33,26 @@ pub struct CircuitBreakerHandle {
 enum Held {
     Shared(Arc<Breaker>),
     Static(&'static Breaker),
+    /// With the name of the breaker serving when the handle was taken, for
+    /// [`name`](CircuitBreakerHandle::name).
+    Live(LiveBreaker, Arc<str>),
+}
+
+/// The breaker a handle steers now: borrowed, or the one a live breaker serves with.
+enum Current<'a> {
+    Borrowed(&'a Breaker),
+    Live(Arc<Breaker>),
+}
+
+impl Deref for Current<'_> {
+    type Target = Breaker;
+
+    fn deref(&self) -> &Breaker {
+        match self {
+            Current::Borrowed(b) => b,
+            Current::Live(b) => b,
+        }
+    }
 }
 
 impl CircuitBreakerHandle {
@@ -45,16 +68,30 @@ impl CircuitBreakerHandle {
         }
     }
 
-    fn get(&self) -> &Breaker {
-        match &self.breaker {
-            Held::Shared(b) => b,
-            Held::Static(b) => b,
+    pub(crate) fn live(breaker: LiveBreaker) -> Self {
+        let name = breaker.current().shared_name().clone();
+        CircuitBreakerHandle {
+            breaker: Held::Live(breaker, name),
         }
     }
 
-    /// The breaker's name.
+    fn get(&self) -> Current<'_> {
+        match &self.breaker {
+            Held::Shared(b) => Current::Borrowed(b),
+            Held::Static(b) => Current::Borrowed(b),
+            Held::Live(l, _) => Current::Live(l.current()),
+        }
+    }
+
+    /// The breaker's name. For a [`LiveBreaker`]'s handle, the name of the breaker that served
+    /// when the handle was taken (a reload that replaces the breaker may rename it: the
+    /// [`snapshot`](Self::snapshot) has the name of the one serving now).
     pub fn name(&self) -> &str {
-        self.get().name()
+        match &self.breaker {
+            Held::Shared(b) => b.name(),
+            Held::Static(b) => b.name(),
+            Held::Live(_, name) => name,
+        }
     }
 
     /// The current state.
@@ -89,8 +126,9 @@ impl CircuitBreakerHandle {
         self.get().reset(Instant::now());
     }
 
-    /// The underlying state machine.
-    pub fn breaker(&self) -> &Breaker {
+    /// The underlying state machine: for a [`LiveBreaker`]'s handle, the breaker serving
+    /// calls now (hold the handle, not this, to follow reloads).
+    pub fn breaker(&self) -> impl Deref<Target = Breaker> + '_ {
         self.get()
     }
 }

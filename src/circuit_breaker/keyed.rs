@@ -1,8 +1,10 @@
 //! One breaker per key (host, route, tenant), bounded in number and evicted when idle.
 //!
-//! Only closed breakers are ever evicted: dropping an open or half-open one would let the next
-//! call through to a downstream known to be failing. When every slot holds a breaker that is
-//! not closed, new keys share one overflow breaker, named `<name>/(other)`, until a slot frees.
+//! Only closed breakers with no call in flight are ever evicted: dropping an open or half-open
+//! one would let the next call through to a downstream known to be failing, and dropping one
+//! with calls in flight would send their outcomes to a breaker no key uses any more. When every
+//! slot holds a breaker that cannot go, new keys share one overflow breaker, named
+//! `<name>/(other)`, until a slot frees.
 //!
 //! Metric labels are bounded too: the first `max_keys` keys seen get their own `breaker` label,
 //! later ones share `<name>/(other)` with the overflow breaker, and an evicted breaker leaves
@@ -161,9 +163,12 @@ where
         b
     }
 
-    /// Whether a slot can be freed: only closed breakers may go.
+    /// Whether a slot can be freed: only closed breakers with no call in flight may go. A
+    /// call holds the breaker (a reference count) until its outcome is recorded, so a breaker
+    /// the entry alone holds has none; its outcome would otherwise land in a breaker that no
+    /// key uses any more. (A [`CircuitBreakerHandle`] kept elsewhere holds it too.)
     fn evictable(e: &Entry) -> bool {
-        e.breaker.state() == State::Closed
+        e.breaker.state() == State::Closed && Arc::strong_count(&e.breaker) == 1
     }
 
     fn nanos(&self, t: Instant) -> u64 {
@@ -270,7 +275,9 @@ where
         }
     }
 
-    /// A handle to the breaker of `key`, if it exists.
+    /// A handle to the breaker of `key`, if it exists. While a handle (or an `Arc<Breaker>`
+    /// from [`get_or_insert`](Self::get_or_insert)) is kept, the breaker counts as in use and
+    /// is not evicted; drop it when done.
     pub fn get<Q>(&self, key: &Q) -> Option<CircuitBreakerHandle>
     where
         K: Borrow<Q>,
@@ -357,14 +364,19 @@ where
     ///   [retuned](Breaker::retune) in place, keeping its state, window contents and name, and
     ///   `config` becomes the template of breakers made from now on. Its name and listeners
     ///   apply to those new breakers only. Returns [`Reconfigured::Retuned`].
+    ///   A new threshold of failures in a row is a retune too, as for [`Breaker::retune`]: the
+    ///   runs of failures so far count towards it.
     /// - Another window: `config` becomes the template and every breaker is replaced (the old
-    ///   ones leave the state gauges, as on eviction). Closed breakers are dropped: their keys
-    ///   get new ones at their next call. Breakers that are not closed are replaced at once by
-    ///   new ones with empty windows in their state (open or half-open opens, an operator's
-    ///   forced-open, disabled or metrics-only state stays), so a reload never lets traffic
-    ///   through to a host known to be failing. Calls already admitted record into the old
-    ///   breakers. Keys that had their own metric label keep it. Returns
-    ///   [`Reconfigured::Replaced`].
+    ///   ones leave the state gauges, as on eviction). Closed breakers with no call in flight
+    ///   are dropped: their keys get new ones at their next call. The others are replaced at
+    ///   once by new ones with empty windows in their state (open or half-open opens, an
+    ///   operator's forced-open, disabled or metrics-only state stays), so a reload never lets
+    ///   traffic through to a host known to be failing. Calls already admitted record into the
+    ///   old breakers; one whose outcome opens its old breaker opens the new one too. Keys that
+    ///   had their own metric label keep it. Returns [`Reconfigured::Replaced`].
+    ///
+    /// Listeners may use the family (the new breakers' first events are reported once the
+    /// reconfiguration is done and no lock is held).
     ///
     /// ```
     /// use tokio::time::Instant;
@@ -386,37 +398,56 @@ where
     /// # Ok::<_, tower_rampart::ConfigError>(())
     /// ```
     pub fn reconfigure(&self, config: Config) -> Reconfigured {
-        // Under the insertion lock no breaker is being made, from the old template or the new.
-        let held = self.lock();
-        if self.config.load().window == config.window {
-            for e in self.map.load().values() {
-                // Built from a template with this window: never refused.
-                let _ = e.breaker.retune(&config);
+        let successors = {
+            // Under the insertion lock no breaker is being made, from the old template or the
+            // new.
+            let held = self.lock();
+            if super::breaker::retunable(self.config.load().window, config.window) {
+                for e in self.map.load().values() {
+                    // Built from a template with a retunable window: never refused.
+                    let _ = e.breaker.retune(&config);
+                }
+                if let Some(b) = self.overflow.load_full() {
+                    let _ = b.retune(&config);
+                }
+                self.config.store(Arc::new(config));
+                return Reconfigured::Retuned;
             }
-            if let Some(b) = self.overflow.load_full() {
-                let _ = b.retune(&config);
-            }
-            self.config.store(Arc::new(config));
-            return Reconfigured::Retuned;
+            self.replace_all(&held, config)
+        };
+        // The successors' first events, with no lock held: their listeners may use the family.
+        for b in successors {
+            b.deliver_events();
         }
+        Reconfigured::Replaced
+    }
+
+    /// Replaces every breaker that is not closed, or has calls in flight, with one of
+    /// `config`'s window in its state, and drops the others; returns the successors, whose
+    /// events are still to be reported.
+    fn replace_all(&self, held: &MutexGuard<'_, HashSet<K>>, config: Config) -> Vec<Arc<Breaker>> {
         let base = config.name.clone();
         self.config.store(Arc::new(config.clone()));
         let now = Instant::now();
-        // A breaker of the new window in `old`'s state (see `Breaker::take_state_of`).
-        let successor = |old: &Breaker, name: Arc<str>, label: Arc<str>| {
+        let mut successors = Vec::new();
+        // A breaker of the new window that takes over from `old` (see `Breaker::hand_over`).
+        let mut successor = |old: &Breaker, name: Arc<str>, label: Arc<str>| {
+            old.retire_metrics();
             let mut c = config.clone();
             c.name = name;
-            let b = Breaker::keyed(c, label);
-            b.take_state_of(old, now);
-            Arc::new(b)
+            let b = Arc::new(Breaker::keyed(c, label));
+            old.hand_over(&b, now);
+            successors.push(b.clone());
+            b
         };
         let old = self.map.swap(Arc::new(HashMap::new()));
         let mut kept = HashMap::new();
         for (key, e) in old.iter() {
-            e.breaker.retire_metrics();
-            // Closed breakers go (the next call makes a new one); the others are replaced in
-            // their state, or a reload would let traffic through to a host known to be down.
+            // Closed breakers with no call in flight go (the next call makes a new one); the
+            // others are replaced in their state, or a reload would let traffic through to a
+            // host known to be down, or lose the outcomes of calls in flight.
             if Self::evictable(e) {
+                e.breaker.retire_metrics();
                 continue;
             }
             let name: Arc<str> = Arc::from(format!("{base}/{key}"));
@@ -433,13 +464,14 @@ where
         }
         self.map.store(Arc::new(kept));
         if let Some(b) = self.overflow.swap(None) {
-            b.retire_metrics();
-            if b.state() != State::Closed {
+            if b.state() != State::Closed || Arc::strong_count(&b) > 1 {
                 let name: Arc<str> = Arc::from(format!("{base}/{OTHER}"));
                 self.overflow.store(Some(successor(&b, name.clone(), name)));
+            } else {
+                b.retire_metrics();
             }
         }
-        Reconfigured::Replaced
+        successors
     }
 
     /// The keys that have a breaker now.

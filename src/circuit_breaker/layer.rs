@@ -110,8 +110,9 @@ impl CircuitBreakerLayer {
     /// A layer with one breaker per key computed by `key` from each request, all built from
     /// `config` and named `<name>/<key>`. At most 1024 keys by default: to make room the least
     /// recently used closed breaker goes, and closed breakers idle for 10 minutes are dropped
-    /// when a new key arrives. Open and half-open breakers are never dropped; while every slot
-    /// holds one, new keys share an overflow breaker named `<name>/(other)`. Only the first
+    /// when a new key arrives. Open and half-open breakers are never dropped, nor breakers with
+    /// calls in flight (their outcomes count for their key); while every slot holds one, new
+    /// keys share an overflow breaker named `<name>/(other)`. Only the first
     /// `max_keys` keys get their own metrics label; later ones use `<name>/(other)`.
     ///
     /// ```
@@ -195,10 +196,52 @@ impl<C, M> CircuitBreakerLayer<C, M, Static> {
     }
 }
 
+impl<C, M> CircuitBreakerLayer<C, M, LiveBreaker> {
+    /// A handle to read and steer the live breaker (a registry's breaker included). It follows
+    /// reloads: after one replaces the breaker, it steers the new one.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config, LiveBreaker, State};
+    ///
+    /// let live = LiveBreaker::new(Config::builder().name("ledger").build()?);
+    /// let layer = CircuitBreakerLayer::live(live);
+    /// let handle = layer.handle();
+    /// handle.force_open();
+    /// assert_eq!(handle.state(), State::ForcedOpen);
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        self.picker.handle()
+    }
+
+    /// The live breaker, to reconfigure it.
+    pub fn live_breaker(&self) -> &LiveBreaker {
+        &self.picker
+    }
+}
+
 impl<C, M, K, F> CircuitBreakerLayer<C, M, Keyed<K, F>>
 where
     K: Hash + Eq + Clone + fmt::Display,
 {
+    /// The handle of a keyed layer: its family of breakers, the same as
+    /// [`breakers`](Self::breakers). Steer one key's breaker with
+    /// [`get`](KeyedBreakers::get), list them with [`handles`](KeyedBreakers::handles).
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config, State};
+    ///
+    /// let layer = CircuitBreakerLayer::keyed(Config::builder().name("api").build()?, |k: &String| k.clone());
+    /// let family = layer.handle();
+    /// family.get_or_insert("a.example".to_owned(), tokio::time::Instant::now());
+    /// family.get("a.example").unwrap().force_open();
+    /// assert_eq!(family.get("a.example").unwrap().state(), State::ForcedOpen);
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn handle(&self) -> Arc<KeyedBreakers<K>> {
+        self.breakers()
+    }
+
     /// The shared family of breakers: look one up by key, list keys, evict idle ones.
     pub fn breakers(&self) -> Arc<KeyedBreakers<K>> {
         self.picker.breakers.clone()

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use tokio::time::Instant;
 
-use super::{Breaker, Config, select::SelectBreaker};
+use super::{Breaker, CircuitBreakerHandle, Config, select::SelectBreaker};
 
 /// One breaker, reconfigurable while it serves traffic: a configuration registry calls
 /// [`reconfigure`](Self::reconfigure) on every reload. Cheap to clone; every clone (and every
@@ -69,10 +69,10 @@ pub enum Reconfigured {
     /// The window was unchanged: the running breakers took the new settings in place
     /// ([`Breaker::retune`]), keeping their state and window contents.
     Retuned,
-    /// The window changed: new breakers with empty windows replaced the old ones. A
-    /// [`LiveBreaker`]'s replacement takes on the old breaker's state (open stays open, an
-    /// operator's forced-open, disabled or metrics-only state stays); the breakers of a keyed
-    /// family start closed.
+    /// The window changed: new breakers with empty windows replaced the old ones, each in the
+    /// old one's state (open stays open, an operator's forced-open, disabled or metrics-only
+    /// state stays). A keyed family drops its closed breakers with no call in flight instead:
+    /// their keys get new, closed ones at their next call.
     Replaced,
 }
 
@@ -123,7 +123,12 @@ impl LiveBreaker {
     /// open duration), and an operator's forced-open, disabled or metrics-only state carries
     /// over, so that a reload never lets traffic through to a downstream known to be failing.
     /// Calls already admitted record into the old breaker, which is dropped after the last of
-    /// them.
+    /// them; if their outcomes open it, the new breaker opens too (unless it is open, half-open
+    /// or held by an operator already). The old breaker's state is read under its transition
+    /// lock, so an opening racing the reload is never lost.
+    ///
+    /// Listeners may call `reconfigure` (the new breaker's first events are reported once the
+    /// reconfiguration is done and no lock is held).
     ///
     /// Metrics on replacement: the old breaker leaves the state gauges at once (a state change
     /// that a call in flight causes in it moves no gauge), and the new one sets its own, so with
@@ -155,23 +160,48 @@ impl LiveBreaker {
     /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
     /// ```
     pub fn reconfigure(&self, config: Config) -> Reconfigured {
-        let _one = self
-            .inner
-            .reconfiguring
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = self.inner.current.load_full();
-        // `retune` refuses a window change only: `config` was validated when built.
-        if old.retune(&config).is_ok() {
-            return Reconfigured::Retuned;
-        }
-        // Retire first, build second: from here on a transition of the old breaker cannot
-        // overwrite the gauges that the new one (same name, same labels) sets when built.
-        old.retire_metrics();
-        let new = Breaker::new(config);
-        new.take_state_of(&old, Instant::now());
-        self.inner.current.store(Arc::new(new));
+        let new = {
+            let _one = self
+                .inner
+                .reconfiguring
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let old = self.inner.current.load_full();
+            // `retune` refuses a window change only: `config` was validated when built.
+            if old.retune(&config).is_ok() {
+                return Reconfigured::Retuned;
+            }
+            // Retire first, build second: from here on a transition of the old breaker cannot
+            // overwrite the gauges that the new one (same name, same labels) sets when built.
+            old.retire_metrics();
+            let new = Arc::new(Breaker::new(config));
+            // Under the old breaker's transition lock: an opening of the old breaker is either
+            // seen here or, after the hand-over, passed on to the new one. Never lost.
+            old.hand_over(&new, Instant::now());
+            self.inner.current.store(new.clone());
+            new
+        };
+        // The new breaker's first events, with no lock held: its listeners may reconfigure
+        // this live breaker again.
+        new.deliver_events();
         Reconfigured::Replaced
+    }
+
+    /// A handle to read and steer the breaker serving calls now, which follows replacements:
+    /// after a window change it steers the new breaker.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{Config, LiveBreaker, State};
+    ///
+    /// let live = LiveBreaker::new(Config::builder().name("ledger").build()?);
+    /// let handle = live.handle();
+    /// live.reconfigure(Config::builder().name("ledger").count_window(10).minimum_calls(5).build()?);
+    /// handle.force_open();
+    /// assert_eq!(live.current().state(), State::ForcedOpen);
+    /// # Ok::<_, tower_rampart::circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::live(self.clone())
     }
 }
 

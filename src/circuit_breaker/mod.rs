@@ -4,16 +4,19 @@
 //! - **Windows**: the last N calls ([`Builder::count_window`], a true ring), the last T seconds
 //!   in fixed buckets ([`Builder::time_window`]), or failures in a row
 //!   ([`Builder::consecutive_failures`]).
-//! - **Thresholds**: failure rate and slow-call rate (inclusive), judged once the window holds a
-//!   minimum number of calls.
+//! - **Thresholds**: failure rate and slow-call rate (inclusive), or a number of failures in a
+//!   count window ([`Builder::failure_count`]), judged once the window holds a minimum number of
+//!   calls.
 //! - **Open → half-open → closed**: after the open duration (fixed or growing with consecutive
 //!   openings; lengthened by a downstream's `Retry-After`), exactly N probes decide. A cancelled
 //!   probe returns its permit, and so does one whose inner `call` or future panics; a probe that
 //!   hangs without being dropped is given up after the half-open max wait
 //!   ([`Builder::half_open_max_wait`], on by default); results from an earlier period are
 //!   ignored.
-//! - **Operator control** through a [`CircuitBreakerHandle`], events through listeners, and
-//!   metrics through the `metrics` facade (feature `metrics`, on by default).
+//! - **Operator control** through a [`CircuitBreakerHandle`] (every breaker layer has
+//!   `handle()`), events through listeners (which run with no lock held, so they may steer the
+//!   breaker: see [`Builder::on_event`]), and metrics through the `metrics` facade (feature
+//!   `metrics`, on by default).
 //! - **Keyed** breakers, one per host or route: [`CircuitBreakerLayer::keyed`].
 //! - **Live reconfiguration**: [`Breaker::retune`] changes thresholds and durations in place,
 //!   state kept; [`LiveBreaker`] (layered with [`CircuitBreakerLayer::live`]) and

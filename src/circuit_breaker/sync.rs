@@ -6,7 +6,7 @@
 pub(crate) use loom::{
     hint::spin_loop,
     sync::{
-        Mutex,
+        Mutex, MutexGuard,
         atomic::{AtomicU8, AtomicU32, AtomicU64, fence},
     },
 };
@@ -14,7 +14,7 @@ pub(crate) use loom::{
 pub(crate) use std::{
     hint::spin_loop,
     sync::{
-        Mutex,
+        Mutex, MutexGuard,
         atomic::{AtomicU8, AtomicU32, AtomicU64, fence},
     },
 };

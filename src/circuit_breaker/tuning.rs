@@ -23,6 +23,8 @@ pub(crate) struct Tuning {
     /// Slow-call duration; 0 when slow-call detection is off (the builder refuses a zero one).
     pub(crate) slow_nanos: u64,
     pub(crate) minimum_calls: u32,
+    /// Failures in a count window that open the breaker; 0: the failure rate judges.
+    pub(crate) failure_count: u32,
     pub(crate) open_nanos: u64,
     pub(crate) open_multiplier: f64,
     pub(crate) max_open_nanos: u64,
@@ -41,6 +43,8 @@ pub(crate) struct Judging {
     /// 0: slow-call detection off.
     pub(crate) slow_nanos: u64,
     pub(crate) minimum_calls: u32,
+    /// 0: the failure rate judges a closed breaker's window.
+    pub(crate) failure_count: u32,
     pub(crate) half_open_permits: u32,
 }
 
@@ -51,6 +55,7 @@ impl Tuning {
             slow_ppm: self.slow_ppm,
             slow_nanos: self.slow_nanos,
             minimum_calls: self.minimum_calls,
+            failure_count: self.failure_count,
             half_open_permits: self.half_open_permits,
         }
     }
@@ -66,6 +71,7 @@ impl Tuning {
                 WindowKind::Consecutive { failures } => failures,
                 _ => config.minimum_calls,
             },
+            failure_count: config.failure_count,
             open_nanos: nanos_of(config.open),
             open_multiplier: config.open_multiplier,
             max_open_nanos: nanos_of(config.max_open),
@@ -87,6 +93,7 @@ impl Tuning {
             }
             _ => config.minimum_calls = self.minimum_calls,
         }
+        config.failure_count = self.failure_count;
         config.open = Duration::from_nanos(self.open_nanos);
         config.open_multiplier = self.open_multiplier;
         config.max_open = Duration::from_nanos(self.max_open_nanos);
@@ -140,7 +147,8 @@ fn pack(t: &Tuning) -> [u64; WORDS] {
             | (t.slow_ppm & PPM_MASK) << PPM_BITS
             | u64::from(t.half_open_permits & 0xFFFF) << PERMITS_SHIFT
             | u64::from(t.respect_retry_after) << RESPECT_SHIFT,
-        u64::from(t.minimum_calls),
+        // The failure count shares the minimum's word: judging loads no more words for it.
+        u64::from(t.minimum_calls) | u64::from(t.failure_count) << 32,
         t.slow_nanos,
         t.open_nanos,
         t.open_multiplier.to_bits(),
@@ -155,6 +163,7 @@ fn unpack_judging(w: [u64; JUDGING_WORDS]) -> Judging {
         slow_ppm: (w[0] >> PPM_BITS) & PPM_MASK,
         half_open_permits: ((w[0] >> PERMITS_SHIFT) & 0xFFFF) as u32,
         minimum_calls: w[1] as u32,
+        failure_count: (w[1] >> 32) as u32,
         slow_nanos: w[SLOW],
     }
 }
@@ -166,6 +175,7 @@ fn unpack(w: [u64; WORDS]) -> Tuning {
         half_open_permits: ((w[0] >> PERMITS_SHIFT) & 0xFFFF) as u32,
         respect_retry_after: (w[0] >> RESPECT_SHIFT) & 1 == 1,
         minimum_calls: w[1] as u32,
+        failure_count: (w[1] >> 32) as u32,
         slow_nanos: w[SLOW],
         open_nanos: w[3],
         open_multiplier: f64::from_bits(w[4]),
@@ -273,5 +283,14 @@ mod tests {
         let mut back = config.clone();
         t.apply(&mut back);
         assert_eq!(format!("{back:?}"), format!("{config:?}"));
+        let counted = Config::builder()
+            .count_window(10)
+            .minimum_calls(5)
+            .failure_count(7)
+            .build()
+            .unwrap();
+        let t = Tuning::of(&counted);
+        assert_eq!(t.failure_count, 7);
+        assert_eq!(Tunables::new(&t).load_judging(), t.judging());
     }
 }

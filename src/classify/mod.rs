@@ -136,6 +136,35 @@ pub trait Classify<Res, Err> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
 
+    /// The classifier one call uses from its start to its end. A layer that judges several
+    /// outcomes of one call (the retry layer, one per attempt) takes it when the call starts,
+    /// so that every attempt is judged by the same rules, as it follows one retry policy.
+    ///
+    /// By default a clone. A classifier whose rules may change while it runs returns one that
+    /// keeps the rules current now: [`ByName::live`] keeps the error names it has when the call
+    /// starts, whatever a reload sets meanwhile.
+    ///
+    /// ```
+    /// use tower_rampart::classify::{ByName, Classify, ErrorNames, HttpStatus, LiveNames, Outcome};
+    ///
+    /// let names = ErrorNames::default();
+    /// let lists = LiveNames::new(Some(names.compile(&["503"]).unwrap()), None);
+    /// let live = ByName::live(HttpStatus::default(), lists.clone());
+    /// let one_call = Classify::<http::Response<()>, ()>::for_call(&live);
+    /// lists.set(Some(names.compile(&["502"]).unwrap()), None);
+    /// let res = http::Response::builder().status(503).body(()).unwrap();
+    /// let k = |c: &ByName<HttpStatus>| c.classify(Ok::<_, &()>(&res));
+    /// assert_eq!(k(&one_call), Outcome::FAILURE, "the names it started with");
+    /// assert_eq!(k(&live), Outcome::Ignore, "the new names");
+    /// ```
+    #[inline]
+    fn for_call(&self) -> Self
+    where
+        Self: Clone + Sized,
+    {
+        self.clone()
+    }
+
     /// Whether `error` is a circuit breaker's refusal: "not now" rather than a failed call.
     ///
     /// By default, a [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) error, by itself or

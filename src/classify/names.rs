@@ -1043,6 +1043,9 @@ pub struct ByName<C> {
     never: Option<NameSet>,
     /// Lists that a configuration reload may replace; when set, they replace the two above.
     live: Option<LiveNames>,
+    /// The live lists as one call found them when it started ([`Classify::for_call`]): when
+    /// set, they replace all of the above.
+    pinned: Option<Arc<NamePair>>,
 }
 
 /// The two name lists of a [`ByName`] classifier, replaceable while it classifies: a
@@ -1050,7 +1053,9 @@ pub struct ByName<C> {
 /// every clone (and every classifier made with it) sees the same lists.
 ///
 /// A call reads the lists with one lock-free load (no allocation); a classification uses one
-/// pair of lists, the old or the new, never one of each.
+/// pair of lists, the old or the new, never one of each. A retried call keeps the pair it
+/// started with for all its attempts ([`Classify::for_call`]), as it keeps its retry policy: a
+/// reload applies to calls that start after it.
 ///
 /// ```
 /// use tower_rampart::classify::{ByName, Classify, ErrorNames, HttpStatus, LiveNames, Outcome};
@@ -1109,6 +1114,7 @@ impl<C> ByName<C> {
             retry_on: None,
             never: None,
             live: None,
+            pinned: None,
         }
     }
 
@@ -1121,6 +1127,7 @@ impl<C> ByName<C> {
             retry_on: None,
             never: None,
             live: Some(lists),
+            pinned: None,
         }
     }
 
@@ -1176,13 +1183,28 @@ where
     E: 'static,
 {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
-        match &self.live {
-            None => self.decide(self.retry_on.as_ref(), self.never.as_ref(), result),
-            Some(lists) => {
+        match (&self.pinned, &self.live) {
+            (Some(pair), _) => self.decide(pair.0.as_ref(), pair.1.as_ref(), result),
+            (None, None) => self.decide(self.retry_on.as_ref(), self.never.as_ref(), result),
+            (None, Some(lists)) => {
                 let pair = lists.0.load();
                 self.decide(pair.0.as_ref(), pair.1.as_ref(), result)
             }
         }
+    }
+
+    /// Live lists are pinned as they are now (a reference count, no allocation, no lock), so a
+    /// reload during the call does not change how its later attempts are judged.
+    #[inline]
+    fn for_call(&self) -> Self
+    where
+        Self: Clone,
+    {
+        let mut one_call = self.clone();
+        if let Some(lists) = one_call.live.take() {
+            one_call.pinned = Some(lists.0.load_full());
+        }
+        one_call
     }
 
     #[inline]

@@ -26,8 +26,8 @@ use crate::circuit_breaker::{self, Config};
 /// | `time_window`, `time_window_buckets` | | judge the calls of the last duration (10 buckets unless set) |
 /// | `consecutive_failures` | | open after N failures in a row |
 /// | `failure_rate` | | open at this failure rate, in (0, 1] |
-/// | `failure_threshold` | | N failures: with a count window, the rate N / window (so N failures in a row always open it); alone, N failures in a row |
-/// | `minimum_calls` | | calls the window must hold before its rates count (unless set: with `failure_threshold` and a count window, N; with a count window smaller than the default, the window's size) |
+/// | `failure_threshold` | | N failures (1 to the window's size): with a count window of W calls, open when at least N of the last W calls failed, once `minimum_calls` are in (N in a row always open it; fewer than N never do); without a window, N failures in a row |
+/// | `minimum_calls` | | calls the window must hold before it is judged (unless set: with `failure_threshold` and a count window, N; with a count window smaller than the default, the window's size) |
 /// | `slow_call_duration` | `slow_call_duration_threshold` | a call this long or longer is slow |
 /// | `slow_call_rate` | `slow_call_rate_threshold` | open at this slow-call rate, in (0, 1] |
 /// | `open_duration` | `recovery_timeout` | wait before half-open |
@@ -36,7 +36,7 @@ use crate::circuit_breaker::{self, Config};
 /// | `half_open_max_wait` | | a duration or `off` |
 /// | `respect_retry_after` | | let a 503's `Retry-After` lengthen the wait |
 ///
-/// Rates are fractions: `0.8`, not `80`.
+/// Rates are fractions: `0.8`, not `80`. Durations are at most one year (365 days).
 ///
 /// ```
 /// use std::time::Duration;
@@ -186,7 +186,10 @@ impl BreakerSettings {
             _ => false,
         };
         if self.failure_threshold.is_some()
-            && matches!(setting, "failure_rate" | "consecutive_failures")
+            && matches!(
+                setting,
+                "failure_rate" | "failure_count" | "consecutive_failures"
+            )
         {
             return "failure_threshold";
         }
@@ -231,7 +234,11 @@ impl BreakerSettings {
                 ),
             ));
         }
-        if let Some((&size, _)) = count {
+        if let Some((&size, key)) = count {
+            // Blamed on the window, not on what is judged over it (`failure_threshold`).
+            if size == 0 {
+                return Err(at(key, "must be at least 1 (calls in the window)".into()));
+            }
             // A window smaller than the minimum calls left unset (20 by default) could never
             // open: judge it from its size instead. A minimum given here is checked as written.
             if self.minimum_calls.is_none() && b.minimum_calls_so_far() > size {
@@ -336,7 +343,8 @@ impl BreakerSettings {
         Ok(b)
     }
 
-    /// `failure_threshold: n`: a rate over a count window, or failures in a row without one.
+    /// `failure_threshold: n`: at least `n` failures of a count window's calls, or `n`
+    /// failures in a row without a window.
     fn threshold(
         &self,
         b: circuit_breaker::Builder,
@@ -362,8 +370,9 @@ impl BreakerSettings {
                 "failure_threshold",
                 format!("must be in 1..={size} (the count window), got {n}"),
             )),
-            Some(size) => {
-                let b = b.failure_rate(f64::from(n) / f64::from(size));
+            Some(_) => {
+                // An absolute number: at least `n` of the last `size` calls failed.
+                let b = b.failure_count(n);
                 // The earliest the window could hold `n` failures.
                 Ok(if self.minimum_calls.is_none() {
                     b.minimum_calls(n)

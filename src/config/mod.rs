@@ -19,6 +19,26 @@
 //! Files are YAML (feature `yaml`, parsed by `serde-saphyr`) or TOML (feature `toml`); any
 //! format serde reads can go through `serde_json::Value` and `from_value`.
 //!
+//! Errors are in an operator's words, each naming the key: a count is "a whole number from 0
+//! to 4294967295", a duration "cannot be negative" and is at most one year
+//! ([`MAX_DURATION`](crate::MAX_DURATION), in every section), a key written twice is named
+//! with both its lines, an empty (or comment-only) file is refused as empty, a file whose top
+//! level is not a mapping is told what it must hold, and TOML given to a YAML loader (or the
+//! reverse) is told which loader to use. Error names may be written unquoted where they are
+//! numbers (`retry_on: [503, 429]`).
+//!
+//! ```
+//! use tower_rampart::config::RegistrySettings;
+//!
+//! let err = RegistrySettings::from_yaml("policies:\n  a:\n    timeout: { total: -5s }\n");
+//! assert_eq!(
+//!     err.unwrap_err().to_string(),
+//!     "policies.a.timeout.total: cannot be negative: write a duration such as \"5s\", got \"-5s\"",
+//! );
+//! let err = RegistrySettings::from_yaml("# nothing yet\n").unwrap_err();
+//! assert!(err.to_string().starts_with("the file is empty"));
+//! ```
+//!
 //! # The design-document vocabulary
 //!
 //! Snippets such as this one load as written:

@@ -75,7 +75,7 @@ fn over<T: Clone>(mine: &Option<T>, base: &Option<T>, inherit: impl Fn(&T, &T) -
 }
 
 impl PolicySettings {
-    loaders!("a policy");
+    loaders!("a policy", super::load::POLICY);
 
     /// Loads a policy from a JSON value (or anything `serde_json` turned into one), checking
     /// every section and every error name against [`ErrorNames::default`].
@@ -84,7 +84,7 @@ impl PolicySettings {
     ///
     /// An [`Error`] naming the path of the field at fault.
     pub fn from_value(value: serde_json::Value) -> Result<Self, Error> {
-        let policy: PolicySettings = super::load::from_value(value)?;
+        let policy: PolicySettings = super::load::document(value, super::load::POLICY)?;
         policy.check(&ErrorNames::default(), "", "default")?;
         Ok(policy)
     }
@@ -312,7 +312,7 @@ pub struct RegistrySettings {
 }
 
 impl RegistrySettings {
-    loaders!("a registry file");
+    loaders!("a registry file", super::load::REGISTRY);
 
     /// Loads a registry file from a JSON value, checking every policy over the defaults with
     /// [`ErrorNames::default`].
@@ -321,7 +321,7 @@ impl RegistrySettings {
     ///
     /// An [`Error`] naming the path of the field at fault.
     pub fn from_value(value: serde_json::Value) -> Result<Self, Error> {
-        let s: RegistrySettings = super::load::from_value(value)?;
+        let s: RegistrySettings = super::load::document(value, super::load::REGISTRY)?;
         s.check(&ErrorNames::default())?;
         Ok(s)
     }

@@ -100,13 +100,25 @@ pub struct RetrySettings {
     pub attempt_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSettings>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "super::value::names::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_on: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "super::value::names::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retryable_exceptions: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "super::value::names::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub never_retry: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "super::value::names::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub non_retryable_exceptions: Option<Vec<String>>,
 }
 

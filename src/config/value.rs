@@ -66,9 +66,7 @@ impl<'de> Deserialize<'de> for Limit {
                 if v == "off" {
                     return Ok(Limit::Off);
                 }
-                humantime::parse_duration(v)
-                    .map(Limit::After)
-                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
+                parse(v).map(Limit::After).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Limit, E> {
                 Err(E::custom(format!(
@@ -76,6 +74,11 @@ impl<'de> Deserialize<'de> for Limit {
                 )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Limit, E> {
+                if v < 0 {
+                    return Err(E::custom(format!(
+                        "cannot be negative: write a duration such as \"30s\", got {v}"
+                    )));
+                }
                 Err(E::custom(format!(
                     "{v} is not a duration: write one such as \"30s\""
                 )))
@@ -87,6 +90,26 @@ impl<'de> Deserialize<'de> for Limit {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A human duration (`30s`, `1m 30s`), at most [`MAX_DURATION`](crate::MAX_DURATION): longer
+/// ones (and those too long for a `Duration` at all) are refused here, with the key, for every
+/// duration of every file, whatever the builder the value goes to.
+fn parse(v: &str) -> Result<Duration, String> {
+    if v.trim_start().starts_with('-') {
+        return Err(format!(
+            "cannot be negative: write a duration such as \"5s\", got {v:?}"
+        ));
+    }
+    match humantime::parse_duration(v) {
+        Ok(d) if d <= crate::MAX_DURATION => Ok(d),
+        // Named as written (`1000000000y` says more than its count of days), and so is a
+        // duration too long for a `Duration` at all.
+        Ok(_) | Err(humantime::DurationError::NumberOverflow) => {
+            Err(format!("must be at most one year (365 days), got {v:?}"))
+        }
+        Err(e) => Err(format!("invalid duration {v:?}: {e}")),
     }
 }
 
@@ -191,5 +214,44 @@ pub(crate) mod duration {
                 "this setting cannot be turned off: give a duration such as \"30s\"",
             )),
         }
+    }
+}
+
+/// Serde helpers for lists of error names (`retry_on: [503, NetworkTimeout]`): an unquoted
+/// status is a number to YAML and TOML, and is taken as the name it spells.
+pub(crate) mod names {
+    use std::fmt;
+
+    use serde::{Deserialize, Deserializer, de};
+
+    struct Name(String);
+
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl de::Visitor<'_> for V {
+                type Value = Name;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an error name such as \"NetworkTimeout\", \"5xx\" or 503")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Name, E> {
+                    Ok(Name(v.to_owned()))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Name, E> {
+                    Ok(Name(v.to_string()))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Name, E> {
+                    Ok(Name(v.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<String>>, D::Error> {
+        let names = Option::<Vec<Name>>::deserialize(d)?;
+        Ok(names.map(|n| n.into_iter().map(|n| n.0).collect()))
     }
 }

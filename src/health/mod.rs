@@ -2,7 +2,8 @@
 //! conventions use (draft-inadarei-api-health-check, content type `application/health+json`).
 //!
 //! - [`Readiness`] answers "send me traffic?": 200 with `pass` or `warn`, 503 with `fail` when a
-//!   breaker marked critical is open or a store does not answer in time. Point the
+//!   breaker marked critical is open (for a keyed family, when enough of its breakers are:
+//!   [`Readiness::critical_when`]) or a store does not answer in time. Point the
 //!   orchestrator's readiness probe (Kubernetes `readinessProbe`) at it.
 //! - [`Liveness`] answers "is the process alive?": always 200. Liveness must **not** depend on
 //!   breakers or stores: a downstream outage would then make the orchestrator restart every
@@ -52,6 +53,7 @@
 //! # }
 //! ```
 
+mod quorum;
 mod readiness;
 mod report;
 
@@ -63,6 +65,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 
+pub use quorum::OpenBreakers;
 pub use readiness::{BreakerSource, DEFAULT_STORE_NAME, FromFn, Readiness, from_fn};
 pub use report::{Check, HEALTH_JSON, ObservedValue, Report, Status};
 

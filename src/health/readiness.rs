@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use super::{Check, ObservedValue, Report, Status};
+use super::{Check, ObservedValue, OpenBreakers, Report, Status};
 use crate::{
     circuit_breaker::{CircuitBreakerHandle, KeyedBreakers, Snapshot, State},
     idempotency::{Store, StoreError},
@@ -108,7 +108,15 @@ impl<St: Store> Probe for St {
 #[derive(Clone)]
 struct Breakers {
     source: Arc<dyn BreakerSource>,
-    critical: bool,
+    /// How many open breakers fail the probe; `None`: open breakers only warn.
+    critical: Option<Critical>,
+}
+
+#[derive(Clone, Copy)]
+struct Critical {
+    threshold: OpenBreakers,
+    /// Added with `critical_when`: the output counts the source's open breakers.
+    counted: bool,
 }
 
 #[derive(Clone)]
@@ -130,7 +138,11 @@ struct Inner {
 /// [`report`](Self::report) from a handler of your own.
 ///
 /// - A breaker added with [`critical`](Self::critical) fails the probe while it is open (or
-///   forced open): without that downstream this instance cannot serve.
+///   forced open): without that downstream this instance cannot serve. A source of many
+///   breakers added so (a keyed family, one breaker per host) fails it when **any one** of
+///   them is open, on every instance at once, since they all call that host: for a family,
+///   prefer [`critical_when`](Self::critical_when), which fails only when enough of them are
+///   open (see [`OpenBreakers`]).
 /// - One added with [`breaker`](Self::breaker) only warns while open (the response stays 200):
 ///   the layers around it degrade, a fallback answers.
 /// - A half-open breaker warns. A breaker's state is read on the clock
@@ -197,20 +209,55 @@ impl Readiness {
 
     /// Checks these breakers: open warns, the probe still passes (200).
     pub fn breaker(self, source: impl BreakerSource) -> Self {
-        self.edit(|i| {
-            i.breakers.push(Breakers {
-                source: Arc::new(source),
-                critical: false,
-            })
-        })
+        self.add(source, None)
     }
 
-    /// Checks these breakers: open (or forced open) fails the probe (503).
+    /// Checks these breakers: any one open (or forced open) fails the probe (503). Right for
+    /// one breaker guarding a downstream this instance cannot serve without; for a keyed
+    /// family, one open host fails every instance at once: see
+    /// [`critical_when`](Self::critical_when).
     pub fn critical(self, source: impl BreakerSource) -> Self {
+        self.add(
+            source,
+            Some(Critical {
+                threshold: OpenBreakers::ANY,
+                counted: false,
+            }),
+        )
+    }
+
+    /// Checks these breakers: the probe fails (503) when `threshold` of them are open (or
+    /// forced open), counted over the breakers the source lists at that check; fewer open
+    /// breakers warn (200). For a keyed family of per-host breakers, so that one host down
+    /// does not take every instance out of rotation. Each open breaker's `output` says how
+    /// many of the source's breakers are open.
+    ///
+    /// ```
+    /// use tower_rampart::circuit_breaker::{CircuitBreakerLayer, Config};
+    /// use tower_rampart::health::{OpenBreakers, Readiness};
+    ///
+    /// let hosts = CircuitBreakerLayer::keyed_by_authority(Config::builder().name("api").build()?);
+    /// // Not ready once half of the hosts (rounded up) have an open breaker.
+    /// let readiness =
+    ///     Readiness::new().critical_when(hosts.breakers(), OpenBreakers::fraction(0.5)?);
+    /// # let _ = readiness;
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn critical_when(self, source: impl BreakerSource, threshold: OpenBreakers) -> Self {
+        self.add(
+            source,
+            Some(Critical {
+                threshold,
+                counted: true,
+            }),
+        )
+    }
+
+    fn add(self, source: impl BreakerSource, critical: Option<Critical>) -> Self {
         self.edit(|i| {
             i.breakers.push(Breakers {
                 source: Arc::new(source),
-                critical: true,
+                critical,
             })
         })
     }
@@ -245,8 +292,21 @@ impl Readiness {
         let wall = SystemTime::now();
         let mut checks = Vec::new();
         for b in &inner.breakers {
-            for h in b.source.breakers() {
-                checks.push(breaker_check(&h.snapshot(), b.critical, wall));
+            let snapshots: Vec<Snapshot> =
+                b.source.breakers().iter().map(|h| h.snapshot()).collect();
+            let open = snapshots.iter().filter(|s| is_open(s.state)).count();
+            let total = snapshots.len();
+            let critical = b.critical.map(|c| Verdict {
+                fails: c.threshold.fails(open, total),
+                counted: c.counted.then(|| {
+                    format!(
+                        "{open} of {total} breakers of this source open, {}",
+                        c.threshold
+                    )
+                }),
+            });
+            for s in &snapshots {
+                checks.push(breaker_check(s, critical.as_ref(), wall));
             }
         }
         let timeout = inner.store_timeout;
@@ -287,7 +347,18 @@ impl Readiness {
     }
 }
 
-fn breaker_check(s: &Snapshot, critical: bool, wall: SystemTime) -> Check {
+fn is_open(state: State) -> bool {
+    matches!(state, State::Open | State::ForcedOpen)
+}
+
+/// What a critical source's open breakers come to at one check.
+struct Verdict {
+    fails: bool,
+    /// For `critical_when`: how many of the source's breakers are open, and the threshold.
+    counted: Option<String>,
+}
+
+fn breaker_check(s: &Snapshot, critical: Option<&Verdict>, wall: SystemTime) -> Check {
     let (status, output) = match s.state {
         State::Open | State::ForcedOpen => {
             let what = if s.state == State::Open {
@@ -298,13 +369,22 @@ fn breaker_check(s: &Snapshot, critical: bool, wall: SystemTime) -> Check {
             } else {
                 "forced open by an operator".to_owned()
             };
-            if critical {
-                (
+            match critical {
+                Some(Verdict {
+                    fails,
+                    counted: Some(count),
+                }) => (
+                    if *fails { Status::Fail } else { Status::Warn },
+                    Some(format!("{what}; {count}")),
+                ),
+                Some(Verdict {
+                    fails: true,
+                    counted: None,
+                }) => (
                     Status::Fail,
                     Some(format!("{what}; the breaker is critical")),
-                )
-            } else {
-                (Status::Warn, Some(what))
+                ),
+                _ => (Status::Warn, Some(what)),
             }
         }
         State::HalfOpen => (

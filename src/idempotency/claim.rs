@@ -10,17 +10,62 @@ use super::{
     Claim, Completion, EventKind, Fingerprint, OwnerToken, Store, StoreError, StoreErrorKind,
     instrument::{outcome, within},
     layer::{OnStoreError, Settings},
-    owner::replay,
+    outage::{Outage, later},
     problem::{problem, problem_types as kind},
+    replayed::replay,
 };
 use crate::replay::Buffered;
 
 /// A claim's answer, with the token it was made with.
-pub(crate) struct Claimed {
+pub(crate) struct Claimed<St: Store> {
     pub(crate) answer: Result<Claim, StoreError>,
     pub(crate) token: OwnerToken,
     /// When the claim was sent: a new owner's lease runs from there.
     pub(crate) at: Instant,
+    /// With `New`: frees the key if dropped before the owner task takes it over.
+    pub(crate) handoff: Option<Handoff<St>>,
+}
+
+/// Frees a claim that nobody answered for: armed while the claim is in flight, so that a caller
+/// that gives up meanwhile (client gone, an outer timeout) does not leave a claim that lands
+/// afterwards blocking the key for a whole lease.
+struct InFlight<'a, St: Store> {
+    settings: &'a Arc<Settings<St>>,
+    key: &'a Arc<str>,
+    token: OwnerToken,
+    armed: bool,
+}
+
+impl<St: Store> Drop for InFlight<'_, St> {
+    fn drop(&mut self) {
+        if self.armed {
+            forget_claim(self.settings, self.key, self.token);
+        }
+    }
+}
+
+/// A key claimed `New`, on its way to its owner task: freed if dropped before
+/// [`Handoff::taken`] (a panic before the owner task is spawned).
+pub(crate) struct Handoff<St: Store> {
+    settings: Arc<Settings<St>>,
+    key: Arc<str>,
+    token: OwnerToken,
+    armed: bool,
+}
+
+impl<St: Store> Handoff<St> {
+    /// The owner task has the key now: it releases or completes it.
+    pub(crate) fn taken(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<St: Store> Drop for Handoff<St> {
+    fn drop(&mut self) {
+        if self.armed {
+            forget_claim(&self.settings, &self.key, self.token);
+        }
+    }
 }
 
 /// Claims the key; with `wait_for_in_flight`, a duplicate polls until the first completes.
@@ -28,12 +73,12 @@ pub(crate) async fn claim_key<St: Store>(
     settings: &Arc<Settings<St>>,
     key: &Arc<str>,
     fingerprint: &Fingerprint,
-) -> Claimed {
+) -> Claimed<St> {
     let mut claimed = claim_once(settings, key, fingerprint).await;
     let Some(wait) = settings.wait_for_in_flight else {
         return claimed;
     };
-    let deadline = Instant::now() + wait;
+    let deadline = later(Instant::now(), wait);
     while let Ok(Claim::InFlight { .. }) = claimed.answer {
         let now = Instant::now();
         if now >= deadline {
@@ -45,41 +90,75 @@ pub(crate) async fn claim_key<St: Store>(
     claimed
 }
 
-/// One claim with a fresh token; on a lost answer, frees the claim it may have made.
+/// One claim with a fresh token; on a lost answer, or when the caller gives up before the
+/// answer, frees the claim it may have made.
 async fn claim_once<St: Store>(
     settings: &Arc<Settings<St>>,
     key: &Arc<str>,
     fingerprint: &Fingerprint,
-) -> Claimed {
+) -> Claimed<St> {
     let (token, at) = (OwnerToken::new(), Instant::now());
+    let mut in_flight = InFlight {
+        settings,
+        key,
+        token,
+        armed: true,
+    };
     let claim = settings
         .store
         .claim(key, fingerprint, token, settings.lease);
     let answer = within("claim", settings.store_timeout, claim).await;
-    if let Err(e) = &answer
-        && e.kind() == StoreErrorKind::Unavailable
-    {
-        forget_claim(settings, key, token);
+    // A lost answer stays armed: the claim may have landed, or land later.
+    in_flight.armed = matches!(&answer, Err(e) if e.kind() == StoreErrorKind::Unavailable);
+    drop(in_flight);
+    let handoff = matches!(answer, Ok(Claim::New)).then(|| Handoff {
+        settings: settings.clone(),
+        key: key.clone(),
+        token,
+        armed: true,
+    });
+    Claimed {
+        answer,
+        token,
+        at,
+        handoff,
     }
-    Claimed { answer, token, at }
 }
 
 /// A claim whose answer was lost may still have landed, or land later (a slow store): free it
 /// with its token, in the background, until a release takes or the lease would have ended, so
 /// the key is not answered 409 for a whole lease while nothing runs. Releasing with this
 /// token can only free this claim, so a late release is always safe.
+///
+/// At most [`MAX_BACKGROUND_RELEASES`](super::outage::MAX_BACKGROUND_RELEASES) run at once per
+/// layer, backing off together while the store fails; more are shed with an event (the lease
+/// frees those keys).
 fn forget_claim<St: Store>(settings: &Arc<Settings<St>>, key: &Arc<str>, token: OwnerToken) {
-    let (settings, key) = (settings.clone(), key.clone());
-    tokio::spawn(async move {
-        let end = Instant::now() + settings.lease;
-        let mut wait = settings.store_timeout / 4;
+    // Dropped outside a runtime (it is shutting down): the lease frees the key.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(slot) = Outage::release_slot(settings) else {
+        // A listener that panics while a panic unwinds would abort the process.
+        if !std::thread::panicking() {
+            outcome(settings, Some(key), EventKind::ReleaseShed);
+        }
+        return;
+    };
+    let key = key.clone();
+    runtime.spawn(async move {
+        let settings = slot.owner();
+        let end = later(Instant::now(), settings.lease);
+        let (mut wait, cap) = (settings.store_timeout / 4, settings.lease / 4);
         while Instant::now() < end {
             let release = settings.store.release(&key, token);
-            if let Ok(true) = within("release", settings.store_timeout, release).await {
-                return;
+            match within("release", settings.store_timeout, release).await {
+                Ok(true) => return settings.outage.answered(),
+                Ok(false) => settings.outage.answered(),
+                Err(_) => settings.outage.failed(),
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(settings.lease / 4);
+            tokio::time::sleep(settings.outage.pause(wait, cap)).await;
+            wait = wait.saturating_mul(2).min(cap);
         }
     });
 }
@@ -134,7 +213,10 @@ pub(crate) fn store_failed<St, ResB>(
         (StoreErrorKind::Full, _) => {
             outcome(EventKind::StoreFull);
             let status = StatusCode::SERVICE_UNAVAILABLE;
-            problem(status, kind::STORE_FULL, &msg, one_second)
+            // The store knows when room frees up (the memory store: when its oldest record
+            // passes the retention floor, or the soonest lease ends).
+            let wait = e.retry_after().or(one_second);
+            problem(status, kind::STORE_FULL, &msg, wait)
         }
         (StoreErrorKind::Unreadable, _) => {
             outcome(EventKind::UnreadableRecord);

@@ -49,7 +49,8 @@ pub enum EventKind {
     UnreadableRecord,
     /// The store failed and the layer fails open: the handler runs unprotected.
     FailOpen,
-    /// The handler panicked: its key was released.
+    /// The handler panicked before it returned: its key was released (a panic after it
+    /// returned is [`EventKind::OwnerPanicked`]).
     HandlerPanicked,
     /// The owner's lease was lost (or could no longer be confirmed) before completion.
     LeaseLost,
@@ -59,6 +60,14 @@ pub enum EventKind {
     CompleteAbandoned,
     /// The response body was still streaming after the body timeout: kept as not replayable.
     ResponseBodyTimeout,
+    /// A claim whose answer was lost (or whose caller gave up) was not released in the
+    /// background, because too many such releases were already running against a failing
+    /// store: its lease frees the key.
+    ReleaseShed,
+    /// A panic in the layer's own work after the handler returned (its response body, a
+    /// `keep_response_if` function, a listener): the key is completed as not replayable, never
+    /// run again.
+    OwnerPanicked,
 }
 
 impl EventKind {
@@ -84,6 +93,8 @@ impl EventKind {
             EventKind::CompleteLost => "complete_lost",
             EventKind::CompleteAbandoned => "complete_abandoned",
             EventKind::ResponseBodyTimeout => "response_body_timeout",
+            EventKind::ReleaseShed => "release_shed",
+            EventKind::OwnerPanicked => "owner_panicked",
         }
     }
 }

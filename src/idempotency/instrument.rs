@@ -14,6 +14,9 @@ pub mod metric_names {
     pub const STORE_SECONDS: &str = "rampart_idempotency_store_seconds";
     /// Counter of new keys the memory store refused because it was full.
     pub const STORE_FULL: &str = "rampart_idempotency_store_full_total";
+    /// Counter of completed records the memory store dropped, oldest first, to make room for
+    /// new keys (only records older than its retention floor).
+    pub const STORE_EVICTED: &str = "rampart_idempotency_store_evicted_total";
 }
 
 /// Tells the listeners, the metrics and the log what happened to a request.

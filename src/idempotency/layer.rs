@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use http::{HeaderName, Method, request, response};
 use tower_layer::Layer;
 
-use super::{Event, Idempotency, MemoryStore, Store, events::Listener};
+use super::{Event, Idempotency, MemoryStore, Store, events::Listener, outage::Outage};
 use crate::ConfigError;
 
 type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
@@ -53,7 +53,15 @@ pub(crate) struct Options {
 
 pub(crate) struct Settings<St> {
     pub(crate) store: St,
+    /// What the background store calls share: one backoff, a bound on releases.
+    pub(crate) outage: Outage,
     options: Options,
+}
+
+impl<St> AsRef<Outage> for Settings<St> {
+    fn as_ref(&self) -> &Outage {
+        &self.outage
+    }
 }
 
 impl<St> std::ops::Deref for Settings<St> {
@@ -209,7 +217,14 @@ impl<St: Store> Builder<St> {
         self
     }
 
-    /// The in-flight lease, renewed every third of it while the handler runs.
+    /// The in-flight lease, renewed every third of it from the claim until the response is
+    /// stored (10 s by default).
+    ///
+    /// Renewals run in a task of their own, so a handler that blocks its worker thread (a
+    /// synchronous driver, a CPU-heavy step) keeps its key on a multi-thread runtime. On a
+    /// current-thread runtime, or when every worker is blocked, nothing else runs meanwhile,
+    /// renewals included: a handler that blocks longer than the lease there may run twice.
+    /// Run blocking work with `tokio::task::spawn_blocking`.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.options.lease = lease;
         self
@@ -296,12 +311,14 @@ impl<St: Store> Builder<St> {
         self
     }
 
-    /// Checks the values.
+    /// Checks the values. Every duration is at most one year ([`MAX_DURATION`](crate::MAX_DURATION)):
+    /// `Duration::MAX` meant as "forever" is refused here, never met as an overflow while a
+    /// request runs.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first value out of range or settings that contradict each
-    /// other.
+    /// A [`ConfigError`] naming the first value out of range (by its name in configuration
+    /// files, e.g. `ttl`) or settings that contradict each other.
     pub fn build(self) -> Result<IdempotencyLayer<St>, ConfigError> {
         let err = |m: &str| Err(ConfigError::new("idempotency", m));
         let field = |f: &'static str, m: &str| Err(ConfigError::field("idempotency", f, m));
@@ -313,6 +330,16 @@ impl<St: Store> Builder<St> {
             return err(
                 "choose how keys are separated between callers: .scope(|req| principal) or .global_keys()",
             );
+        }
+        // Above a year a duration is a mistake, and `Instant + Duration` could overflow.
+        let check = |f: &'static str, d: Duration| ConfigError::check_duration("idempotency", f, d);
+        check("ttl", o.ttl)?;
+        check("lease", o.lease)?;
+        check("store_timeout", o.store_timeout)?;
+        check("response_body_timeout", o.response_body_timeout)?;
+        check("in_flight_retry_after", o.in_flight_retry_after)?;
+        if let Some(wait) = o.wait_for_in_flight {
+            check("wait_for_in_flight", wait)?;
         }
         if o.response_body_timeout.is_zero() {
             return field("response_body_timeout", "must be above zero");
@@ -342,6 +369,7 @@ impl<St: Store> Builder<St> {
         Ok(IdempotencyLayer {
             settings: Arc::new(Settings {
                 store: self.store,
+                outage: Outage::default(),
                 options: self.options,
             }),
         })

@@ -44,8 +44,9 @@ impl Lease {
     }
 }
 
-/// The layer's side: says when the lease is lost.
-#[derive(Debug)]
+/// The layer's side: says when the lease is lost. The owner task and its renewal task each
+/// hold one.
+#[derive(Debug, Clone)]
 pub(crate) struct LeaseSender(watch::Sender<bool>);
 
 impl LeaseSender {

@@ -24,14 +24,22 @@ mod instrument;
 mod key;
 mod layer;
 mod lease;
+mod outage;
 mod owner;
 mod problem;
 mod record;
+mod renew;
+mod replayed;
 mod request;
 mod service;
 mod store;
 pub mod testing;
 
+/// The redis crate's TLS settings for [`RedisStore::connect_tls`] and
+/// [`RedisStore::connect_cluster_tls`] (a private CA, a client certificate), re-exported so that
+/// naming them needs no `redis` dependency of your own.
+#[cfg(feature = "redis-tls")]
+pub use ::redis::TlsCertificates;
 pub use context::{DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext};
 pub use events::{Event, EventKind};
 pub use fingerprint::Fingerprint;
@@ -45,5 +53,6 @@ pub use service::Idempotency;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{
-    Claim, DEFAULT_MAX_BYTES, MemoryStore, OwnerToken, Store, StoreError, StoreErrorKind,
+    Claim, DEFAULT_MAX_BYTES, DEFAULT_RETENTION_FLOOR, MemoryStore, MemoryStoreBuilder, OwnerToken,
+    Store, StoreError, StoreErrorKind, TYPICAL_RECORD_BYTES,
 };

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
@@ -22,10 +22,14 @@ use tower_service::Service;
 use super::{
     Completion, DoNotStore, EventKind, Fingerprint, IdempotencyContext, OwnerToken, Store,
     StoredResponse,
+    claim::Handoff,
     instrument::{outcome, within},
     layer::Settings,
     lease::{LeaseSender, lease},
+    outage::later,
     problem::{problem, problem_types as kind},
+    renew::{Renewals, renew},
+    replayed::replayable,
     request::Keyed,
 };
 use crate::{BoxError, replay::Buffered};
@@ -52,6 +56,8 @@ enum Done<ResB> {
     Release(Response<Buffered<ResB>>),
 }
 
+type Reply<ResB, E> = oneshot::Sender<Answer<ResB, E>>;
+
 /// Runs the handler for a key just claimed with `token`, detached: a client that disconnects
 /// does not cancel it half-way. Answers with the handler's response.
 pub(crate) async fn start<S, St, B, ResB>(
@@ -60,6 +66,7 @@ pub(crate) async fn start<S, St, B, ResB>(
     keyed: Keyed,
     token: OwnerToken,
     claimed_at: Instant,
+    handoff: Handoff<St>,
 ) -> Answer<ResB, S::Error>
 where
     S: Service<Request<Buffered<B>>, Response = Response<ResB>> + Send + 'static,
@@ -85,6 +92,14 @@ where
     });
     let req = Request::from_parts(parts, Buffered::<B>::full(body));
     let lease = settings.lease;
+    // Renewals before the owner task: see `renew`.
+    let renewals = renew(
+        settings.clone(),
+        key.clone(),
+        token,
+        lease_tx.clone(),
+        claimed_at,
+    );
     let owned = Owned {
         settings,
         key,
@@ -94,7 +109,8 @@ where
         claimed_at,
     };
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(run(owned, service, req, tx));
+    tokio::spawn(run(owned, renewals, service, req, tx));
+    handoff.taken();
     match rx.await {
         Ok(answer) => answer,
         // The owner task itself was cancelled (runtime shutdown): nothing to replay.
@@ -108,12 +124,54 @@ where
 }
 
 /// Runs the handler as the key's owner and answers the waiting request through `answer` (which
-/// may be gone: the client disconnected, the run goes on).
+/// may be gone: the client disconnected, the run goes on). The lease is renewed until this
+/// task ends.
+///
+/// A panic before the handler returned frees the key (the request may be retried). A panic
+/// after it returned (its response body, a `keep_response_if` function, a listener, the store)
+/// completes the key as "ran, not replayable": the handler ran, so it must not run again.
 async fn run<S, St, B, ResB>(
     owned: Owned<St>,
+    renewals: Renewals,
     mut service: S,
     req: Request<B>,
-    answer: oneshot::Sender<Answer<ResB, S::Error>>,
+    answer: Reply<ResB, S::Error>,
+) where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    St: Store,
+    ResB: Body<Data = Bytes> + Unpin,
+    ResB::Error: Into<BoxError>,
+{
+    let _renewals = renewals;
+    let mut answer = Some(answer);
+    // The handler's status once it returned: from then on the key is never freed.
+    let mut ran = None;
+    let owning = CatchUnwind {
+        inner: own(&owned, &mut service, req, &mut answer, &mut ran),
+    };
+    let owned_ok = owning.await.is_ok();
+    if owned_ok {
+        return;
+    }
+    let after = CatchUnwind {
+        inner: panicked(&owned, ran, answer.take()),
+    };
+    if after.await.is_err() {
+        #[cfg(feature = "tracing")]
+        tracing::error!(
+            key = %owned.key,
+            "idempotency owner panicked twice: the key is freed when its lease ends"
+        );
+    }
+}
+
+/// The owner's work: run the handler, then keep or free the key.
+async fn own<S, St, B, ResB>(
+    owned: &Owned<St>,
+    service: &mut S,
+    req: Request<B>,
+    answer: &mut Option<Reply<ResB, S::Error>>,
+    ran: &mut Option<StatusCode>,
 ) where
     S: Service<Request<B>, Response = Response<ResB>>,
     St: Store,
@@ -121,16 +179,6 @@ async fn run<S, St, B, ResB>(
     ResB::Error: Into<BoxError>,
 {
     let st = &*owned.settings;
-    let heartbeat = heartbeat(&owned);
-    tokio::pin!(heartbeat);
-    // The call itself runs inside the catch too: a `call()` that panics frees the key.
-    let work = CatchUnwind {
-        inner: serve(st, &mut service, req),
-    };
-    let done = tokio::select! {
-        done = work => done,
-        never = &mut heartbeat => match never {},
-    };
     let release = || {
         within(
             "release",
@@ -138,35 +186,73 @@ async fn run<S, St, B, ResB>(
             st.store.release(&owned.key, owned.token),
         )
     };
-    let (res, completion) = match done {
-        Ok(Ok(Done::Keep(res, completion))) => (res, completion),
-        Ok(Ok(Done::Release(res))) => {
-            let _ = release().await;
-            let _ = answer.send(Ok(res));
-            return;
+    match serve(st, service, req, ran).await {
+        Ok(Done::Keep(res, completion)) => {
+            keep(owned, &completion, || reply(answer, Ok(res))).await;
         }
-        Ok(Err(e)) => {
+        Ok(Done::Release(res)) => {
+            // The handler asked for its key to be freed: a panic from here on frees it too.
+            *ran = None;
             let _ = release().await;
-            let _ = answer.send(Err(e));
-            return;
+            reply(answer, Ok(res));
         }
-        Err(_panic) => {
-            outcome(st, Some(&owned.key), EventKind::HandlerPanicked);
+        Err(e) => {
             let _ = release().await;
-            let msg = "the handler failed; the key was released, so the request may be retried";
-            let res = problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                kind::HANDLER_FAILED,
-                msg,
-                None,
-            );
-            let _ = answer.send(Ok(res));
-            return;
+            reply(answer, Err(e));
         }
-    };
+    }
+}
 
-    // The first caller waits for one attempt to store the completion (so that its own quick
-    // retry is replayed); later attempts run after it has its answer, the lease still renewed.
+fn reply<T>(answer: &mut Option<oneshot::Sender<T>>, value: T) {
+    if let Some(tx) = answer.take() {
+        let _ = tx.send(value);
+    }
+}
+
+/// After a panic in the owner task: free the key if the handler had not returned, else
+/// complete it as not replayable. The first caller, if still unanswered, gets a 500.
+async fn panicked<St, ResB, E>(
+    owned: &Owned<St>,
+    ran: Option<StatusCode>,
+    mut answer: Option<Reply<ResB, E>>,
+) where
+    St: Store,
+{
+    let st = &*owned.settings;
+    let failed = |msg| {
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            kind::HANDLER_FAILED,
+            msg,
+            None,
+        )
+    };
+    let Some(status) = ran else {
+        let release = st.store.release(&owned.key, owned.token);
+        let _ = within("release", st.store_timeout, release).await;
+        let msg = "the handler failed; the key was released, so the request may be retried";
+        reply(&mut answer, Ok(failed(msg)));
+        outcome(st, Some(&owned.key), EventKind::HandlerPanicked);
+        return;
+    };
+    // What the first caller got: its response, or the 500 below.
+    let status = match answer {
+        Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        None => status,
+    };
+    let completion = Completion::NotReplayable { status };
+    let msg = "the handler's response failed after the handler ran; the request will not run again";
+    keep(owned, &completion, || reply(&mut answer, Ok(failed(msg)))).await;
+    outcome(st, Some(&owned.key), EventKind::OwnerPanicked);
+    #[cfg(feature = "tracing")]
+    tracing::error!(key = %owned.key, "idempotency owner panicked after the handler ran: kept as not replayable");
+}
+
+/// Stores `completion`, retrying (with backoff, the lease still renewed) until it is stored,
+/// another owner is found, or the TTL passes. The first caller is answered after the first
+/// attempt, so that its own quick retry is replayed.
+async fn keep<St: Store>(owned: &Owned<St>, completion: &Completion, answer: impl FnOnce()) {
+    let st = &*owned.settings;
     let store = || {
         within(
             "complete",
@@ -175,45 +261,44 @@ async fn run<S, St, B, ResB>(
                 &owned.key,
                 &owned.fingerprint,
                 owned.token,
-                &completion,
+                completion,
                 st.ttl,
             ),
         )
     };
-    let first = tokio::select! {
-        r = store() => r,
-        never = &mut heartbeat => match never {},
-    };
-    let _ = answer.send(Ok(res));
+    let first = store().await;
+    answer();
     match first {
         Ok(true) => return,
-        Ok(false) => return lost_completion(&owned),
-        Err(_) => {}
+        Ok(false) => return lost_completion(owned),
+        Err(_) => st.outage.failed(),
     }
-    let retries = async {
-        let give_up = owned.claimed_at + st.ttl;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            tokio::time::sleep(delay).await;
-            match store().await {
-                Ok(true) => return,
-                Ok(false) => return lost_completion(&owned),
-                Err(_) if Instant::now() >= give_up => {
-                    outcome(st, Some(&owned.key), EventKind::CompleteAbandoned);
-                    #[cfg(feature = "tracing")]
-                    tracing::error!(
-                        key = %owned.key,
-                        "idempotency store never took the completion: the key may run again"
-                    );
-                    return;
-                }
-                Err(_) => delay = (delay * 2).min(st.lease / 3),
+    let give_up = later(owned.claimed_at, st.ttl);
+    let cap = st.lease / 3;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(st.outage.pause(delay, cap)).await;
+        match store().await {
+            Ok(true) => return st.outage.answered(),
+            Ok(false) => {
+                st.outage.answered();
+                return lost_completion(owned);
+            }
+            Err(_) if Instant::now() >= give_up => {
+                st.outage.failed();
+                outcome(st, Some(&owned.key), EventKind::CompleteAbandoned);
+                #[cfg(feature = "tracing")]
+                tracing::error!(
+                    key = %owned.key,
+                    "idempotency store never took the completion: the key may run again"
+                );
+                return;
+            }
+            Err(_) => {
+                st.outage.failed();
+                delay = delay.saturating_mul(2).min(cap);
             }
         }
-    };
-    tokio::select! {
-        () = retries => {}
-        never = &mut heartbeat => match never {},
     }
 }
 
@@ -225,55 +310,12 @@ fn lost_completion<St>(owned: &Owned<St>) {
     tracing::warn!(key = %owned.key, "idempotency lease lost before the response was stored");
 }
 
-/// Renews the lease every third of it, promptly again after a failure, and says when it is
-/// lost. Runs until dropped (when the completion is stored or the key released).
-async fn heartbeat<St: Store>(owned: &Owned<St>) -> std::convert::Infallible {
-    let st = &*owned.settings;
-    let every = st.lease / 3;
-    let again = (st.lease / 10).min(Duration::from_millis(250));
-    let mut held_since = owned.claimed_at;
-    let mut next = held_since + every;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let sent = Instant::now();
-        let renewed = within(
-            "renew",
-            st.store_timeout,
-            st.store.renew(&owned.key, owned.token, st.lease),
-        )
-        .await;
-        match renewed {
-            Ok(true) => {
-                held_since = sent;
-                next = sent + every;
-            }
-            Ok(false) => {
-                if owned.lease.is_held() {
-                    outcome(st, Some(&owned.key), EventKind::LeaseLost);
-                    #[cfg(feature = "tracing")]
-                    tracing::warn!(key = %owned.key, "idempotency lease lost: another owner may run");
-                }
-                owned.lease.lose();
-                return std::future::pending().await;
-            }
-            Err(_) => {
-                let now = Instant::now();
-                if now >= held_since + st.lease && owned.lease.is_held() {
-                    // The store may have let the key go: the handler must not count on it.
-                    outcome(st, Some(&owned.key), EventKind::LeaseLost);
-                    owned.lease.lose();
-                }
-                next = now + again;
-            }
-        }
-    }
-}
-
 /// The handler's run: its response, and what to keep of it.
 async fn serve<St, S, B, ResB>(
     st: &Settings<St>,
     service: &mut S,
     req: Request<B>,
+    ran: &mut Option<StatusCode>,
 ) -> Result<Done<ResB>, S::Error>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
@@ -281,6 +323,7 @@ where
     ResB::Error: Into<BoxError>,
 {
     let (parts, body) = service.call(req).await?.into_parts();
+    *ran = Some(parts.status);
     let keep = parts.extensions.get::<DoNotStore>().is_none()
         && st.keep.as_ref().is_none_or(|k| k(&parts));
     if !keep {
@@ -289,7 +332,7 @@ where
             Buffered::streaming(None, body),
         )));
     }
-    let deadline = Instant::now() + st.response_body_timeout;
+    let deadline = later(Instant::now(), st.response_body_timeout);
     Ok(match read_up_to(st, body, deadline).await {
         Read::Whole(data, trailers) => {
             let completion = Completion::Response(StoredResponse {
@@ -373,61 +416,9 @@ where
     }
 }
 
-/// Headers worth replaying: never per-caller ones (cookies, auth challenges and results),
-/// hop-by-hop ones (including those the `Connection` header names), nor `Date`, which the
-/// server sets afresh.
-pub(crate) fn replayable(headers: &HeaderMap) -> HeaderMap {
-    const NEVER: [&str; 14] = [
-        "set-cookie",
-        "www-authenticate",
-        "proxy-authenticate",
-        "authentication-info",
-        "proxy-authentication-info",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "date",
-    ];
-    let named: Vec<&str> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let n = name.as_str();
-        if !NEVER.contains(&n) && !named.iter().any(|c| c.eq_ignore_ascii_case(n)) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
-}
-
-/// A replay of a stored response, marked as such.
-pub(crate) fn replay<ResB>(stored: StoredResponse) -> Response<Buffered<ResB>> {
-    let mut parts = Response::new(()).into_parts().0;
-    parts.status = stored.status;
-    parts.headers = stored.headers;
-    parts.headers.insert(
-        super::IDEMPOTENT_REPLAYED,
-        http::HeaderValue::from_static("true"),
-    );
-    Response::from_parts(
-        parts,
-        Buffered::full_with_trailers(stored.body, stored.trailers),
-    )
-}
-
 pin_project! {
-    /// A future whose panic becomes an `Err`, so that the owner frees its key when the handler
-    /// panics, even if the client is gone.
+    /// A future whose panic becomes an `Err`, so that the owner settles its key (frees it, or
+    /// keeps it as not replayable) whatever panics, even if the client is gone.
     struct CatchUnwind<F> {
         #[pin]
         inner: F,
@@ -444,35 +435,5 @@ impl<F: Future> Future for CatchUnwind<F> {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use http::{HeaderMap, HeaderValue};
-
-    use super::replayable;
-
-    #[test]
-    fn replays_no_per_caller_or_hop_by_hop_header() {
-        let mut h = HeaderMap::new();
-        for (n, v) in [
-            ("content-type", "application/json"),
-            ("x-request-cost", "3"),
-            ("x-hop", "1"),
-            ("connection", "keep-alive, X-Hop"),
-            ("set-cookie", "s=1"),
-            ("authentication-info", "nextnonce=\"x\""),
-            ("proxy-authentication-info", "a"),
-            ("date", "Wed, 02 Dec 2026 07:00:00 GMT"),
-            ("www-authenticate", "Bearer"),
-            ("transfer-encoding", "chunked"),
-            ("content-length", "12"),
-        ] {
-            h.append(n, HeaderValue::from_static(v));
-        }
-        let kept = replayable(&h);
-        let names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "x-request-cost"]);
     }
 }

@@ -117,10 +117,13 @@ where
         Prepared::Keyed(keyed) => keyed,
     };
     let claimed = claim_key(&settings, &keyed.key, &keyed.fingerprint).await;
-    match claimed.answer {
-        Ok(Claim::New) => owner::start(settings, service, keyed, claimed.token, claimed.at).await,
-        Ok(claim) => Ok(taken(claim, &keyed.key, &settings)),
-        Err(e) => match store_failed(&e, &keyed.key, &settings) {
+    match (claimed.answer, claimed.handoff) {
+        (Ok(Claim::New), Some(handoff)) => {
+            let (token, at) = (claimed.token, claimed.at);
+            owner::start(settings, service, keyed, token, at, handoff).await
+        }
+        (Ok(claim), _) => Ok(taken(claim, &keyed.key, &settings)),
+        (Err(e), _) => match store_failed(&e, &keyed.key, &settings) {
             Some(res) => Ok(res),
             None => {
                 let req = Request::from_parts(keyed.parts, Buffered::full(keyed.body));

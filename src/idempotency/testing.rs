@@ -1,6 +1,6 @@
 //! Fault injection for stores, so that the layer's promises (and your handlers) can be tested
 //! under the faults they must survive: a store call that fails, is slow, loses its answer or
-//! its write, or a lease that ends mid-handler.
+//! its write, takes effect but answers late, or a lease that ends mid-handler.
 //!
 //! ```
 //! use std::time::Duration;
@@ -62,6 +62,9 @@ pub enum Fault {
     /// The key's current lease ends just before the call (its in-flight record is dropped,
     /// as if it expired: a process paused longer than its lease).
     ExpireLease,
+    /// The call takes effect at once, and its answer arrives after this delay (a slow network
+    /// back: a caller that gives up meanwhile never learns that its claim landed).
+    AnswerAfter(Duration),
 }
 
 #[derive(Debug)]
@@ -182,6 +185,11 @@ impl<St: Store> FaultyStore<St> {
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 apply().await
+            }
+            Some(Fault::AnswerAfter(d)) => {
+                let answer = apply().await;
+                tokio::time::sleep(d).await;
+                answer
             }
             Some(Fault::LoseWrite) => Ok(lost),
             Some(Fault::ExpireLease) => {

@@ -201,7 +201,11 @@ impl ClientReload {
         self.retry.apply(parts.retry)?;
         self.total.set(parts.total)?;
         self.attempt.set(parts.attempt)?;
-        self.breakers.reconfigure(parts.breaker);
+        // The family keeps its base name: breakers made from now on are `<stack>/<host:port>`,
+        // whatever name the builder carried (metric labels and readiness names stay put).
+        let mut breaker = parts.breaker;
+        breaker.name = self.breakers.config().name.clone();
+        self.breakers.reconfigure(breaker);
         Ok(())
     }
 }
@@ -226,6 +230,9 @@ impl ClientParts {
         if attempt.is_zero() {
             return err("attempt", "must be above zero".into());
         }
+        // At most a year each, checked before comparing them: the refusal names the one at fault.
+        ConfigError::check_duration("standard client pipeline", "total", total)?;
+        ConfigError::check_duration("standard client pipeline", "attempt", attempt)?;
         if attempt > total {
             return err(
                 "attempt",
@@ -410,7 +417,8 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when a timeout is zero, the attempt timeout exceeds the total timeout,
+    /// A [`ConfigError`] when a timeout is zero or above [`MAX_DURATION`](crate::MAX_DURATION)
+    /// (one year; named `total` or `attempt`), the attempt timeout exceeds the total timeout,
     /// or the retry or breaker settings are refused by their own builders.
     pub fn build(self) -> Result<StandardClientLayer, ConfigError> {
         StandardClientLayer::from_parts(self.parts()?, ByName::new(HttpStatus::retryable()))

@@ -215,15 +215,17 @@ impl<F> ServerBuilder<F> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when the timeout is zero or the breaker's settings are refused by its
-    /// builder.
+    /// A [`ConfigError`] when the timeout is zero or above [`MAX_DURATION`](crate::MAX_DURATION)
+    /// (one year), or the breaker's settings are refused by its builder.
     pub fn build(self) -> Result<StandardServerLayer<F>, ConfigError> {
         if self.timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::field(
                 "standard server pipeline",
-                "timeout must be above zero",
+                "timeout",
+                "must be above zero",
             ));
         }
+        ConfigError::check_duration("standard server pipeline", "timeout", self.timeout)?;
         let breaker = if self.breaker.is_set() {
             CircuitBreakerLayer::new(self.breaker.resolve(default_breaker, |b| b).build()?)
         } else {

@@ -8,7 +8,7 @@ use crate::{
     circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, LiveBreaker},
     classify::{AnyError, ByName, ErrorNames, HttpStatus, LiveNames},
     config::{Error, PolicySettings, error::join},
-    health::{BreakerSource, Readiness},
+    health::{BreakerSource, OpenBreakers, Readiness},
     mode::ReturnError,
     pipeline::{ClientParts, StandardClientLayer, default_breaker, default_retry},
     replay::HttpReplay,
@@ -34,10 +34,43 @@ pub(super) fn breaker_name<'a>(policy: &'a PolicySettings, name: &'a str) -> &'a
 }
 
 impl State {
-    /// The policy in force and the entry of what was built from it.
-    fn entry(&mut self, name: &str) -> Result<(PolicySettings, &mut Built), Error> {
+    /// Runs `build` with the policy in force and the entry of what was built from it. A build
+    /// that fails leaves nothing behind: the error names it shares are dropped again if it set
+    /// them, and an entry left empty goes, so that a failed build never pins its policy (a
+    /// reload may remove a policy only while nothing was built from it).
+    fn build<T>(
+        &mut self,
+        name: &str,
+        build: impl FnOnce(&PolicySettings, &mut Built) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let policy = resolve(&self.settings, name)?;
-        Ok((policy, self.built.entry(name.to_owned()).or_default()))
+        let built = self.built.entry(name.to_owned()).or_default();
+        let had_names = built.names.is_some();
+        let out = build(&policy, built);
+        if out.is_err() {
+            if !had_names {
+                built.names = None;
+            }
+            if built.is_empty() {
+                self.built.remove(name);
+            }
+        }
+        out
+    }
+}
+
+impl Built {
+    /// Whether nothing was built.
+    fn is_empty(&self) -> bool {
+        #[cfg(feature = "chaos")]
+        if self.chaos.is_some() {
+            return false;
+        }
+        self.breaker.is_none()
+            && self.retry.is_none()
+            && self.timeout.is_none()
+            && self.client.is_none()
+            && self.names.is_none()
     }
 }
 
@@ -90,15 +123,15 @@ impl Registry {
         &self,
         name: &str,
     ) -> Result<CircuitBreakerLayer<AnyError, ReturnError, LiveBreaker>, Error> {
-        let mut state = self.state();
-        let (policy, built) = state.entry(name)?;
-        if built.breaker.is_none() {
-            let config = policy.breaker_config(breaker_name(&policy, name), &path(name))?;
-            built.breaker = Some(LiveBreaker::new(config));
-        }
-        Ok(CircuitBreakerLayer::live(
-            built.breaker.clone().expect("set above"),
-        ))
+        self.state().build(name, |policy, built| {
+            if built.breaker.is_none() {
+                let config = policy.breaker_config(breaker_name(policy, name), &path(name))?;
+                built.breaker = Some(LiveBreaker::new(config));
+            }
+            Ok(CircuitBreakerLayer::live(
+                built.breaker.clone().expect("set above"),
+            ))
+        })
     }
 
     /// A retry layer for policy `name`, classifying with the policy's error names over `base`
@@ -109,17 +142,17 @@ impl Registry {
     ///
     /// An [`Error`] when there is no such policy.
     pub fn retry<C>(&self, name: &str, base: C) -> Result<RetryLayer<ByName<C>>, Error> {
-        let mut state = self.state();
-        let (policy, built) = state.entry(name)?;
-        let lists = live_names(built, &policy, &self.inner.names, name)?;
-        if built.retry.is_none() {
-            let layer = retry_builder(&policy, name)?
-                .build()
-                .map_err(|e| policy.retry_refused(&path(name), &e))?;
-            built.retry = Some(layer.reloadable());
-        }
-        let (layer, _) = built.retry.as_ref().expect("set above");
-        Ok(layer.clone().classify(ByName::live(base, lists)))
+        self.state().build(name, |policy, built| {
+            let lists = live_names(built, policy, &self.inner.names, name)?;
+            if built.retry.is_none() {
+                let layer = retry_builder(policy, name)?
+                    .build()
+                    .map_err(|e| policy.retry_refused(&path(name), &e))?;
+                built.retry = Some(layer.reloadable());
+            }
+            let (layer, _) = built.retry.as_ref().expect("set above");
+            Ok(layer.clone().classify(ByName::live(base, lists)))
+        })
     }
 
     /// A retry layer for HTTP clients of policy `name`: the policy's error names over
@@ -144,18 +177,18 @@ impl Registry {
     ///
     /// An [`Error`] when there is no such policy or it sets no `timeout.total`.
     pub fn timeout(&self, name: &str) -> Result<TimeoutLayer, Error> {
-        let mut state = self.state();
-        let (policy, built) = state.entry(name)?;
-        if built.timeout.is_none() {
-            let section = join(&path(name), "timeout");
-            let layer = policy
-                .timeout
-                .clone()
-                .unwrap_or_default()
-                .layer_at(&section)?;
-            built.timeout = Some(layer.reloadable());
-        }
-        Ok(built.timeout.as_ref().expect("set above").0.clone())
+        self.state().build(name, |policy, built| {
+            if built.timeout.is_none() {
+                let section = join(&path(name), "timeout");
+                let layer = policy
+                    .timeout
+                    .clone()
+                    .unwrap_or_default()
+                    .layer_at(&section)?;
+                built.timeout = Some(layer.reloadable());
+            }
+            Ok(built.timeout.as_ref().expect("set above").0.clone())
+        })
     }
 
     /// The [standard client stack](StandardClientLayer) for policy `name`: total timeout, retry
@@ -167,17 +200,18 @@ impl Registry {
     ///
     /// An [`Error`] when there is no such policy.
     pub fn client(&self, name: &str) -> Result<StandardClientLayer, Error> {
-        let mut state = self.state();
-        let (policy, built) = state.entry(name)?;
-        if built.client.is_none() {
-            let p = path(name);
-            let lists = live_names(built, &policy, &self.inner.names, name)?;
-            let classifier = ByName::live(HttpStatus::retryable(), lists);
-            let layer = StandardClientLayer::from_parts(client_parts(&policy, name)?, classifier)
-                .map_err(|e| policy.retry_refused(&p, &e))?;
-            built.client = Some(layer.reloadable());
-        }
-        Ok(built.client.as_ref().expect("set above").0.clone())
+        self.state().build(name, |policy, built| {
+            if built.client.is_none() {
+                let p = path(name);
+                let lists = live_names(built, policy, &self.inner.names, name)?;
+                let classifier = ByName::live(HttpStatus::retryable(), lists);
+                let layer =
+                    StandardClientLayer::from_parts(client_parts(policy, name)?, classifier)
+                        .map_err(|e| policy.retry_refused(&p, &e))?;
+                built.client = Some(layer.reloadable());
+            }
+            Ok(built.client.as_ref().expect("set above").0.clone())
+        })
     }
 
     /// A fault-injection layer for policy `name` (feature `chaos`), in error mode; chain
@@ -190,16 +224,17 @@ impl Registry {
     /// An [`Error`] when there is no such policy.
     #[cfg(feature = "chaos")]
     pub fn chaos(&self, name: &str) -> Result<crate::chaos::ChaosLayer, Error> {
-        let mut state = self.state();
-        let (policy, built) = state.entry(name)?;
-        if built.chaos.is_none() {
-            built.chaos = Some(crate::chaos::ChaosLayer::new(chaos_config(&policy, name)?));
-        }
-        Ok(built.chaos.clone().expect("set above"))
+        self.state().build(name, |policy, built| {
+            if built.chaos.is_none() {
+                built.chaos = Some(crate::chaos::ChaosLayer::new(chaos_config(policy, name)?));
+            }
+            Ok(built.chaos.clone().expect("set above"))
+        })
     }
 
-    /// Every breaker built from the registry, with whether its policy is critical.
-    fn breaker_handles(&self) -> Vec<(bool, CircuitBreakerHandle)> {
+    /// Every breaker built from the registry: whether its policy is critical, whether it is one
+    /// of a client stack's per-host breakers, and its handle.
+    fn breaker_handles(&self) -> Vec<(bool, bool, CircuitBreakerHandle)> {
         let state = self.state();
         let mut out = Vec::new();
         for (name, built) in &state.built {
@@ -208,7 +243,8 @@ impl Registry {
                 .resolved(name)
                 .is_some_and(|p| p.is_critical());
             if let Some(b) = &built.breaker {
-                out.push((critical, CircuitBreakerHandle::new(b.current())));
+                // A live handle follows the breaker across reloads that replace it.
+                out.push((critical, false, b.handle()));
             }
             if let Some((client, _)) = &built.client {
                 out.extend(
@@ -216,33 +252,64 @@ impl Registry {
                         .breakers()
                         .handles()
                         .into_iter()
-                        .map(|(_, h)| (critical, h)),
+                        .map(|(_, h)| (critical, true, h)),
                 );
             }
         }
         out
     }
 
-    /// The breakers of policies marked `critical: true`, for
-    /// [`Readiness::critical`]: listed afresh at every probe.
+    /// The single breakers (not a client stack's per-host ones) of policies marked
+    /// `critical: true`, for [`Readiness::critical`]: listed afresh at every probe.
     pub fn critical_breakers(&self) -> RegistryBreakers {
-        RegistryBreakers {
-            registry: self.clone(),
-            critical: true,
-        }
+        self.breakers_where(Some(true), false)
     }
 
-    /// The breakers of the other policies, for [`Readiness::breaker`].
+    /// The per-host breakers of the client stacks of policies marked `critical: true`, for
+    /// [`Readiness::critical_when`]: one host down should not fail every instance's probe at
+    /// once, so [`readiness`](Self::readiness) fails only when more than half of them are open
+    /// ([`OpenBreakers::MAJORITY`]); build
+    /// your own probe to choose another share.
+    ///
+    /// ```
+    /// use tower_rampart::{health::{OpenBreakers, Readiness}, registry::Registry};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::from_value(serde_json::json!({
+    ///     "policies": {"payments": {"critical": true}},
+    /// }))?;
+    /// let readiness = Readiness::new()
+    ///     .critical(registry.critical_breakers())
+    ///     .critical_when(registry.critical_host_breakers(), OpenBreakers::at_least(3)?)
+    ///     .breaker(registry.other_breakers());
+    /// # let _ = readiness;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn critical_host_breakers(&self) -> RegistryBreakers {
+        self.breakers_where(Some(true), true)
+    }
+
+    /// The breakers of the other policies (single and per-host), for [`Readiness::breaker`].
     pub fn other_breakers(&self) -> RegistryBreakers {
         RegistryBreakers {
             registry: self.clone(),
-            critical: false,
+            critical: Some(false),
+            hosts: None,
+        }
+    }
+
+    fn breakers_where(&self, critical: Option<bool>, hosts: bool) -> RegistryBreakers {
+        RegistryBreakers {
+            registry: self.clone(),
+            critical,
+            hosts: Some(hosts),
         }
     }
 
     /// A readiness probe over every breaker built from the registry: an open breaker of a
-    /// critical policy fails it (503), others warn. Add stores with
-    /// [`Readiness::store`].
+    /// critical policy fails it (503), and so do more than half of a critical client stack's
+    /// per-host breakers (fewer warn); other open breakers warn. Add stores with [`Readiness::store`].
     ///
     /// ```
     /// use tower_rampart::registry::Registry;
@@ -259,6 +326,7 @@ impl Registry {
     pub fn readiness(&self) -> Readiness {
         Readiness::new()
             .critical(self.critical_breakers())
+            .critical_when(self.critical_host_breakers(), OpenBreakers::MAJORITY)
             .breaker(self.other_breakers())
     }
 }
@@ -267,7 +335,10 @@ impl Registry {
 #[derive(Clone, Debug)]
 pub struct RegistryBreakers {
     registry: Registry,
-    critical: bool,
+    /// Only critical policies' (`Some(true)`), only the others' (`Some(false)`).
+    critical: Option<bool>,
+    /// Only per-host breakers (`Some(true)`), only single ones (`Some(false)`), or both.
+    hosts: Option<bool>,
 }
 
 impl BreakerSource for RegistryBreakers {
@@ -275,8 +346,11 @@ impl BreakerSource for RegistryBreakers {
         self.registry
             .breaker_handles()
             .into_iter()
-            .filter(|(c, _)| *c == self.critical)
-            .map(|(_, h)| h)
+            .filter(|(c, hosts, _)| {
+                self.critical.is_none_or(|want| want == *c)
+                    && self.hosts.is_none_or(|want| want == *hosts)
+            })
+            .map(|(_, _, h)| h)
             .collect()
     }
 }
@@ -284,7 +358,10 @@ impl BreakerSource for RegistryBreakers {
 /// Every breaker built from the registry.
 impl BreakerSource for Registry {
     fn breakers(&self) -> Vec<CircuitBreakerHandle> {
-        self.breaker_handles().into_iter().map(|(_, h)| h).collect()
+        self.breaker_handles()
+            .into_iter()
+            .map(|(_, _, h)| h)
+            .collect()
     }
 }
 

@@ -41,8 +41,14 @@
 //! - chaos sections switch fault injection on, off, or to another fault.
 //!
 //! A file that does not load or check changes nothing, and the error says why, with the path
-//! of the field. So does a file that removes a policy layers were built from. Each reload emits
-//! a [`ReloadEvent`] and counts in [`metric_names::RELOADS`].
+//! of the field. So does a file that removes a policy layers were built from (a policy whose
+//! only build failed has nothing built from it, and may go). A file that changes no policy's
+//! settings over the defaults (the same file saved again, or reformatted) does nothing and keeps
+//! the generation. Each reload emits a [`ReloadEvent`] ([`ReloadOutcome::Applied`],
+//! [`Unchanged`](ReloadOutcome::Unchanged) or [`Rejected`](ReloadOutcome::Rejected)) and counts
+//! in [`metric_names::RELOADS`]. Listeners run after the registry's lock is released, so they
+//! may read the registry (its [`generation`](Registry::generation), its
+//! [`settings`](Registry::settings)).
 //!
 //! Each layer switches atomically, but the layers of one stack switch one after the other: a
 //! call that starts during a reload may run with the new total timeout and the previous retry
@@ -155,7 +161,8 @@ impl RegistryBuilder {
         self
     }
 
-    /// Calls `listener` after every reload, applied or rejected.
+    /// Calls `listener` after every reload, applied, unchanged or rejected, on the thread
+    /// that reloaded, with no lock of the registry held (it may read the registry).
     pub fn on_reload(
         mut self,
         listener: impl Fn(&ReloadEvent<'_>) + Send + Sync + 'static,
@@ -190,7 +197,7 @@ impl RegistryBuilder {
     ///
     /// As [`load`](Self::load), and for fields that do not fit the settings.
     pub fn from_value(self, value: serde_json::Value) -> Result<Registry, Error> {
-        let settings = crate::config::load::from_value(value)?;
+        let settings = crate::config::load::document(value, crate::config::load::REGISTRY)?;
         self.load(settings)
     }
 
@@ -201,7 +208,10 @@ impl RegistryBuilder {
     /// As [`from_value`](Self::from_value), and for YAML syntax errors.
     #[cfg(feature = "yaml")]
     pub fn from_yaml(self, text: &str) -> Result<Registry, Error> {
-        self.from_value(crate::config::load::yaml(text)?)
+        self.from_value(crate::config::load::yaml(
+            text,
+            crate::config::load::REGISTRY,
+        )?)
     }
 
     /// The registry of a TOML document (feature `toml`).
@@ -211,7 +221,10 @@ impl RegistryBuilder {
     /// As [`from_value`](Self::from_value), and for TOML syntax errors.
     #[cfg(feature = "toml")]
     pub fn from_toml(self, text: &str) -> Result<Registry, Error> {
-        self.from_value(crate::config::load::toml(text)?)
+        self.from_value(crate::config::load::toml(
+            text,
+            crate::config::load::REGISTRY,
+        )?)
     }
 }
 
@@ -282,7 +295,7 @@ impl Registry {
     }
 
     /// How many configurations have been in force: 1 after loading, one more per applied
-    /// reload.
+    /// reload (a reload that changes nothing keeps it).
     pub fn generation(&self) -> u64 {
         self.state().generation
     }

@@ -5,7 +5,7 @@ use crate::config::{Error, RegistrySettings, error::join};
 
 /// Metric names of the registry.
 pub mod metric_names {
-    /// Counter of reloads, labelled `result` = `applied` | `rejected`.
+    /// Counter of reloads, labelled `result` = `applied` | `unchanged` | `rejected`.
     pub const RELOADS: &str = "rampart_registry_reloads_total";
     /// Gauge of the generation in force (1 after loading, one more per applied reload).
     pub const GENERATION: &str = "rampart_registry_generation";
@@ -15,7 +15,7 @@ pub mod metric_names {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct ReloadEvent<'a> {
-    /// The generation in force after the reload (unchanged when rejected).
+    /// The generation in force after the reload (the same as before unless applied).
     pub generation: u64,
     /// What happened.
     pub outcome: ReloadOutcome<'a>,
@@ -30,6 +30,9 @@ pub enum ReloadOutcome<'a> {
         /// The policies whose settings changed (over the defaults), sorted.
         changed: &'a [String],
     },
+    /// The new file says what the settings in force say (for every policy, over the
+    /// defaults): nothing was done and the generation stays.
+    Unchanged,
     /// The new file was refused; nothing changed.
     Rejected {
         /// Why.
@@ -40,10 +43,24 @@ pub enum ReloadOutcome<'a> {
 /// A change to make once the whole file is known to be good.
 type Action = Box<dyn FnOnce() + Send>;
 
+/// The policies added, removed, or whose settings over the defaults differ, sorted.
+fn changed(old: &RegistrySettings, new: &RegistrySettings) -> Vec<String> {
+    let mut names: Vec<&String> = old.policies.keys().chain(new.policies.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|n| old.resolved(n) != new.resolved(n))
+        .cloned()
+        .collect()
+}
+
 impl Registry {
     /// Replaces the settings in force with `settings`, checked whole, and applies them to
     /// every layer built from the registry (see the [module documentation](super) for what
-    /// changes in place). Returns the new generation.
+    /// changes in place). Returns the generation in force: one more than before, or the same
+    /// when the file changes no policy (the same settings for every policy over the defaults,
+    /// however written): [`ReloadOutcome::Unchanged`].
     ///
     /// ```
     /// use tower_rampart::registry::Registry;
@@ -63,6 +80,11 @@ impl Registry {
     ///     .unwrap_err();
     /// assert_eq!(err.to_string(), "policies.search.timeout.total: must be above zero");
     /// assert_eq!(registry.generation(), 2);
+    /// // The same settings again change nothing, and keep the generation.
+    /// let again = registry.reload_value(serde_json::json!({
+    ///     "policies": {"search": {"timeout": {"total": "5s"}}},
+    /// }))?;
+    /// assert_eq!(again, 2);
     /// # Ok(())
     /// # }
     /// ```
@@ -73,20 +95,31 @@ impl Registry {
     /// policy layers were built from, or takes away a setting such a layer needs (its
     /// `timeout.total`).
     pub fn reload(&self, settings: RegistrySettings) -> Result<u64, Error> {
+        // Checked whole before anything else, so that a file equal in effect is still refused
+        // when it does not check (a bad default every policy overrides).
+        if let Err(error) = settings.check(&self.inner.names) {
+            return Err(self.rejected(error));
+        }
         let mut state = self.state();
+        let generation = state.generation;
+        let changed = changed(&state.settings, &settings);
+        if changed.is_empty() {
+            // Same policies, each the same over the defaults: every layer is as the file says.
+            // Kept whole, so `settings()` shows the file as written now.
+            state.settings = settings;
+            drop(state);
+            self.emit(generation, ReloadOutcome::Unchanged);
+            return Ok(generation);
+        }
         let actions = match self.plan(&state, &settings) {
             Ok(actions) => actions,
             Err(error) => {
-                self.emit(state.generation, ReloadOutcome::Rejected { error: &error });
+                // Listeners may read the registry: never call them under its lock.
+                drop(state);
+                self.emit(generation, ReloadOutcome::Rejected { error: &error });
                 return Err(error);
             }
         };
-        let changed: Vec<String> = settings
-            .policies
-            .keys()
-            .filter(|n| state.settings.resolved(n) != settings.resolved(n))
-            .cloned()
-            .collect();
         for action in actions {
             action();
         }
@@ -105,7 +138,7 @@ impl Registry {
     ///
     /// As [`reload`](Self::reload).
     pub fn reload_value(&self, value: serde_json::Value) -> Result<u64, Error> {
-        match crate::config::load::from_value(value) {
+        match crate::config::load::document(value, crate::config::load::REGISTRY) {
             Ok(settings) => self.reload(settings),
             Err(error) => Err(self.rejected(error)),
         }
@@ -118,7 +151,7 @@ impl Registry {
     /// As [`reload`](Self::reload), and for YAML syntax errors.
     #[cfg(feature = "yaml")]
     pub fn reload_yaml(&self, text: &str) -> Result<u64, Error> {
-        match crate::config::load::yaml(text) {
+        match crate::config::load::yaml(text, crate::config::load::REGISTRY) {
             Ok(value) => self.reload_value(value),
             Err(error) => Err(self.rejected(error)),
         }
@@ -131,7 +164,7 @@ impl Registry {
     /// As [`reload`](Self::reload), and for TOML syntax errors.
     #[cfg(feature = "toml")]
     pub fn reload_toml(&self, text: &str) -> Result<u64, Error> {
-        match crate::config::load::toml(text) {
+        match crate::config::load::toml(text, crate::config::load::REGISTRY) {
             Ok(value) => self.reload_value(value),
             Err(error) => Err(self.rejected(error)),
         }
@@ -148,6 +181,7 @@ impl Registry {
         {
             let result = match outcome {
                 ReloadOutcome::Applied { .. } => "applied",
+                ReloadOutcome::Unchanged => "unchanged",
                 ReloadOutcome::Rejected { .. } => "rejected",
             };
             metrics::counter!(metric_names::RELOADS, "result" => result).increment(1);
@@ -157,6 +191,9 @@ impl Registry {
         match outcome {
             ReloadOutcome::Applied { changed } => {
                 tracing::info!(generation, ?changed, "resilience configuration reloaded");
+            }
+            ReloadOutcome::Unchanged => {
+                tracing::info!(generation, "resilience configuration reloaded: no change");
             }
             ReloadOutcome::Rejected { error } => {
                 tracing::warn!(generation, %error, "resilience configuration rejected");
@@ -171,10 +208,9 @@ impl Registry {
         }
     }
 
-    /// Checks `new` against everything built, and returns the changes to make. Nothing is
+    /// Checks `new` (itself checked) against everything built, and returns the changes to make. Nothing is
     /// changed here, so an error leaves every layer as it was.
     fn plan(&self, state: &State, new: &RegistrySettings) -> Result<Vec<Action>, Error> {
-        new.check(&self.inner.names)?;
         let mut actions: Vec<Action> = Vec::new();
         for (name, built) in &state.built {
             let p = build::path(name);

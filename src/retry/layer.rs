@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use tower_layer::Layer;
 
-use super::{Builder, CloneRequest, Retry, RetryReload, reload::Source};
+use super::{Builder, CloneRequest, Retry, RetryReload, Settings, reload::Source};
 use crate::{ConfigError, classify::AnyError};
 
 /// Retries failed calls with backoff, within attempt, time and budget limits.
@@ -52,8 +52,18 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `max_attempts` is outside 1..=100, `max_elapsed` is zero, or the
+    /// A [`ConfigError`] naming the setting when `max_attempts` is outside 1..=100,
+    /// `max_elapsed` is zero, `max_elapsed`, `attempt_timeout` or the retry-after cap
+    /// (`retry_after_cap`) is above [`MAX_DURATION`](crate::MAX_DURATION) (one year), or the
     /// backoff is refused by [`Backoff::validate`](crate::backoff::Backoff::validate).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::retry::RetryLayer;
+    ///
+    /// let err = RetryLayer::builder().max_elapsed(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.setting(), Some("max_elapsed"));
+    /// ```
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         Ok(RetryLayer {
             policy: Source::Shared(Arc::new(self.build_policy()?)),
@@ -85,6 +95,48 @@ impl<C, R> RetryLayer<C, R> {
     /// The layer's name.
     pub fn name(&self) -> &str {
         self.policy.name()
+    }
+
+    /// The settings calls starting now run with: the layer's own, or for a
+    /// [`reloadable`](Self::reloadable) layer the ones last applied through its handle.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::{backoff::Backoff, retry::RetryLayer};
+    ///
+    /// let layer = RetryLayer::builder()
+    ///     .name("ledger")
+    ///     .max_elapsed(Duration::from_secs(10))
+    ///     .backoff(Backoff::constant(Duration::from_millis(100)))
+    ///     .build()?;
+    /// let settings = layer.settings();
+    /// assert_eq!(&*settings.name, "ledger");
+    /// assert_eq!(settings.max_elapsed, Some(Duration::from_secs(10)));
+    /// assert_eq!(settings.backoff, Backoff::constant(Duration::from_millis(100)));
+    ///
+    /// let (layer, reload) = layer.reloadable();
+    /// reload.apply(RetryLayer::builder().max_attempts(5))?;
+    /// assert_eq!(layer.settings().max_elapsed, None);
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn settings(&self) -> Settings {
+        Settings::of(&self.policy.snapshot())
+    }
+
+    /// Attempts in all, the first included, of calls starting now (see
+    /// [`settings`](Self::settings)).
+    ///
+    /// ```
+    /// use tower_rampart::retry::RetryLayer;
+    ///
+    /// let (layer, reload) = RetryLayer::builder().max_attempts(4).build()?.reloadable();
+    /// assert_eq!(layer.max_attempts(), 4);
+    /// reload.apply(RetryLayer::builder().max_attempts(2))?;
+    /// assert_eq!(layer.max_attempts(), 2);
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn max_attempts(&self) -> u32 {
+        self.policy.snapshot().max_attempts
     }
 
     /// Moves the layer's shared state (here the policy, with its budget and listeners) to

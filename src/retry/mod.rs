@@ -16,7 +16,9 @@
 //!   `CircuitOpen` error or answered its own 503 ([`Classify::is_refused`](crate::classify::Classify::is_refused)).
 //! - Reloadable: [`RetryLayer::reloadable`] gives a [`RetryReload`] handle that replaces the
 //!   policy of live services (on a configuration reload), each call keeping the version it
-//!   started with.
+//!   started with, and the rules its classifier had then (live error names,
+//!   [`Classify::for_call`](crate::classify::Classify::for_call)). [`RetryLayer::settings`]
+//!   says what calls starting now run with.
 //! - Inside a [`TimeoutLayer`](crate::timeout::TimeoutLayer), no retry is made that cannot start
 //!   (or, with [`Builder::attempt_timeout`], finish) before its
 //!   [`Deadline`](crate::timeout::Deadline): the call gives up with [`GiveUp::Deadline`].

@@ -337,7 +337,8 @@ impl Builder {
         self
     }
 
-    /// No retry starts later than `elapsed` after the first attempt began.
+    /// No retry starts later than `elapsed` after the first attempt began (above zero, at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION)).
     pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
         self.max_elapsed = Some(elapsed);
         self
@@ -351,8 +352,9 @@ impl Builder {
 
     /// Honour a failure's retry-after hint (HTTP `Retry-After`, gRPC push-back) up to `cap`; a
     /// longer hint ends retrying, and so does a hint of `Duration::MAX` (how the gRPC classifiers
-    /// pass on "do not retry") even when `cap` is `Duration::MAX`. `None` ignores hints and
-    /// always uses the backoff.
+    /// pass on "do not retry"). `None` ignores hints and always uses the backoff. The cap is at
+    /// most [`MAX_DURATION`](crate::MAX_DURATION) (one year): [`build`](Self::build) refuses a
+    /// longer one (`retry_after_cap`).
     pub fn retry_after(mut self, cap: Option<Duration>) -> Self {
         self.retry_after_cap = cap;
         self
@@ -439,6 +441,18 @@ impl Builder {
                 "must be above zero",
             ));
         }
+        // At most a year each: "forever" written as `Duration::MAX` is refused here, never met
+        // as an overflow while a call is being retried.
+        let bounded = [
+            ("max_elapsed", self.max_elapsed),
+            ("attempt_timeout", self.attempt_timeout),
+            ("retry_after_cap", self.retry_after_cap),
+        ];
+        for (field, value) in bounded {
+            if let Some(d) = value {
+                ConfigError::check_duration("retry", field, d)?;
+            }
+        }
         // The backoff's own error, as it is: it names the backoff setting at fault
         // (`multiplier`, `max_delay`...).
         self.backoff.validate()
@@ -446,6 +460,12 @@ impl Builder {
 
     pub(crate) fn build_policy(self) -> Result<Policy, ConfigError> {
         self.check()?;
+        Ok(self.assemble())
+    }
+
+    /// The policy of values that passed [`check`](Self::check) (the tests also feed it values
+    /// `check` refuses, to show the decisions never overflow).
+    fn assemble(self) -> Policy {
         #[cfg(feature = "metrics")]
         let metrics = {
             let n = self.name.to_string();
@@ -456,7 +476,7 @@ impl Builder {
                 delay: metrics::histogram!(metric_names::DELAY, "retry" => n),
             }
         };
-        Ok(Policy {
+        Policy {
             name: self.name,
             epoch: Instant::now(),
             max_attempts: self.max_attempts,
@@ -469,7 +489,7 @@ impl Builder {
             listeners: self.listeners.into(),
             #[cfg(feature = "metrics")]
             metrics,
-        })
+        }
     }
 
     /// The policy that replaces `current` on a reload: this builder's limits, delays and hints;
@@ -508,7 +528,8 @@ mod tests {
         if let Some(e) = max_elapsed {
             b = b.max_elapsed(e);
         }
-        b.build_policy().unwrap()
+        // Unchecked: caps and limits beyond what `check` lets through must not overflow either.
+        b.assemble()
     }
 
     fn decide(p: &Policy, hint: Duration, started: u64) -> Next {

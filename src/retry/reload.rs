@@ -233,7 +233,8 @@ impl fmt::Debug for RetryReload {
     }
 }
 
-/// A retry policy's settings at one moment, read with [`RetryReload::current`].
+/// A retry policy's settings at one moment, read with [`RetryReload::current`] or
+/// [`RetryLayer::settings`](super::RetryLayer::settings).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Settings {
@@ -256,7 +257,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn of(p: &Policy) -> Self {
+    pub(crate) fn of(p: &Policy) -> Self {
         Settings {
             name: p.name.clone(),
             max_attempts: p.max_attempts,

@@ -90,7 +90,9 @@ where
             future,
             service,
             kept,
-            self.classifier.clone(),
+            // The rules the call started with judge all its attempts (live error names are
+            // pinned), as the policy above.
+            <C as Classify<S::Response, S::Error>>::for_call(&self.classifier),
             self.replay.clone(),
             policy,
             started,

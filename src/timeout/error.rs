@@ -4,25 +4,79 @@ use std::{fmt, time::Duration};
 
 use http::{HeaderValue, Response, StatusCode, header};
 
+use super::DeadlineOrigin;
 use crate::{mode::ResponseBody, problem};
 
 /// The call took longer than the timeout.
 ///
 /// In error mode the layer returns it inside a [`BoxError`](crate::BoxError):
 /// `err.downcast_ref::<Elapsed>()`.
+///
+/// It names the timeout that ran out. That is the layer's own, unless a deadline cut it short:
+/// an attempt timeout shrunk to the deadline of a total timeout outside (the last attempt of a
+/// retried call) fails with the total timeout, and says so
+/// ([`deadline_origin`](Self::deadline_origin)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed {
     after: Duration,
+    origin: Option<DeadlineOrigin>,
 }
 
 impl Elapsed {
     pub(crate) fn new(after: Duration) -> Self {
-        Elapsed { after }
+        Elapsed {
+            after,
+            origin: None,
+        }
     }
 
-    /// The timeout that ran out.
+    /// The timeout of `origin` ran out (or `None`: the layer's own).
+    pub(crate) fn with_origin(after: Duration, origin: Option<DeadlineOrigin>) -> Self {
+        Elapsed { after, origin }
+    }
+
+    /// The timeout that ran out: the layer's own, or, when a deadline cut it short, the
+    /// timeout that set the deadline (a total timeout outside, a gRPC client's `grpc-timeout`,
+    /// the time a caller's [`Deadline::scope_call`](super::Deadline::scope_call) gave).
     pub fn after(&self) -> Duration {
         self.after
+    }
+
+    /// What set the deadline that ran out, when it was not the layer's own timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_rampart::{
+    ///     backoff::Backoff,
+    ///     retry::RetryLayer,
+    ///     timeout::{DeadlineOrigin, Elapsed, TimeoutLayer},
+    /// };
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tower_rampart::BoxError> {
+    /// let retry = RetryLayer::builder()
+    ///     .max_attempts(3)
+    ///     .backoff(Backoff::constant(Duration::from_millis(100)))
+    ///     .build()?;
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(TimeoutLayer::new(Duration::from_millis(2500))?) // the whole call
+    ///     .layer(retry)
+    ///     .layer(TimeoutLayer::new(Duration::from_secs(1))?) // each attempt
+    ///     .service_fn(|_: ()| async {
+    ///         tokio::time::sleep(Duration::from_secs(60)).await;
+    ///         Ok::<_, std::convert::Infallible>(())
+    ///     });
+    /// // Attempts at 0, 1.1 and 2.2 s; the last one is cut to the 300 ms left.
+    /// let err = svc.ready().await?.call(()).await.unwrap_err();
+    /// let elapsed = err.downcast_ref::<Elapsed>().unwrap();
+    /// assert_eq!(elapsed.after(), Duration::from_millis(2500), "the total ran out");
+    /// assert_eq!(elapsed.deadline_origin(), Some(DeadlineOrigin::Timeout));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deadline_origin(&self) -> Option<DeadlineOrigin> {
+        self.origin
     }
 
     /// An HTTP response with `status` (504 by default in the layer) and an
@@ -63,7 +117,11 @@ impl fmt::Display for Elapsed {
             f,
             "request timed out after {:.3}s",
             self.after.as_secs_f64()
-        )
+        )?;
+        match self.origin {
+            Some(origin) => write!(f, " ({origin})"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -12,7 +12,10 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::{Elapsed, EventKind, Listener};
+use super::{
+    DeadlineOrigin, Elapsed, EventKind, Listener,
+    deadline::{Current, Meta},
+};
 use crate::{
     BoxError, call,
     mode::{ModeAnswer, RespondHttp, ResponseBody},
@@ -30,6 +33,9 @@ pin_project! {
         after_nanos: u64,
         // The HTTP status to answer in `RespondHttp` mode (unused otherwise).
         code: u64,
+        // The deadline passed down (and reported when it runs out): what set it and the time
+        // it gave (`deadline::Meta`), this timeout's own unless a deadline outside cut it short.
+        deadline: u64,
         // The logical call's id once known (`call::EMPTY` before), for the events.
         call: call::Slot,
         events: Listener,
@@ -37,46 +43,71 @@ pin_project! {
     }
 }
 
-/// When a timeout of `timeout` starting now ends: `now + timeout`, or the current
-/// [`Deadline`](super::Deadline) of a timeout outside when that is earlier. The sleep that ends
-/// then, and the time it lasts (what [`Elapsed::after`] reports).
+/// A started timeout: its sleep, the time it lasts in nanoseconds (what its event reports),
+/// and the deadline it passes down and reports when it runs out.
+pub(crate) struct Start {
+    pub(crate) sleep: Sleep,
+    pub(crate) given: u64,
+    pub(crate) deadline: Meta,
+}
+
+/// When a timeout of `timeout` (set by `origin`: the layer, or a gRPC client) starting now
+/// ends: `now + timeout`, or the current [`Deadline`](super::Deadline) of a timeout outside
+/// when that is earlier, and then that deadline is the one that runs out.
 #[inline]
-pub(crate) fn start(timeout: Duration) -> (Sleep, Duration) {
+pub(crate) fn start(timeout: Duration, origin: DeadlineOrigin) -> Start {
     let now = Instant::now();
     let own = now.checked_add(timeout);
-    match (own, super::deadline::current_instant()) {
-        (Some(own), Some(outer)) if outer < own => (
-            tokio::time::sleep_until(outer),
-            outer.saturating_duration_since(now),
-        ),
-        (Some(own), _) => (tokio::time::sleep_until(own), timeout),
+    let shrunk = |outer: Current| Start {
+        sleep: tokio::time::sleep_until(outer.at),
+        given: crate::time::nanos_of(outer.at.saturating_duration_since(now)),
+        deadline: outer.meta.shrunk(),
+    };
+    let mine = |sleep| {
+        let given = crate::time::nanos_of(timeout);
+        Start {
+            sleep,
+            given,
+            deadline: Meta::of_timeout(origin, given),
+        }
+    };
+    match (own, super::deadline::current()) {
+        (Some(own), Some(outer)) if outer.at < own => shrunk(outer),
+        (Some(own), _) => mine(tokio::time::sleep_until(own)),
         // Beyond what an instant holds: tokio's own far-future sleep, or the outer deadline.
-        (None, Some(outer)) => (
-            tokio::time::sleep_until(outer),
-            outer.saturating_duration_since(now),
-        ),
-        (None, None) => (tokio::time::sleep(timeout), timeout),
+        (None, Some(outer)) => shrunk(outer),
+        (None, None) => mine(tokio::time::sleep(timeout)),
     }
 }
 
 impl<F, M> ResponseFuture<F, M> {
     pub(crate) fn new(
         inner: F,
-        sleep: Sleep,
-        after: Duration,
+        start: Start,
         code: u64,
         call: call::Slot,
         events: Listener,
     ) -> Self {
         ResponseFuture {
             inner,
-            sleep,
-            after_nanos: crate::time::nanos_of(after),
+            sleep: start.sleep,
+            after_nanos: start.given,
             code,
+            deadline: start.deadline.word(),
             call,
             events,
             _mode: PhantomData,
         }
+    }
+}
+
+/// What a timeout that ran out fails with: its own timeout, or the deadline's that cut it short.
+#[cold]
+fn elapsed(after: Duration, deadline: Meta) -> Elapsed {
+    match (deadline.is_shrunk(), deadline.origin()) {
+        (true, origin) => Elapsed::with_origin(deadline.after(), Some(origin)),
+        (false, DeadlineOrigin::Timeout) => Elapsed::new(after),
+        (false, origin) => Elapsed::with_origin(after, Some(origin)),
     }
 }
 
@@ -89,10 +120,17 @@ fn race<F: Future, M>(
     let this = this.project();
     // Inside the logical call (its id kept in the future), for the layers inside and the event.
     let (inner, sleep, events) = (this.inner, this.sleep, &*this.events);
-    let (after, code) = (*this.after_nanos, *this.code);
+    let (after, code, deadline) = (
+        *this.after_nanos,
+        *this.code,
+        Meta::from_word(*this.deadline),
+    );
     call::within(this.call, || {
         let polled = {
-            let _deadline = super::deadline::enter(sleep.deadline());
+            let _deadline = super::deadline::enter(Current {
+                at: sleep.deadline(),
+                meta: deadline,
+            });
             inner.poll(cx)
         };
         if let Poll::Ready(out) = polled {
@@ -102,7 +140,7 @@ fn race<F: Future, M>(
             Poll::Ready(()) => {
                 let after = Duration::from_nanos(after);
                 events.emit(EventKind::Elapsed { after });
-                Poll::Ready(Err((Elapsed::new(after), code)))
+                Poll::Ready(Err((elapsed(after, deadline), code)))
             }
             Poll::Pending => Poll::Pending,
         }

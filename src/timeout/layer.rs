@@ -46,7 +46,8 @@ impl TimeoutLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `timeout` is zero (every call would time out).
+    /// A [`ConfigError`] when `timeout` is zero (every call would time out) or above
+    /// [`MAX_DURATION`](crate::MAX_DURATION) (one year).
     ///
     /// ```
     /// use std::time::Duration;
@@ -55,6 +56,8 @@ impl TimeoutLayer {
     /// assert!(TimeoutLayer::new(Duration::from_secs(1)).is_ok());
     /// let err = TimeoutLayer::new(Duration::ZERO).unwrap_err();
     /// assert_eq!(err.to_string(), "invalid timeout configuration: timeout must be above zero");
+    /// let err = TimeoutLayer::new(Duration::MAX).unwrap_err();
+    /// assert_eq!(err.setting(), Some("timeout"));
     /// ```
     pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
         reload::check(timeout)?;
@@ -67,8 +70,20 @@ impl TimeoutLayer {
 }
 
 impl<M> TimeoutLayer<M> {
-    /// The timeout: for a [`reloadable`](Self::reloadable) layer, the one calls starting now
-    /// get.
+    /// The timeout the layer runs with: for a [`reloadable`](Self::reloadable) layer, the one
+    /// calls starting now get (the last set through its [`TimeoutReload`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::timeout::TimeoutLayer;
+    ///
+    /// let layer = TimeoutLayer::new(Duration::from_secs(5))?.respond_http();
+    /// assert_eq!(layer.timeout(), Duration::from_secs(5));
+    /// let (layer, reload) = layer.reloadable();
+    /// reload.set(Duration::from_secs(2))?;
+    /// assert_eq!(layer.timeout(), Duration::from_secs(2));
+    /// # Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
     pub fn timeout(&self) -> Duration {
         self.timeout.get()
     }

@@ -4,16 +4,19 @@
 //! out call is a failure for every classifier: in error mode it fails with [`Elapsed`]; in
 //! response mode an HTTP server answers `504 Gateway Timeout` (problem+json) and a gRPC server a
 //! trailers-only response with `grpc-status: 4` (DEADLINE_EXCEEDED), honouring the client's
-//! `grpc-timeout` when it is shorter. A zero timeout is refused with a
+//! `grpc-timeout` when it is shorter. A zero timeout, or one above
+//! [`MAX_DURATION`](crate::MAX_DURATION) (one year), is refused with a
 //! [`ConfigError`](crate::ConfigError).
 //!
 //! [`TimeoutLayer::reloadable`] gives a [`TimeoutReload`] handle that changes the timeout of
 //! live services (on a configuration reload); each call keeps the timeout it started with.
 //!
 //! A timeout passes its [`Deadline`] down to the layers it encloses: an attempt timeout inside
-//! never waits past the total timeout outside (it shrinks to the time left), and a retry layer
-//! between them gives up ([`GiveUp::Deadline`](crate::retry::GiveUp::Deadline)) rather than
-//! sleep or start an attempt that cannot finish in time.
+//! never waits past the total timeout outside (it shrinks to the time left, and when it runs
+//! out the [`Elapsed`] names the total timeout: [`Elapsed::deadline_origin`]), and a retry
+//! layer between them gives up ([`GiveUp::Deadline`](crate::retry::GiveUp::Deadline)) rather
+//! than sleep or start an attempt that cannot finish in time. A caller passes a deadline of its
+//! own down with [`Deadline::scope_call`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -47,7 +50,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::call::CallId;
-pub use deadline::Deadline;
+pub use deadline::{Deadline, DeadlineOrigin, ScopedFuture};
 pub use error::{Elapsed, TIMEOUT_PROBLEM_TYPE};
 pub use future::ResponseFuture;
 pub use grpc_timeout::parse_grpc_timeout;
@@ -73,7 +76,8 @@ pub enum EventKind {
     /// The call was cut off (what [`Elapsed`] reports, in whichever mode the layer answers).
     Elapsed {
         /// The time it was given: the layer's timeout, or less when a deadline outside (or a
-        /// gRPC client's `grpc-timeout`) shortened it.
+        /// gRPC client's `grpc-timeout`) shortened it. (The [`Elapsed`] the call fails with
+        /// then names the deadline's timeout: [`Elapsed::deadline_origin`].)
         after: Duration,
     },
 }

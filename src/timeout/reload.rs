@@ -62,6 +62,7 @@ pub(crate) fn check(timeout: Duration) -> Result<(), ConfigError> {
             "must be above zero",
         ));
     }
+    ConfigError::check_duration("timeout", "timeout", timeout)?;
     Ok(())
 }
 
@@ -72,8 +73,8 @@ pub(crate) fn check(timeout: Duration) -> Result<(), ConfigError> {
 ///
 /// Each call reads the timeout once, when it starts (one relaxed atomic load: no lock, no
 /// allocation), and keeps it: a change applies to calls that start after it. Timeouts are kept
-/// to the nanosecond, up to `u64::MAX` nanoseconds (about 584 years; longer ones are cut to
-/// that).
+/// to the nanosecond, up to [`MAX_DURATION`](crate::MAX_DURATION) (one year; longer ones are
+/// refused).
 ///
 /// ```
 /// use std::time::Duration;
@@ -115,8 +116,9 @@ impl TimeoutReload {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `timeout` is zero, as [`TimeoutLayer::new`](super::TimeoutLayer::new)
-    /// returns; the timeout is then left as it was.
+    /// A [`ConfigError`] when `timeout` is zero or above [`MAX_DURATION`](crate::MAX_DURATION),
+    /// as [`TimeoutLayer::new`](super::TimeoutLayer::new) returns; the timeout is then left as
+    /// it was.
     pub fn set(&self, timeout: Duration) -> Result<(), ConfigError> {
         check(timeout)?;
         self.0.store(nanos(timeout), Relaxed);

@@ -10,7 +10,10 @@ use tower_service::Service;
 
 use tower_layer::Layer;
 
-use super::{Listener, ResponseFuture, TimeoutLayer, parse_grpc_timeout, reload::Limit};
+use super::{
+    DeadlineOrigin, Listener, ResponseFuture, TimeoutLayer, deadline::Current, parse_grpc_timeout,
+    reload::Limit,
+};
 use crate::{
     BoxError, ConfigError,
     mode::{RespondGrpc, RespondHttp, ResponseBody, ReturnError},
@@ -58,7 +61,15 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        call(&mut self.inner, req, self.timeout.get(), 0, &self.events)
+        let timeout = self.timeout.get();
+        call(
+            &mut self.inner,
+            req,
+            timeout,
+            DeadlineOrigin::Timeout,
+            0,
+            &self.events,
+        )
     }
 }
 
@@ -82,6 +93,7 @@ where
             &mut self.inner,
             req,
             self.timeout.get(),
+            DeadlineOrigin::Timeout,
             self.mode.status,
             &self.events,
         )
@@ -113,8 +125,12 @@ where
             })
             .flatten();
         let own = self.timeout.get();
-        let timeout = client.map_or(own, |c| c.min(own));
-        call(&mut self.inner, req, timeout, 0, &self.events)
+        // The client's deadline, when it is the shorter one, is what an `Elapsed` names.
+        let (timeout, origin) = match client {
+            Some(c) if c < own => (c, DeadlineOrigin::GrpcTimeout),
+            _ => (own, DeadlineOrigin::Timeout),
+        };
+        call(&mut self.inner, req, timeout, origin, 0, &self.events)
     }
 }
 
@@ -125,14 +141,18 @@ fn call<S: Service<Req>, Req, M>(
     inner: &mut S,
     req: Req,
     timeout: Duration,
+    origin: DeadlineOrigin,
     code: u64,
     events: &Listener,
 ) -> ResponseFuture<S::Future, M> {
-    let (sleep, after) = super::future::start(timeout);
+    let start = super::future::start(timeout, origin);
     let mut call = crate::call::EMPTY;
     let future = crate::call::within(&mut call, || {
-        let _deadline = super::deadline::enter(sleep.deadline());
+        let _deadline = super::deadline::enter(Current {
+            at: start.sleep.deadline(),
+            meta: start.deadline,
+        });
         inner.call(req)
     });
-    ResponseFuture::new(future, sleep, after, code, call, events.clone())
+    ResponseFuture::new(future, start, code, call, events.clone())
 }

@@ -103,9 +103,12 @@ fn reloadable_twice_shares_one_timeout() {
     assert_eq!(first.get(), 3 * SECOND);
     assert_eq!(layer.timeout(), 3 * SECOND);
     assert!(format!("{layer:?}").contains("3s (reloadable)"));
-    // Beyond what a u64 of nanoseconds holds: kept as about 584 years.
-    first.set(Duration::MAX).unwrap();
-    assert_eq!(first.get(), Duration::from_nanos(u64::MAX));
+    // Beyond a year: refused, the timeout unchanged.
+    let err = first.set(Duration::MAX).unwrap_err();
+    assert_eq!(err.setting(), Some("timeout"));
+    assert_eq!(second.get(), 3 * SECOND);
+    first.set(crate::MAX_DURATION).unwrap();
+    assert_eq!(second.get(), crate::MAX_DURATION);
 }
 
 fn http_slow(

@@ -14,7 +14,10 @@ mod redis;
 
 use std::{fmt, future::Future, time::Duration};
 
-pub use memory::{DEFAULT_MAX_BYTES, MemoryStore};
+pub use memory::{
+    DEFAULT_MAX_BYTES, DEFAULT_RETENTION_FLOOR, MemoryStore, MemoryStoreBuilder,
+    TYPICAL_RECORD_BYTES,
+};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 
@@ -77,8 +80,9 @@ pub enum Claim {
 pub enum StoreErrorKind {
     /// The store failed or did not answer (the only kind `OnStoreError::FailOpen` applies to).
     Unavailable,
-    /// The store is at its size bound and cannot take a new key (answered 503, never by
-    /// forgetting another key).
+    /// The store is at its size bound and cannot take a new key (answered 503, with the
+    /// store's [`StoreError::retry_after`] when it knows when room frees up), never by
+    /// forgetting an in-flight key or a completed one the store promised to keep.
     Full,
     /// A record exists but cannot be read (corrupt, foreign, or written by an unknown version):
     /// never treated as absent, so the handler never runs for it.
@@ -90,6 +94,7 @@ pub enum StoreErrorKind {
 pub struct StoreError {
     kind: StoreErrorKind,
     source: Box<dyn std::error::Error + Send + Sync>,
+    retry_after: Option<Duration>,
 }
 
 impl StoreError {
@@ -106,7 +111,20 @@ impl StoreError {
         StoreError {
             kind,
             source: e.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying when trying again may succeed (a full store that knows when room
+    /// frees up): the layer sends it as `Retry-After`.
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// When trying again may succeed, if the store said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// What went wrong.
@@ -133,8 +151,10 @@ impl std::error::Error for StoreError {
 /// crate):
 /// - `claim` is atomic per key. The caller brings the owner token, so a claim whose answer was
 ///   lost (a timeout) can still be released with it.
-/// - A record is never dropped before its lease (in flight) or its TTL (completed) ends: a store
-///   that is full refuses new keys with [`StoreErrorKind::Full`].
+/// - An in-flight record is never dropped before its lease ends, nor a completed one before its
+///   TTL ends, except that a bounded store may drop completed records older than a retention
+///   floor it documents, to make room (the [`MemoryStore`] does, oldest first). A store that
+///   cannot make room refuses new keys with [`StoreErrorKind::Full`].
 /// - `complete` and `renew` succeed for the owner's token whenever no other owner has claimed
 ///   the key since, even if the lease lapsed meanwhile; `complete` on a key that vanished (its
 ///   lease lapsed and nobody claimed it) stores the completion.

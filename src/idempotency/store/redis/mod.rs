@@ -1,15 +1,24 @@
 //! Redis (and Redis Cluster): one key per idempotency key, one Lua script per operation.
 
-use std::{
-    fmt,
-    sync::{Arc, LazyLock},
-    time::Duration,
+mod connect;
+mod scripts;
+
+use std::{any::Any, fmt, sync::Arc, time::Duration};
+
+use redis::{
+    Value,
+    aio::ConnectionLike,
+    cluster_async::ClusterConnection,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
 };
 
-use redis::{Script, Value, aio::ConnectionLike};
+use self::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
 
 use super::{Claim, OwnerToken, Store, StoreError, StoreErrorKind};
-use crate::idempotency::{Completion, Fingerprint};
+use crate::{
+    ConfigError,
+    idempotency::{Completion, Fingerprint},
+};
 
 /// Keys in Redis, shared by every instance of the service.
 ///
@@ -19,6 +28,16 @@ use crate::idempotency::{Completion, Fingerprint};
 /// loaded again if the server answers `NOSCRIPT`: a replay, a conflict or a mismatch cost one
 /// round trip, a new key two (claim, complete) plus lease renewals. Leases and TTLs are Redis
 /// expirations, so a crashed instance's claims vanish by themselves.
+///
+/// URLs may name an ACL user (`redis://user:password@host:6379`); with the `redis-tls` feature,
+/// `rediss://user:password@host:6380` connects over TLS (rustls; the system's root certificates,
+/// or a private CA through `RedisStore::connect_tls`). The store needs only these commands
+/// and its own keys (add `+cluster|slots +asking` on Redis Cluster, `+select` if the URL names
+/// a database; adjust `~idempotency:*` to your prefix):
+///
+/// ```text
+/// ACL SETUSER rampart on >PASSWORD resetkeys ~idempotency:* resetchannels -@all +evalsha +script|load +type +get +set +pexpire +pttl +del +wait +ping
+/// ```
 ///
 /// ```no_run
 /// use tower_rampart::idempotency::{IdempotencyLayer, RedisStore};
@@ -46,40 +65,10 @@ impl<C> fmt::Debug for RedisStore<C> {
     }
 }
 
-impl RedisStore {
-    /// Connects to one Redis server with an auto-reconnecting `ConnectionManager` (1 s to
-    /// connect, 1 s per response).
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::new)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1);
-        // Lazy: a server that is down at start-up is a store error per request, not a crash.
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(StoreError::new)?;
-        Ok(RedisStore::with_connection(conn))
-    }
-}
-
-impl RedisStore<redis::cluster_async::ClusterConnection> {
-    /// Connects to a Redis Cluster through any of its nodes.
-    pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
-        let client = redis::cluster::ClusterClient::builder(nodes.iter().copied())
-            .connection_timeout(Duration::from_secs(1))
-            .response_timeout(Duration::from_secs(1))
-            .build()
-            .map_err(StoreError::new)?;
-        let conn = client
-            .get_async_connection()
-            .await
-            .map_err(StoreError::new)?;
-        Ok(RedisStore::with_connection(conn))
-    }
-}
-
 impl<C> RedisStore<C> {
     /// A store over any async Redis connection (a `ConnectionManager`, a cluster connection).
+    /// With a `redis::cluster_async::ClusterConnection` (what [`RedisStore::connect_cluster`]
+    /// makes), [`wait_for_replicas`](Self::wait_for_replicas) asks the key's primary only.
     pub fn with_connection(conn: C) -> Self {
         RedisStore {
             conn,
@@ -94,20 +83,33 @@ impl<C> RedisStore<C> {
     /// when its token is used again, or expires with its lease). This narrows, but does not
     /// close, the window in which a failover loses an acknowledged claim. Off by default.
     ///
-    /// `WAIT` holds the connection it runs on, and the store multiplexes one connection: while
-    /// replicas lag, every store call queues behind it. Keep `timeout` well under the layer's
-    /// store timeout, or give the layer a store of its own.
-    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+    /// On Redis Cluster, `WAIT` goes to the primary that owns the key, over the connection
+    /// that carried the write, and counts that primary's replicas only: other primaries are
+    /// neither asked nor required to have replicas.
+    ///
+    /// `WAIT` holds the connection it runs on, and the store multiplexes one connection per
+    /// server: while replicas lag, every store call to that server (on a cluster, to the key's
+    /// primary) queues behind it. Keep `timeout` well under the layer's store timeout, or give
+    /// the layer a store of its own.
+    ///
+    /// `timeout` is more than zero (to Redis, a zero `WAIT` timeout means forever) and at most
+    /// one year.
+    pub fn wait_for_replicas(
+        mut self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let timeout = positive("wait_for_replicas timeout", timeout)?;
         self.wait = Some((replicas, timeout));
-        self
+        Ok(self)
     }
 
     /// How long a value that is not a readable record (or has no expiry) is kept before it
     /// expires (24 h by default, like completed keys): meanwhile its key is answered 500,
-    /// never run.
-    pub fn unreadable_ttl(mut self, ttl: Duration) -> Self {
-        self.unreadable_ttl = ttl;
-        self
+    /// never run. More than zero and at most one year.
+    pub fn unreadable_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
+        self.unreadable_ttl = positive("unreadable_ttl", ttl)?;
+        Ok(self)
     }
 
     /// Prefix of every Redis key (default `idempotency:`).
@@ -121,79 +123,16 @@ impl<C> RedisStore<C> {
     }
 }
 
-// Record: state byte (1 in flight, 2 done), fingerprint (32 bytes), owner token (16 bytes),
-// then, when done, the completion's binary form (which carries its own version).
-//
-// A value that is not such a record (another type, another layout, written by something
-// else) is never taken for a free key: the claim answers 4 (unreadable). Any record without
-// an expiry gets one, so no key stays stuck forever.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'none' then
-  redis.call('SET', KEYS[1], '\1' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
-  return {0}
-end
-local v = t == 'string' and redis.call('GET', KEYS[1]) or ''
-local s = string.byte(v, 1)
-local readable = (s == 1 and string.len(v) == 49) or (s == 2 and string.len(v) > 49)
-if redis.call('PTTL', KEYS[1]) < 0 then
-  redis.call('PEXPIRE', KEYS[1], (readable and s == 1) and ARGV[3] or ARGV[4])
-end
-if not readable then return {4} end
-if string.sub(v, 2, 33) ~= ARGV[1] then return {2} end
-if s == 1 then return {1, redis.call('PTTL', KEYS[1])} end
-return {3, string.sub(v, 50)}
-",
-    )
-});
+/// The store's name in its configuration errors.
+const LAYER: &str = "Redis store";
 
-// Completes the owner's in-flight record, or a key that vanished (its lease lapsed and nobody
-// claimed it since).
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'none' then
-  redis.call('SET', KEYS[1], '\2' .. ARGV[4] .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-if t ~= 'string' then return 0 end
-local v = redis.call('GET', KEYS[1])
-if string.len(v) < 49 or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
--- Completed by this owner already: a repeat whose first answer was lost.
-if string.byte(v, 1) == 2 then return 1 end
-if string.byte(v, 1) ~= 1 or string.len(v) ~= 49 then return 0 end
-redis.call('SET', KEYS[1], '\2' .. string.sub(v, 2, 49) .. ARGV[2], 'PX', ARGV[3])
-return 1
-",
-    )
-});
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
-local v = redis.call('GET', KEYS[1])
-if string.byte(v, 1) ~= 1 or string.len(v) ~= 49 or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-",
-    )
-});
-
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
-local v = redis.call('GET', KEYS[1])
-if string.byte(v, 1) ~= 1 or string.len(v) ~= 49 or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-",
-    )
-});
+/// A duration setting of the store: more than zero, at most one year.
+fn positive(field: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::field(LAYER, field, "must be more than zero"));
+    }
+    ConfigError::check_duration(LAYER, field, d)
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -241,18 +180,30 @@ fn parse_claim(v: Value) -> Result<Claim, StoreError> {
     }
 }
 
-impl<C: ConnectionLike + Send> RedisStore<C> {
-    /// With `wait_for_replicas`, that enough replicas took the last write.
-    async fn replicated(&self, conn: &mut C) -> Result<(), StoreError> {
+impl<C: ConnectionLike + Send + 'static> RedisStore<C> {
+    /// With `wait_for_replicas`, that enough replicas took the last write to `key` (the full
+    /// Redis key), made on `conn`.
+    async fn replicated(&self, conn: &mut C, key: &str) -> Result<(), StoreError> {
         let Some((replicas, timeout)) = self.wait else {
             return Ok(());
         };
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(millis(timeout))
-            .query_async(conn)
-            .await
-            .map_err(StoreError::new)?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(millis(timeout));
+        // A keyless WAIT on a cluster goes to every primary and answers the minimum: a round
+        // trip to each, and a refusal when an unrelated primary lacks replicas. Send it to the
+        // key's primary instead, over that node's connection, which carried the write.
+        let acked: i64 = match (conn as &mut dyn Any).downcast_mut::<ClusterConnection>() {
+            Some(cluster) => {
+                let primary = Route::with_key(key, SlotAddr::Master);
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+                let answer = cluster
+                    .route_command(wait, route)
+                    .await
+                    .map_err(StoreError::new)?;
+                redis::from_redis_value(answer).map_err(|e| StoreError::new(e.to_string()))?
+            }
+            None => wait.query_async(conn).await.map_err(StoreError::new)?,
+        };
         if acked < i64::from(replicas) {
             return Err(StoreError::new(format!(
                 "only {acked} of {replicas} replicas acknowledged the write in time"
@@ -274,8 +225,9 @@ where
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.conn.clone();
+        let key = self.key(key);
         let v: Value = CLAIM
-            .key(self.key(key))
+            .key(&key)
             .arg(&fingerprint.as_bytes()[..])
             .arg(&token_bytes(token)[..])
             .arg(millis(lease))
@@ -285,7 +237,7 @@ where
             .map_err(StoreError::new)?;
         let claim = parse_claim(v)?;
         if claim == Claim::New {
-            self.replicated(&mut conn).await?;
+            self.replicated(&mut conn, &key).await?;
         }
         Ok(claim)
     }
@@ -299,8 +251,9 @@ where
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
+        let key = self.key(key);
         let done: i64 = COMPLETE
-            .key(self.key(key))
+            .key(&key)
             .arg(&token_bytes(token)[..])
             .arg(&completion.encode()[..])
             .arg(millis(ttl))
@@ -309,7 +262,7 @@ where
             .await
             .map_err(StoreError::new)?;
         if done == 1 {
-            self.replicated(&mut conn).await?;
+            self.replicated(&mut conn, &key).await?;
         }
         Ok(done == 1)
     }

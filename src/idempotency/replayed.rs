@@ -1,0 +1,89 @@
+//! What a replay carries: the stored response, marked as replayed, without the headers that
+//! belong to one caller or one connection.
+
+use http::{HeaderMap, Response, header};
+
+use super::StoredResponse;
+use crate::replay::Buffered;
+
+/// Headers worth replaying: never per-caller ones (cookies, auth challenges and results),
+/// hop-by-hop ones (including those the `Connection` header names), nor `Date`, which the
+/// server sets afresh.
+pub(crate) fn replayable(headers: &HeaderMap) -> HeaderMap {
+    const NEVER: [&str; 14] = [
+        "set-cookie",
+        "www-authenticate",
+        "proxy-authenticate",
+        "authentication-info",
+        "proxy-authentication-info",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+    ];
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let n = name.as_str();
+        if !NEVER.contains(&n) && !named.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// A replay of a stored response, marked as such.
+pub(crate) fn replay<ResB>(stored: StoredResponse) -> Response<Buffered<ResB>> {
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = stored.status;
+    parts.headers = stored.headers;
+    parts.headers.insert(
+        super::IDEMPOTENT_REPLAYED,
+        http::HeaderValue::from_static("true"),
+    );
+    Response::from_parts(
+        parts,
+        Buffered::full_with_trailers(stored.body, stored.trailers),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::replayable;
+
+    #[test]
+    fn replays_no_per_caller_or_hop_by_hop_header() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("x-request-cost", "3"),
+            ("x-hop", "1"),
+            ("connection", "keep-alive, X-Hop"),
+            ("set-cookie", "s=1"),
+            ("authentication-info", "nextnonce=\"x\""),
+            ("proxy-authentication-info", "a"),
+            ("date", "Wed, 02 Dec 2026 07:00:00 GMT"),
+            ("www-authenticate", "Bearer"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+        ] {
+            h.append(n, HeaderValue::from_static(v));
+        }
+        let kept = replayable(&h);
+        let names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-request-cost"]);
+    }
+}

@@ -50,6 +50,17 @@ async fn send(app: &Router) -> Answer {
 }
 
 /// A handler at `/pay` that counts its runs and answers 201.
+/// A layer over `store` with a 1 s lease and 100 ms per store call, for the outage tests.
+fn short_lease(
+    store: &FaultyStore<MemoryStore>,
+) -> tower_rampart::idempotency::Builder<FaultyStore<MemoryStore>> {
+    IdempotencyLayer::builder()
+        .store(store.clone())
+        .global_keys()
+        .lease(Duration::from_secs(1))
+        .store_timeout(Duration::from_millis(100))
+}
+
 fn counting_app(layer: IdempotencyLayer<FaultyStore<MemoryStore>>) -> (Router, Arc<AtomicUsize>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
@@ -222,13 +233,7 @@ async fn a_handler_that_blocks_its_thread_keeps_its_lease() {
 #[tokio::test(start_paused = true)]
 async fn renewals_end_with_their_key() {
     let store = FaultyStore::new(MemoryStore::new());
-    let layer = IdempotencyLayer::builder()
-        .store(store.clone())
-        .global_keys()
-        .lease(Duration::from_secs(1))
-        .store_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
+    let layer = short_lease(&store).build().unwrap();
     let app = Router::new()
         .route(
             "/pay",
@@ -341,11 +346,7 @@ async fn an_outage_is_not_multiplied_by_background_releases() {
     store.inject(Op::Release, 0.., Fault::Fail);
     let shed = Arc::new(AtomicUsize::new(0));
     let counter = shed.clone();
-    let layer = IdempotencyLayer::builder()
-        .store(store.clone())
-        .global_keys()
-        .lease(Duration::from_secs(1))
-        .store_timeout(Duration::from_millis(100))
+    let layer = short_lease(&store)
         .on_event(move |e| {
             if e.kind == EventKind::ReleaseShed {
                 counter.fetch_add(1, SeqCst);
@@ -383,13 +384,7 @@ async fn an_outage_is_not_multiplied_by_background_releases() {
 async fn an_outage_is_not_multiplied_by_renewals() {
     let store = FaultyStore::new(MemoryStore::new());
     store.inject(Op::Renew, 0.., Fault::Fail);
-    let layer = IdempotencyLayer::builder()
-        .store(store.clone())
-        .global_keys()
-        .lease(Duration::from_secs(1))
-        .store_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
+    let layer = short_lease(&store).build().unwrap();
     let app = Router::new()
         .route(
             "/pay",

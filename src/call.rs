@@ -133,39 +133,47 @@ pub(crate) const EMPTY: Slot = UNASSIGNED;
 
 /// Runs `f` (a layer's inner `call`, or a poll of its future) inside the current call: when no
 /// layer outside opened one, this layer's call opens it with the id in `slot` (if any). An id
-/// drawn or found during `f` is kept in `slot` for the next poll. A thread-local read and, at
-/// most, two writes: no allocation, no atomic.
+/// drawn or found during `f` is kept in `slot` for the next poll. Two thread-local reads and,
+/// at most, two writes (no thread-local write inside a layer outside that has the id): no
+/// allocation, no atomic, no id drawn unless something asks for it.
 #[inline]
 pub(crate) fn within<R>(slot: &mut Slot, f: impl FnOnce() -> R) -> R {
     let previous = CURRENT.with(|c| {
         let current = c.get();
-        if current == NONE || (current == UNASSIGNED && *slot != UNASSIGNED) {
+        // No call in scope (`NONE`), or one whose id nobody asked for yet (`UNASSIGNED`): this
+        // layer's id, if it has one, is the call's (writing `EMPTY` over `UNASSIGNED` changes
+        // nothing). One comparison: `NONE + 1` and `UNASSIGNED + 1` are 0 and 1.
+        if current.wrapping_add(1) <= 1 {
             c.set(*slot);
         }
         current
     });
-    let _guard = Within { slot, previous };
-    f()
+    // Restores the outer state also when `f` unwinds; the id is kept only when it returns.
+    let restore = Close(previous);
+    let out = f();
+    let seen = CURRENT.with(Cell::get);
+    if is_id(seen) {
+        *slot = seen;
+    }
+    drop(restore);
+    out
 }
 
-/// Keeps the id found in scope and restores the outer scope, also when unwinding.
-struct Within<'a> {
-    slot: &'a mut Slot,
-    previous: u64,
+/// Whether a thread-local value is an id (neither `NONE` nor `UNASSIGNED`).
+#[inline]
+const fn is_id(value: u64) -> bool {
+    value.wrapping_sub(1) < NONE - 1
 }
 
-impl Drop for Within<'_> {
+/// Closes the scope a [`within`] opened, if it opened one, also when unwinding.
+struct Close(u64);
+
+impl Drop for Close {
     #[inline]
     fn drop(&mut self) {
-        CURRENT.with(|c| {
-            let seen = c.get();
-            if seen != UNASSIGNED && seen != NONE {
-                *self.slot = seen;
-            }
-            if self.previous == NONE {
-                c.set(NONE);
-            }
-        });
+        if self.0 == NONE {
+            CURRENT.with(|c| c.set(NONE));
+        }
     }
 }
 

@@ -160,9 +160,17 @@ impl CountWindow {
 /// Bucket `seq` (time / bucket length) lives at index `seq % buckets`. Moving the clock forward
 /// clears the buckets that fell out of the window, whoever moves it: a record or a read. Each
 /// count is a full 64-bit atomic, so no call rate can overflow a bucket into its neighbour.
+///
+/// `marked` counts the failures and slow calls in the window (added after the bucket's count,
+/// taken off when a bucket is cleared), so that a success can tell in one load that the window
+/// holds neither and no rate can be exceeded, without summing the buckets. Racing records and
+/// clears may leave it off by the calls in flight for an instant, never at zero while a failure
+/// or slow call whose record has finished is in the window: a failure in flight judges the
+/// window itself once it is counted.
 pub(crate) struct TimeWindow {
     bucket_nanos: u64,
     current: CachePadded<AtomicU64>,
+    marked: CachePadded<AtomicU64>,
     modulo: FastMod,
     buckets: Box<[Bucket]>,
 }
@@ -180,6 +188,7 @@ impl TimeWindow {
         TimeWindow {
             bucket_nanos,
             current: CachePadded::new(AtomicU64::new(0)),
+            marked: CachePadded::new(AtomicU64::new(0)),
             modulo: FastMod::new(u64::from(buckets)),
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
         }
@@ -199,6 +208,23 @@ impl TimeWindow {
 
     #[inline]
     pub(crate) fn record(&self, now_nanos: u64, sample: Sample) -> Reading {
+        self.add(now_nanos, sample);
+        self.sum()
+    }
+
+    /// Records a sample; returns the new reading, or `None` when the window holds no failure
+    /// and no slow call (nothing to judge: no rate can be exceeded).
+    #[inline(always)]
+    pub(crate) fn record_judged(&self, now_nanos: u64, sample: Sample) -> Option<Reading> {
+        self.add(now_nanos, sample);
+        if !sample.failure && !sample.slow && self.marked.load(Acquire) == 0 {
+            return None;
+        }
+        Some(self.sum())
+    }
+
+    #[inline(always)]
+    fn add(&self, now_nanos: u64, sample: Sample) {
         let seq = self.seq(now_nanos);
         let current = self.advance(seq);
         // A clock read on another core can lag this one; a sample older than the whole window
@@ -212,8 +238,11 @@ impl TimeWindow {
             if sample.slow {
                 b.slow.fetch_add(1, AcqRel);
             }
+            let marks = u64::from(sample.failure) + u64::from(sample.slow);
+            if marks != 0 {
+                self.marked.fetch_add(marks, AcqRel);
+            }
         }
-        self.sum()
     }
 
     pub(crate) fn reading(&self, now_nanos: u64) -> Reading {
@@ -230,8 +259,13 @@ impl TimeWindow {
     fn clear(&self, i: usize) {
         let b = &self.buckets[i];
         b.calls.store(0, Release);
-        b.failures.store(0, Release);
-        b.slow.store(0, Release);
+        let marks = b
+            .failures
+            .swap(0, AcqRel)
+            .wrapping_add(b.slow.swap(0, AcqRel));
+        if marks != 0 {
+            self.marked.fetch_sub(marks, AcqRel);
+        }
     }
 
     /// Moves the window's head to `seq` if it is behind, clearing expired buckets; returns the
@@ -258,6 +292,14 @@ impl TimeWindow {
         current
     }
 
+    /// The failures and slow calls counted for the fast path (a test hook).
+    #[cfg(test)]
+    pub(crate) fn marks(&self) -> u64 {
+        self.marked.load(Acquire)
+    }
+
+    // Out of line: a success in a window without failures never sums.
+    #[inline(never)]
     fn sum(&self) -> Reading {
         let mut r = Reading::default();
         for b in self.buckets.iter() {
@@ -298,6 +340,12 @@ impl Consecutive {
 
     pub(crate) fn get(&self) -> u64 {
         u64::from(self.failures.load(Acquire))
+    }
+
+    /// Whether no failure run is under way (a success has nothing to clear).
+    #[inline]
+    pub(crate) fn is_clear(&self) -> bool {
+        self.failures.load(Relaxed) == 0
     }
 
     pub(crate) fn reset(&self) {
@@ -386,6 +434,26 @@ mod tests {
         // A sample older than the window is dropped.
         w.record(10, FAIL);
         assert_eq!(w.reading(1_000_000).failures, 1);
+    }
+
+    #[test]
+    fn time_window_successes_skip_the_sum_only_without_failures() {
+        let w = TimeWindow::new(1_000, 10);
+        assert_eq!(w.record_judged(100, OK), None, "nothing to judge");
+        let r = w
+            .record_judged(200, SLOW_OK)
+            .expect("a slow call is judged");
+        assert_eq!((r.calls, r.slow), (2, 1));
+        let r = w.record_judged(300, OK).expect("a slow call in the window");
+        assert_eq!(r.calls, 3);
+        w.record_judged(400, FAIL).expect("a failure is judged");
+        assert_eq!(w.marks(), 2);
+        // Both left the window with bucket 0: the count follows.
+        assert_eq!(w.record_judged(10_500, OK), None);
+        assert_eq!(w.marks(), 0);
+        w.record_judged(10_600, FAIL);
+        w.reset();
+        assert_eq!((w.marks(), w.record_judged(10_700, OK)), (0, None));
     }
 
     #[test]

@@ -141,6 +141,46 @@ fn a_failure_count_is_retuned_in_place() {
     assert!(b.retune(&rate).is_ok());
 }
 
+/// A time window is judged at every call: the success that brings it to the minimum number of
+/// calls opens it when the failures already there are over the rate (the success path skips the
+/// judgement only when the window holds no failure and no slow call).
+#[test]
+fn a_time_window_opens_on_the_success_that_reaches_the_minimum() {
+    let b = Breaker::new(
+        Config::builder()
+            .time_window(Duration::from_secs(10), 10)
+            .minimum_calls(4)
+            .failure_rate(0.5)
+            .build()
+            .unwrap(),
+    );
+    use State::{Closed, Open};
+    assert_eq!(
+        run(&b, &[true, true, true, false]),
+        [Closed, Closed, Closed, Open]
+    );
+}
+
+/// The smallest rates stay rates: a window of successes is under any of them.
+#[test]
+fn a_tiny_failure_rate_is_not_opened_by_successes() {
+    for builder in [
+        Config::builder().count_window(10),
+        Config::builder().time_window(Duration::from_secs(10), 10),
+    ] {
+        let b = Breaker::new(
+            builder
+                .minimum_calls(2)
+                .failure_rate(1e-9)
+                .slow_calls(Duration::from_secs(60), 1e-9)
+                .build()
+                .unwrap(),
+        );
+        assert!(run(&b, &[false; 20]).iter().all(|s| *s == State::Closed));
+        assert_eq!(run(&b, &[true]), [State::Open]);
+    }
+}
+
 #[test]
 fn failure_threshold_above_the_window_is_refused() {
     let s = settings(serde_json::json!({"failure_threshold": 11, "sliding_window_size": 10}));

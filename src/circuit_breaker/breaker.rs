@@ -99,6 +99,12 @@ pub struct Permit {
 
 const NOT_TIMED: u64 = u64::MAX;
 
+/// A success that was not slow (or not timed).
+const SUCCESS: Sample = Sample {
+    failure: false,
+    slow: false,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PermitKind {
     Record = 0,
@@ -138,13 +144,14 @@ impl Permit {
     /// Takes the permit out, leaving a spent one.
     #[inline]
     pub(crate) fn take(&mut self) -> Option<Permit> {
-        match self.kind() {
-            PermitKind::Spent => None,
-            _ => Some(std::mem::replace(
-                self,
-                Permit::new(0, PermitKind::Spent, NOT_TIMED),
-            )),
+        // One compare of the kind bits (the guard takes on every outcome and every drop).
+        if self.tag & 3 == PermitKind::Spent as u64 {
+            return None;
         }
+        Some(std::mem::replace(
+            self,
+            Permit::new(0, PermitKind::Spent, NOT_TIMED),
+        ))
     }
 }
 
@@ -471,6 +478,24 @@ impl Breaker {
     /// every probe permit taken).
     #[inline]
     pub fn try_acquire(&self, now: impl FnOnce() -> Instant) -> Result<Permit, Rejected> {
+        // The common case inline: closed (or metrics only), one load of the state word and one
+        // of the slow-call setting; the clock only when calls are timed.
+        let w = self.load();
+        if w.records() {
+            let started = if self.tunables.timed() {
+                self.nanos(now())
+            } else {
+                NOT_TIMED
+            };
+            return Ok(Permit::new(w.generation(), PermitKind::Record, started));
+        }
+        self.acquire_slow(now)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) in every state but the common one (not marked cold:
+    /// an open breaker's rejections are a hot path of their own).
+    #[inline(never)]
+    fn acquire_slow(&self, now: impl FnOnce() -> Instant) -> Result<Permit, Rejected> {
         let mut clock = Clock::new(now);
         // Half-open needs the whole set; loaded at most once, and only there.
         let mut tuning = None;
@@ -551,6 +576,82 @@ impl Breaker {
     /// Records the outcome of a permitted call.
     #[inline]
     pub fn record(&self, permit: Permit, outcome: &Outcome, now: impl FnOnce() -> Instant) {
+        // The common case first: an untimed success on a permit of the closed state (or
+        // metrics only). It reads no settings, and writes nothing shared unless the window
+        // changes (the count window's head aside: a true ring of the last N calls gives every
+        // call its slot; the time window's bucket counts every call).
+        if permit.tag & 3 == PermitKind::Record as u64
+            && permit.started == NOT_TIMED
+            && matches!(outcome, Outcome::Success)
+        {
+            match &self.window {
+                // A success changes a run of failures only when there is one to end (ending
+                // one takes the general path).
+                Window::Consecutive(c) if c.is_clear() => {
+                    return self.observers.outcome(false, false, None);
+                }
+                Window::Consecutive(_) => {}
+                Window::Count(c) => {
+                    return self.record_count_success(c, permit.generation(), now);
+                }
+                Window::Time(t) => return self.record_time_success(t, permit.generation(), now),
+            }
+        }
+        self.record_slow(permit, outcome, now);
+    }
+
+    /// An untimed success in a count window: out of line, so that the fast path in the
+    /// caller stays a few instructions (no prologue for this one's registers).
+    #[inline(never)]
+    fn record_count_success(
+        &self,
+        c: &CountWindow,
+        generation: u64,
+        now: impl FnOnce() -> Instant,
+    ) {
+        self.observers.outcome(false, false, None);
+        let w = self.load();
+        // A result from an earlier period says nothing about this one.
+        if w.generation() != generation {
+            return;
+        }
+        // A success that evicted another call can only lower the rates; one that grew the
+        // window may bring it to the minimum number of calls.
+        if let Some((r, true)) = c.record(SUCCESS) {
+            self.judge_closed(w, r, now);
+        }
+    }
+
+    /// An untimed success in a time window: out of line, so that the other windows' fast path
+    /// stays small (this one reads the clock, which costs more than the call).
+    #[inline(never)]
+    fn record_time_success(&self, t: &TimeWindow, generation: u64, now: impl FnOnce() -> Instant) {
+        self.observers.outcome(false, false, None);
+        let w = self.load();
+        // A result from an earlier period says nothing about this one.
+        if w.generation() != generation {
+            return;
+        }
+        let at = now();
+        // `None`: the window holds no failure and no slow call, so it cannot be over any rate
+        // (rates are at least one per million).
+        if let Some(r) = t.record_judged(self.nanos(at), SUCCESS) {
+            self.judge_closed(w, r, || at);
+        }
+    }
+
+    /// Opens a closed breaker whose window `r` (read in `w`'s period) is over a threshold.
+    #[cold]
+    #[inline(never)]
+    fn judge_closed(&self, w: Word, r: Reading, now: impl FnOnce() -> Instant) {
+        if w.state() == State::Closed && self.exceeded(r, true, &self.tunables.load_judging()) {
+            self.transition(Some(w), State::Open, now(), None);
+        }
+    }
+
+    /// [`record`](Self::record) for every case but the common one.
+    #[inline(never)]
+    fn record_slow(&self, permit: Permit, outcome: &Outcome, now: impl FnOnce() -> Instant) {
         if matches!(permit.kind(), PermitKind::Unrecorded | PermitKind::Spent) {
             return;
         }
@@ -597,7 +698,10 @@ impl Breaker {
                 None if failure || slow => c.reading(),
                 _ => return,
             },
-            Window::Time(t) => t.record(self.nanos(clock.now()), sample),
+            Window::Time(t) => match t.record_judged(self.nanos(clock.now()), sample) {
+                Some(r) => r,
+                None => return,
+            },
             Window::Consecutive(c) => match c.record(failure) {
                 Some(run) => Reading {
                     calls: run,

@@ -533,7 +533,9 @@ impl Builder {
         {
             return err("half_open_max_wait", "must be above zero".into());
         }
-        let ppm = |r: f64| (r * 1e6).round() as u64;
+        // At least one per million: a rate in (0, 1] never becomes "any rate at all", and a
+        // window with no failure (no slow call) is never over it.
+        let ppm = |r: f64| ((r * 1e6).round() as u64).max(1);
         Ok(Config {
             name: self.name,
             window: self.window,

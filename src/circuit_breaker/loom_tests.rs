@@ -253,3 +253,38 @@ fn loom_a_retune_is_never_read_torn() {
         assert_eq!(b.tuning(), will);
     });
 }
+
+/// The time window's count of failures and slow calls (which lets a success skip summing the
+/// buckets) stays equal to the buckets' sum when a failure races a success that moves the
+/// window past the failure's bucket, and a failure always judges a window that holds it.
+#[test]
+fn loom_time_window_marks_match_the_buckets() {
+    use crate::window::{Sample, TimeWindow};
+    model(|| {
+        let w = Arc::new(TimeWindow::new(1_000, 2));
+        let fail = Sample {
+            failure: true,
+            slow: true,
+        };
+        let ok = Sample {
+            failure: false,
+            slow: false,
+        };
+        let a = {
+            let w = w.clone();
+            thread::spawn(move || w.record_judged(10, fail))
+        };
+        // Bucket 2 takes the place of bucket 0, where the failure goes.
+        let b = {
+            let w = w.clone();
+            thread::spawn(move || w.record_judged(2_500, ok))
+        };
+        let judged = a.join().unwrap();
+        b.join().unwrap();
+        let r = w.reading(2_500);
+        assert_eq!(w.marks(), r.failures + r.slow);
+        if let Some(seen) = judged {
+            assert!(seen.failures <= 1 && seen.slow <= 1);
+        }
+    });
+}

@@ -59,8 +59,17 @@ impl State {
         self as u64
     }
 
+    #[inline]
     fn from_code(code: u64) -> State {
-        State::ALL[code as usize]
+        // A match rather than an index into `ALL`: no bounds check on every call.
+        match code {
+            0 => State::Closed,
+            1 => State::Open,
+            2 => State::HalfOpen,
+            3 => State::ForcedOpen,
+            4 => State::Disabled,
+            _ => State::MetricsOnly,
+        }
     }
 }
 
@@ -88,10 +97,20 @@ impl Word {
         Word(state.code() | u64::from(issued) << ISSUED_SHIFT | generation << GEN_SHIFT)
     }
 
+    /// Whether the state records calls as they come (closed or metrics only): the admission
+    /// fast path, one mask and compare.
+    #[inline]
+    pub(crate) fn records(self) -> bool {
+        let code = self.0 & ((1 << STATE_BITS) - 1);
+        code == State::Closed.code() || code == State::MetricsOnly.code()
+    }
+
+    #[inline]
     pub(crate) fn state(self) -> State {
         State::from_code(self.0 & ((1 << STATE_BITS) - 1))
     }
 
+    #[inline]
     pub(crate) fn generation(self) -> u64 {
         self.0 >> GEN_SHIFT
     }

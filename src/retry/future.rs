@@ -109,50 +109,78 @@ where
     C: Classify<S::Response, S::Error>,
     R: Replay<Req>,
 {
+    /// Polls the attempt in flight; a success (the common case) returns here, inlined in the
+    /// caller's poll. A failure, a wait and the next attempt go through [`Self::after`].
+    #[inline]
     fn attempt(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<S::Response, BoxError>> {
         loop {
-            let mut this = self.as_mut().project();
-            match this.state.as_mut().project() {
-                StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx));
-                    *this.attempts += 1;
-                    let attempts = u32::try_from(*this.attempts).unwrap_or(u32::MAX);
-                    let outcome = this.classifier.classify(result.as_ref());
-                    let policy = &**this.policy;
-                    if let Some(budget) = &policy.budget {
-                        budget.record_outcome(!outcome.is_failure());
-                    }
-                    if !outcome.is_failure() {
-                        return Poll::Ready(result.map_err(Into::into));
-                    }
-                    // One question for both breaker modes: a `CircuitOpen` error, or the 503 a
-                    // breaker in `respond_http` mode answers (marked in its extensions).
-                    let open = this.classifier.is_refused(result.as_ref());
-                    match policy.next(
-                        attempts,
-                        &outcome,
-                        open,
-                        this.kept.is_some(),
-                        *this.started,
-                        this.delays,
-                    ) {
-                        Next::Stop(reason) => {
-                            if let Some(reason) = reason {
-                                policy.gave_up(attempts, reason);
-                            }
-                            return Poll::Ready(result.map_err(Into::into));
-                        }
-                        Next::Wait(delay, cause) => {
-                            policy.retrying(attempts, delay, cause, result.is_err());
-                            this.state.set(State::Waiting {
-                                sleep: Box::pin(tokio::time::sleep(delay)),
-                            });
-                        }
-                    }
+            let this = self.as_mut().project();
+            let StateProj::Calling { future } = this.state.project() else {
+                ready!(self.as_mut().resend(cx))?;
+                continue;
+            };
+            let result = ready!(future.poll(cx));
+            *this.attempts += 1;
+            let outcome = this.classifier.classify(result.as_ref());
+            if let Some(budget) = &this.policy.budget {
+                budget.record_outcome(!outcome.is_failure());
+            }
+            if !outcome.is_failure() {
+                return Poll::Ready(result.map_err(Into::into));
+            }
+            if let Some(done) = self.as_mut().after(result, &outcome) {
+                return Poll::Ready(done);
+            }
+        }
+    }
+
+    /// After a failed attempt: the result to return, or `None` when a retry is waiting.
+    #[inline(never)]
+    fn after(
+        self: Pin<&mut Self>,
+        result: Result<S::Response, S::Error>,
+        outcome: &crate::classify::Outcome,
+    ) -> Option<Result<S::Response, BoxError>> {
+        let mut this = self.project();
+        let attempts = u32::try_from(*this.attempts).unwrap_or(u32::MAX);
+        let policy = &**this.policy;
+        // One question for both breaker modes: a `CircuitOpen` error, or the 503 a breaker in
+        // `respond_http` mode answers (marked in its extensions).
+        let open = this.classifier.is_refused(result.as_ref());
+        match policy.next(
+            attempts,
+            outcome,
+            open,
+            this.kept.is_some(),
+            *this.started,
+            this.delays,
+        ) {
+            Next::Stop(reason) => {
+                if let Some(reason) = reason {
+                    policy.gave_up(attempts, reason);
                 }
+                Some(result.map_err(Into::into))
+            }
+            Next::Wait(delay, cause) => {
+                policy.retrying(attempts, delay, cause, result.is_err());
+                this.state.set(State::Waiting {
+                    sleep: Box::pin(tokio::time::sleep(delay)),
+                });
+                None
+            }
+        }
+    }
+
+    /// Waits out the delay, then sends the next attempt: ready once it is in flight.
+    #[inline(never)]
+    fn resend(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { .. } => return Poll::Ready(Ok(())),
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);

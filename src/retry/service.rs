@@ -73,17 +73,19 @@ where
         let mut service = std::mem::replace(&mut self.inner, clone);
         // One version of the policy for the whole call, however it is reloaded meanwhile.
         let policy = self.policy.snapshot();
+        // One look at how the version is held.
+        let p: &super::policy::Policy = &policy;
         // Keep a copy only when another attempt is possible at all.
-        let kept = if policy.max_attempts > 1 {
+        let kept = if p.max_attempts > 1 {
             self.replay.replay(&req)
         } else {
             None
         };
-        if let Some(budget) = &policy.budget {
+        if let Some(budget) = &p.budget {
             budget.record_request(Instant::now);
         }
-        let started = policy.start_time();
-        policy.attempted();
+        let started = p.start_time();
+        p.attempted();
         let mut call = crate::call::EMPTY;
         let future = crate::call::within(&mut call, || service.call(req));
         ResponseFuture::new(

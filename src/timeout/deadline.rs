@@ -378,6 +378,15 @@ pub(crate) fn enter(deadline: Current) -> Scope {
     })
 }
 
+/// Makes `now` current until the scope is dropped, where `previous` is what [`current`] read
+/// just before and `now` is no later than it (a timeout's deadline, computed from the outer
+/// one): a write, no comparison.
+#[inline]
+pub(crate) fn replace(previous: Option<Current>, now: Current) -> Scope {
+    CURRENT.with(|c| c.set(Some(now)));
+    Scope(previous)
+}
+
 /// The current deadline, with what set it, if any.
 #[inline]
 pub(crate) fn current() -> Option<Current> {

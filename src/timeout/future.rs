@@ -1,4 +1,4 @@
-//! The timeout future: the call raced against a sleep.
+//! The timeout future: the call raced against a sleep (made once the call is pending).
 
 use std::{
     future::Future,
@@ -26,8 +26,14 @@ pin_project! {
     pub struct ResponseFuture<F, M> {
         #[pin]
         inner: F,
+        // Made at the first poll that finds the call pending (for `at`, fixed when the call
+        // started): a call that is ready at once makes no timer, and the runtime's timer
+        // handle is neither cloned nor dropped for it.
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        // When the timeout runs out: this timeout's own end, or the deadline outside that cut
+        // it short.
+        at: Instant,
         // Whole words only: the future is built in the caller's `call` and copied out with wide
         // loads, which stall on the partial stores a `Duration`'s u32 or a u16 status needs.
         after_nanos: u64,
@@ -43,44 +49,72 @@ pin_project! {
     }
 }
 
-/// A started timeout: its sleep, the time it lasts in nanoseconds (what its event reports),
-/// and the deadline it passes down and reports when it runs out.
+/// When a started timeout ends and what it reports: the instant its sleep waits for, the time
+/// it lasts in nanoseconds (what its event reports), and the deadline it passes down and
+/// reports when it runs out. Plain words: the sleep itself is made by the future, only once
+/// the call it races is pending.
+#[derive(Clone, Copy)]
 pub(crate) struct Start {
-    pub(crate) sleep: Sleep,
+    pub(crate) at: Instant,
     pub(crate) given: u64,
     pub(crate) deadline: Meta,
+    /// What the layers inside see while the call is made and polled: this timeout's deadline,
+    /// or the outer one (unchanged) when that is the earlier.
+    pub(crate) current: Current,
 }
 
-/// When a timeout of `timeout` (set by `origin`: the layer, or a gRPC client) starting now
-/// ends: `now + timeout`, or the current [`Deadline`](super::Deadline) of a timeout outside
-/// when that is earlier, and then that deadline is the one that runs out.
+/// Thirty years, tokio's own "far future" for a sleep whose end an instant cannot hold.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// When a timeout of `timeout` (`nanos` in nanoseconds; set by `origin`: the layer, or a gRPC
+/// client) started `now` ends: `now + timeout`, or `outer`, the current
+/// [`Deadline`](super::Deadline) of a timeout outside, when that is earlier, and then that
+/// deadline is the one that runs out. No clock read and no thread-local access of its own:
+/// the caller reads both once.
 #[inline]
-pub(crate) fn start(timeout: Duration, origin: DeadlineOrigin) -> Start {
-    let now = Instant::now();
+pub(crate) fn start(
+    now: Instant,
+    timeout: Duration,
+    nanos: u64,
+    origin: DeadlineOrigin,
+    outer: Option<Current>,
+) -> Start {
     let own = now.checked_add(timeout);
-    let shrunk = |outer: Current| Start {
-        sleep: tokio::time::sleep_until(outer.at),
+    match (own, outer) {
+        (Some(own), Some(outer)) if outer.at < own => shrunk(now, outer),
+        // Beyond what an instant holds: the outer deadline, or tokio's far-future sleep.
+        (None, Some(outer)) => shrunk(now, outer),
+        (own, _) => {
+            let given = nanos;
+            let deadline = Meta::of_timeout(origin, given);
+            let at = own.unwrap_or_else(|| now + FAR_FUTURE);
+            Start {
+                at,
+                given,
+                deadline,
+                // An outer deadline at the same instant stays the one inside sees.
+                current: match outer {
+                    Some(outer) if outer.at <= at => outer,
+                    _ => Current { at, meta: deadline },
+                },
+            }
+        }
+    }
+}
+
+/// A timeout cut short by the deadline `outer`.
+#[inline]
+fn shrunk(now: Instant, outer: Current) -> Start {
+    Start {
+        at: outer.at,
         given: crate::time::nanos_of(outer.at.saturating_duration_since(now)),
         deadline: outer.meta.shrunk(),
-    };
-    let mine = |sleep| {
-        let given = crate::time::nanos_of(timeout);
-        Start {
-            sleep,
-            given,
-            deadline: Meta::of_timeout(origin, given),
-        }
-    };
-    match (own, super::deadline::current()) {
-        (Some(own), Some(outer)) if outer.at < own => shrunk(outer),
-        (Some(own), _) => mine(tokio::time::sleep_until(own)),
-        // Beyond what an instant holds: tokio's own far-future sleep, or the outer deadline.
-        (None, Some(outer)) => shrunk(outer),
-        (None, None) => mine(tokio::time::sleep(timeout)),
+        current: outer,
     }
 }
 
 impl<F, M> ResponseFuture<F, M> {
+    #[inline]
     pub(crate) fn new(
         inner: F,
         start: Start,
@@ -90,7 +124,8 @@ impl<F, M> ResponseFuture<F, M> {
     ) -> Self {
         ResponseFuture {
             inner,
-            sleep: start.sleep,
+            sleep: None,
+            at: start.at,
             after_nanos: start.given,
             code,
             deadline: start.deadline.word(),
@@ -113,13 +148,14 @@ fn elapsed(after: Duration, deadline: Meta) -> Elapsed {
 
 /// Polls the call first, so a call that is ready as the timer fires still wins. The call is
 /// polled with this timeout's deadline current, for the layers inside.
+#[inline]
 fn race<F: Future, M>(
     this: Pin<&mut ResponseFuture<F, M>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<F::Output, (Elapsed, u64)>> {
     let this = this.project();
     // Inside the logical call (its id kept in the future), for the layers inside and the event.
-    let (inner, sleep, events) = (this.inner, this.sleep, &*this.events);
+    let (inner, mut sleep, events, at) = (this.inner, this.sleep, &*this.events, *this.at);
     let (after, code, deadline) = (
         *this.after_nanos,
         *this.code,
@@ -127,22 +163,22 @@ fn race<F: Future, M>(
     );
     call::within(this.call, || {
         let polled = {
-            let _deadline = super::deadline::enter(Current {
-                at: sleep.deadline(),
-                meta: deadline,
-            });
+            let _deadline = super::deadline::enter(Current { at, meta: deadline });
             inner.poll(cx)
         };
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Ok(out));
         }
-        match sleep.poll(cx) {
-            Poll::Ready(()) => {
+        if sleep.is_none() {
+            sleep.set(Some(tokio::time::sleep_until(at)));
+        }
+        match sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => {
                 let after = Duration::from_nanos(after);
                 events.emit(EventKind::Elapsed { after });
                 Poll::Ready(Err((elapsed(after, deadline), code)))
             }
-            Poll::Pending => Poll::Pending,
+            _ => Poll::Pending,
         }
     })
 }

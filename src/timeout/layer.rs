@@ -62,7 +62,7 @@ impl TimeoutLayer {
     pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
         reload::check(timeout)?;
         Ok(TimeoutLayer {
-            timeout: Limit::Fixed(timeout),
+            timeout: Limit::fixed(timeout),
             mode: ReturnError,
             events: Listener::default(),
         })

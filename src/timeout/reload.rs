@@ -14,24 +14,39 @@ use crate::ConfigError;
 /// A layer's and its services' timeout: fixed, or read at every call from a [`TimeoutReload`].
 #[derive(Clone)]
 pub(crate) enum Limit {
-    Fixed(Duration),
+    /// The timeout and the same in nanoseconds, worked out once rather than at every call.
+    Fixed(Duration, u64),
     /// Nanoseconds: one word, so a call reads it with one relaxed load (no lock, no torn value).
     Live(Arc<AtomicU64>),
 }
 
 impl Limit {
+    /// A fixed timeout.
+    pub(crate) fn fixed(timeout: Duration) -> Limit {
+        Limit::Fixed(timeout, nanos(timeout))
+    }
+
     /// The timeout a call starting now gets.
     #[inline]
     pub(crate) fn get(&self) -> Duration {
+        self.get_with_nanos().0
+    }
+
+    /// The timeout a call starting now gets, and the same in nanoseconds.
+    #[inline]
+    pub(crate) fn get_with_nanos(&self) -> (Duration, u64) {
         match self {
-            Limit::Fixed(d) => *d,
-            Limit::Live(nanos) => Duration::from_nanos(nanos.load(Relaxed)),
+            Limit::Fixed(d, n) => (*d, *n),
+            Limit::Live(nanos) => {
+                let n = nanos.load(Relaxed);
+                (Duration::from_nanos(n), n)
+            }
         }
     }
 
     pub(crate) fn reloadable(self) -> (Limit, TimeoutReload) {
         let cell = match self {
-            Limit::Fixed(d) => Arc::new(AtomicU64::new(nanos(d))),
+            Limit::Fixed(_, n) => Arc::new(AtomicU64::new(n)),
             Limit::Live(cell) => cell,
         };
         (Limit::Live(cell.clone()), TimeoutReload(cell))
@@ -41,7 +56,7 @@ impl Limit {
 impl fmt::Debug for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Limit::Fixed(d) => d.fmt(f),
+            Limit::Fixed(d, _) => d.fmt(f),
             Limit::Live(_) => write!(f, "{:?} (reloadable)", self.get()),
         }
     }

@@ -11,8 +11,7 @@ use tower_service::Service;
 use tower_layer::Layer;
 
 use super::{
-    DeadlineOrigin, Listener, ResponseFuture, TimeoutLayer, deadline::Current, parse_grpc_timeout,
-    reload::Limit,
+    DeadlineOrigin, Listener, ResponseFuture, TimeoutLayer, parse_grpc_timeout, reload::Limit,
 };
 use crate::{
     BoxError, ConfigError,
@@ -61,11 +60,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let timeout = self.timeout.get();
         call(
             &mut self.inner,
             req,
-            timeout,
+            self.timeout.get_with_nanos(),
             DeadlineOrigin::Timeout,
             0,
             &self.events,
@@ -92,7 +90,7 @@ where
         call(
             &mut self.inner,
             req,
-            self.timeout.get(),
+            self.timeout.get_with_nanos(),
             DeadlineOrigin::Timeout,
             self.mode.status,
             &self.events,
@@ -124,34 +122,36 @@ where
                     .and_then(parse_grpc_timeout)
             })
             .flatten();
-        let own = self.timeout.get();
+        let own = self.timeout.get_with_nanos();
         // The client's deadline, when it is the shorter one, is what an `Elapsed` names.
         let (timeout, origin) = match client {
-            Some(c) if c < own => (c, DeadlineOrigin::GrpcTimeout),
+            Some(c) if c < own.0 => ((c, crate::time::nanos_of(c)), DeadlineOrigin::GrpcTimeout),
             _ => (own, DeadlineOrigin::Timeout),
         };
         call(&mut self.inner, req, timeout, origin, 0, &self.events)
     }
 }
 
-/// Starts the timer (shortened to the current deadline of a timeout outside), then calls
-/// `inner` with the timer's deadline current, so the layers inside see it.
+/// Works out when the timeout ends (shortened to the current deadline of a timeout outside),
+/// then calls `inner` with that deadline current, so the layers inside see it. One clock read
+/// and one read of the outer deadline; the timer itself is made by the future, only if the
+/// call is still pending when first polled.
 #[inline]
 fn call<S: Service<Req>, Req, M>(
     inner: &mut S,
     req: Req,
-    timeout: Duration,
+    (timeout, nanos): (Duration, u64),
     origin: DeadlineOrigin,
     code: u64,
     events: &Listener,
 ) -> ResponseFuture<S::Future, M> {
-    let start = super::future::start(timeout, origin);
+    let now = tokio::time::Instant::now();
+    // One read of the outer deadline: what this timeout shrinks to, and what it restores.
+    let outer = super::deadline::current();
+    let start = super::future::start(now, timeout, nanos, origin, outer);
     let mut call = crate::call::EMPTY;
     let future = crate::call::within(&mut call, || {
-        let _deadline = super::deadline::enter(Current {
-            at: start.sleep.deadline(),
-            meta: start.deadline,
-        });
+        let _deadline = super::deadline::replace(outer, start.current);
         inner.call(req)
     });
     ResponseFuture::new(future, start, code, call, events.clone())

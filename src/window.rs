@@ -157,9 +157,12 @@ impl CountWindow {
 
 /// Outcomes of the last `buckets` fixed-length time buckets; memory is O(buckets).
 ///
-/// Bucket `seq` (time / bucket length) lives at index `seq % buckets`. Moving the clock forward
-/// clears the buckets that fell out of the window, whoever moves it: a record or a read. Each
-/// count is a full 64-bit atomic, so no call rate can overflow a bucket into its neighbour.
+/// The ring has `buckets` rounded up to a power of two slots, so that bucket `seq` (time /
+/// bucket length) lives at index `seq & mask` (one instruction on every record, where a
+/// remainder by the bucket count cost about ten). Only the window's `buckets` newest buckets
+/// are ever non-zero: moving the clock forward clears the buckets that fell out of the window
+/// and the slots the new buckets take, whoever moves it: a record or a read. Each count is a
+/// full 64-bit atomic, so no call rate can overflow a bucket into its neighbour.
 ///
 /// `marked` counts the failures and slow calls in the window (added after the bucket's count,
 /// taken off when a bucket is cleared), so that a success can tell in one load that the window
@@ -171,7 +174,10 @@ pub(crate) struct TimeWindow {
     bucket_nanos: u64,
     current: CachePadded<AtomicU64>,
     marked: CachePadded<AtomicU64>,
-    modulo: FastMod,
+    /// The window's length in buckets.
+    span: u64,
+    /// The ring's length (a power of two, at least `span`) less one.
+    mask: u64,
     buckets: Box<[Bucket]>,
 }
 
@@ -189,8 +195,11 @@ impl TimeWindow {
             bucket_nanos,
             current: CachePadded::new(AtomicU64::new(0)),
             marked: CachePadded::new(AtomicU64::new(0)),
-            modulo: FastMod::new(u64::from(buckets)),
-            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            span: u64::from(buckets),
+            mask: u64::from(buckets.next_power_of_two()) - 1,
+            buckets: (0..buckets.next_power_of_two())
+                .map(|_| Bucket::default())
+                .collect(),
         }
     }
 
@@ -229,8 +238,8 @@ impl TimeWindow {
         let current = self.advance(seq);
         // A clock read on another core can lag this one; a sample older than the whole window
         // has nowhere to go.
-        if seq + self.buckets.len() as u64 > current {
-            let b = &self.buckets[self.modulo.rem(seq) as usize];
+        if seq + self.span > current {
+            let b = &self.buckets[(seq & self.mask) as usize];
             b.calls.fetch_add(1, AcqRel);
             if sample.failure {
                 b.failures.fetch_add(1, AcqRel);
@@ -279,10 +288,19 @@ impl TimeWindow {
                 .compare_exchange_weak(current, seq, AcqRel, Acquire)
             {
                 Ok(_) => {
-                    let n = self.buckets.len() as u64;
-                    let first = (current + 1).max(seq.saturating_sub(n - 1));
-                    for s in first..=seq {
-                        self.clear(self.modulo.rem(s) as usize);
+                    // The buckets that fell out, (current - span, seq - span], and the slots
+                    // of the new ones, (current, seq]: no slot of either is one of the
+                    // buckets still in the window, (seq - span, current] (they are less than
+                    // `span` apart, and the ring is at least that long). Each range is cut to
+                    // its last ring's length: the slots repeat beyond.
+                    let ring = self.mask + 1;
+                    let out_end = (seq + 1).saturating_sub(self.span);
+                    let out = (current + 1)
+                        .saturating_sub(self.span)
+                        .max(out_end.saturating_sub(ring))..out_end;
+                    let new = (current + 1).max((seq + 1).saturating_sub(ring))..seq + 1;
+                    for s in out.chain(new) {
+                        self.clear((s & self.mask) as usize);
                     }
                     return seq;
                 }
@@ -416,6 +434,45 @@ mod tests {
             for _ in 0..10_000 {
                 let n = rng.u64(..);
                 assert_eq!(f.rem(n), n % d, "{n} % {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn time_window_matches_a_model_for_any_bucket_count() {
+        // The ring is rounded up to a power of two; the window must still hold exactly the
+        // last `buckets` buckets, across steps, jumps within the ring and beyond it.
+        for buckets in [1u32, 2, 3, 5, 7, 8, 10, 13] {
+            let w = TimeWindow::new(100, buckets);
+            let span = u64::from(buckets);
+            let mut kept: Vec<(u64, bool)> = Vec::new();
+            let mut now = 0u64;
+            let mut x = 0x9e37_79b9_u64 ^ u64::from(buckets);
+            for _ in 0..2_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                now += match x % 10 {
+                    0..=5 => x % 60,
+                    6..=8 => x % 700,
+                    _ => x % 4_000,
+                };
+                let failure = x.is_multiple_of(3);
+                w.record(
+                    now,
+                    Sample {
+                        failure,
+                        slow: false,
+                    },
+                );
+                kept.push((now / 100, failure));
+                let head = now / 100;
+                kept.retain(|&(seq, _)| seq + span > head);
+                let r = w.reading(now);
+                assert_eq!(r.calls, kept.len() as u64, "{buckets} buckets at {now}");
+                let failures = kept.iter().filter(|k| k.1).count() as u64;
+                assert_eq!(r.failures, failures, "{buckets} buckets at {now}");
+                assert_eq!(w.marks(), failures, "{buckets} buckets at {now}");
             }
         }
     }

@@ -540,3 +540,29 @@ async fn a_leaked_retry_layer_behaves_the_same() {
         "two retries, reported by the shared listener"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_outcome_settles_with_the_budget_also_without_a_retry() {
+    // Failures take a token each and successes give back a share, through the layer, also for
+    // calls that never retry (one attempt, and successes on the first attempt); shared and
+    // leaked layers alike.
+    for leaked in [false, true] {
+        let budget = Budget::token_bucket(10, 0.5).unwrap();
+        let (_, inner) = flaky(4);
+        let layer = RetryLayer::builder()
+            .max_attempts(1)
+            .budget(budget.clone())
+            .build()
+            .unwrap();
+        let layer = if leaked { layer.leak() } else { layer };
+        let mut svc = layer.layer(inner);
+        for _ in 0..4 {
+            assert!(send(&mut svc, 1).await.is_err());
+        }
+        assert_eq!(budget.remaining(Instant::now()), 6.0);
+        for _ in 0..3 {
+            assert_eq!(send(&mut svc, 1).await.unwrap(), 1);
+        }
+        assert_eq!(budget.remaining(Instant::now()), 7.5);
+    }
+}

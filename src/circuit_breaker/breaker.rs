@@ -466,6 +466,7 @@ impl Breaker {
         Word(self.word.load(Acquire))
     }
 
+    #[inline]
     fn nanos(&self, t: Instant) -> u64 {
         nanos_since(self.epoch, t)
     }

@@ -29,8 +29,10 @@ pin_project! {
         classifier: C,
         replay: R,
         policy: Held,
-        // A full word: the caller copies the future out with 8-byte loads, and a 4-byte store
-        // here would stall them (store forwarding fails on partial overlaps).
+        // The attempts that failed so far, and `BUDGETED` when the policy has a retry budget (so
+        // that a success without one reads no policy). A full word: the caller copies the future
+        // out with 8-byte loads, and a 4-byte store here would stall them (store forwarding
+        // fails on partial overlaps).
         attempts: u64,
         // Nanoseconds since the policy's epoch, `NOT_TIMED` unless an elapsed limit is set: a
         // plain word, for the same store-forwarding reason as `attempts`.
@@ -52,6 +54,9 @@ pin_project! {
     }
 }
 
+/// Marks [`ResponseFuture`]'s `attempts` when the call's policy has a retry budget.
+const BUDGETED: u64 = 1 << 63;
+
 impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
 where
     S: Service<Req>,
@@ -66,8 +71,10 @@ where
         replay: R,
         policy: Held,
         started: u64,
+        budgeted: bool,
         call: call::Slot,
     ) -> Self {
+        let attempts = if budgeted { BUDGETED } else { 0 };
         ResponseFuture {
             state: State::Calling { future },
             service,
@@ -75,7 +82,7 @@ where
             classifier,
             replay,
             policy,
-            attempts: 0,
+            attempts,
             started,
             delays: None,
             call,
@@ -123,9 +130,10 @@ where
                 continue;
             };
             let result = ready!(future.poll(cx));
-            *this.attempts += 1;
             let outcome = this.classifier.classify(result.as_ref());
-            if let Some(budget) = &this.policy.budget {
+            if *this.attempts & BUDGETED != 0
+                && let Some(budget) = &this.policy.budget
+            {
                 budget.record_outcome(!outcome.is_failure());
             }
             if !outcome.is_failure() {
@@ -145,7 +153,9 @@ where
         outcome: &crate::classify::Outcome,
     ) -> Option<Result<S::Response, BoxError>> {
         let mut this = self.project();
-        let attempts = u32::try_from(*this.attempts).unwrap_or(u32::MAX);
+        // Counted here, off the success path: only a failure's next step needs the count.
+        *this.attempts += 1;
+        let attempts = u32::try_from(*this.attempts & !BUDGETED).unwrap_or(u32::MAX);
         let policy = &**this.policy;
         // One question for both breaker modes: a `CircuitOpen` error, or the 503 a breaker in
         // `respond_http` mode answers (marked in its extensions).
@@ -189,7 +199,8 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    let last = *this.attempts + 1 >= u64::from(this.policy.max_attempts);
+                    let last =
+                        (*this.attempts & !BUDGETED) + 1 >= u64::from(this.policy.max_attempts);
                     // The final attempt sends the kept request itself: one copy fewer.
                     let copy = if last {
                         None

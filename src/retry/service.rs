@@ -68,9 +68,6 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        // The ready service makes this call; a clone stays behind for the next one.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         // One version of the policy for the whole call, however it is reloaded meanwhile.
         let policy = self.policy.snapshot();
         // One look at how the version is held.
@@ -81,13 +78,20 @@ where
         } else {
             None
         };
-        if let Some(budget) = &p.budget {
-            budget.record_request(Instant::now);
-        }
+        let budgeted = match &p.budget {
+            Some(budget) => {
+                budget.record_request(Instant::now);
+                true
+            }
+            None => false,
+        };
         let started = p.start_time();
         p.attempted();
         let mut call = crate::call::EMPTY;
-        let future = crate::call::within(&mut call, || service.call(req));
+        // The ready service makes this call; a clone goes with the future for any retry (it is
+        // made ready again before one).
+        let future = crate::call::within(&mut call, || self.inner.call(req));
+        let service = self.inner.clone();
         ResponseFuture::new(
             future,
             service,
@@ -98,6 +102,7 @@ where
             self.replay.clone(),
             policy,
             started,
+            budgeted,
             call,
         )
     }

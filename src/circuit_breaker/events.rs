@@ -125,7 +125,9 @@ struct Queued {
     call: Option<CallId>,
 }
 
-/// Ends a delivery even when a listener panics, so later state changes are still delivered.
+/// Ends a delivery when a listener panics, so later state changes are still delivered. A
+/// delivery that empties the queue ends itself under the same lock hold that found it empty:
+/// ending it later would leave a change queued in between to nobody.
 struct Delivering<'a>(&'a Mutex<Pending>);
 
 impl Drop for Delivering<'_> {
@@ -275,13 +277,18 @@ impl Observers {
             }
             p.delivering = true;
         }
-        let _end = Delivering(pending);
+        let end = Delivering(pending);
         loop {
             let next = {
                 let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
                 match p.queue.pop_front() {
                     Some(q) => q,
-                    None => return,
+                    None => {
+                        p.delivering = false;
+                        drop(p);
+                        std::mem::forget(end);
+                        return;
+                    }
                 }
             };
             self.report(next);

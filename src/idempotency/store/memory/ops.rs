@@ -38,6 +38,9 @@ pub(super) fn after(now: Instant, d: Duration) -> Instant {
 /// What `complete` did with the shard's lock held.
 enum Completing {
     Done(bool),
+    /// Stored as "ran, not replayable": no room for the response (logged once the lock is
+    /// released).
+    Degraded(bool),
     /// The response needs `n` more bytes than the room left.
     NeedsRoom(usize),
 }
@@ -157,7 +160,7 @@ impl MemoryStore {
                 ttl,
                 false,
             ) {
-                Completing::Done(stored) => return stored,
+                Completing::Done(stored) | Completing::Degraded(stored) => return stored,
                 Completing::NeedsRoom(n) => n,
             }
         };
@@ -179,6 +182,15 @@ impl MemoryStore {
             true,
         ) {
             Completing::Done(stored) => stored,
+            Completing::Degraded(stored) => {
+                drop(shard);
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    key,
+                    "idempotency memory store full: response kept as not replayable"
+                );
+                stored
+            }
             Completing::NeedsRoom(_) => unreachable!("a completion that may degrade always fits"),
         }
     }
@@ -213,6 +225,7 @@ impl MemoryStore {
         };
         let base = RECORD_OVERHEAD + key.len();
         let full = base + completion_size(completion);
+        let mut degraded = false;
         let (completion, size) = if full <= held || self.reserve(full - held) {
             (completion.clone(), full.max(held))
         } else if !degrade {
@@ -220,11 +233,7 @@ impl MemoryStore {
         } else {
             // No room for the body: keep the fact that it ran, which always fits the
             // claim's reservation (or a record's worth over the bound, once).
-            #[cfg(feature = "tracing")]
-            tracing::warn!(
-                key,
-                "idempotency memory store full: response kept as not replayable"
-            );
+            degraded = true;
             let status = match completion {
                 Completion::Response(r) => r.status,
                 Completion::NotReplayable { status } => *status,
@@ -260,6 +269,10 @@ impl MemoryStore {
             }
         };
         self.push_done(i, shard, key, now);
-        Completing::Done(true)
+        if degraded {
+            Completing::Degraded(true)
+        } else {
+            Completing::Done(true)
+        }
     }
 }

@@ -5,16 +5,11 @@
 
 mod common;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{Router, extract::State, http::StatusCode, routing::post};
+use axum::http::StatusCode;
 use common::{
+    flaky::{counting_server, status},
     http::{Answer, client, serve},
     redis_server::RedisCluster,
     store_contract::{created, fp},
@@ -109,24 +104,15 @@ async fn send(url: &str, key: &str) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_on_a_replicated_primary_runs_once_through_the_layer() {
     let (cluster, store) = cluster_with_one_replica().await;
-    let runs = Arc::new(AtomicUsize::new(0));
     let layer = IdempotencyLayer::builder()
         .store(store)
         .global_keys()
         .store_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let router = Router::new()
-        .route(
-            "/pay",
-            post(|State(runs): State<Arc<AtomicUsize>>| async move {
-                runs.fetch_add(1, SeqCst);
-                (StatusCode::CREATED, "{}")
-            }),
-        )
-        .with_state(runs.clone())
-        .layer(layer);
-    let url = format!("{}/pay", serve(router).await);
+    // Counts the handler's runs ("/", any method).
+    let (router, runs) = counting_server(|_| status(StatusCode::CREATED));
+    let url = format!("{}/", serve(router.layer(layer)).await);
     // The layer's Redis key of client key `k` with global keys is `idempotency:0::k`.
     let replicated = cluster.key_where("idempotency:0::r", |owner| owner == 0);
     let replicated = replicated.strip_prefix("idempotency:0::").unwrap();
@@ -137,10 +123,10 @@ async fn a_key_on_a_replicated_primary_runs_once_through_the_layer() {
     assert_eq!((a.status, a.replayed), (201, false), "{a:?}");
     let a = send(&url, replicated).await;
     assert_eq!((a.status, a.replayed), (201, true), "{a:?}");
-    assert_eq!(runs.load(SeqCst), 1);
+    assert_eq!(runs.count(), 1);
 
     // Its primary has no replica: refused before the handler runs, as on one server.
     let a = send(&url, lonely).await;
     assert!(a.is_problem(problem_types::STORE_UNAVAILABLE), "{a:?}");
-    assert_eq!(runs.load(SeqCst), 1, "not run");
+    assert_eq!(runs.count(), 1, "not run");
 }

@@ -13,12 +13,14 @@
 //! | Idempotency-Key | a retried POST never runs twice; memory, Redis and Redis Cluster stores | [`idempotency`] |
 //! | classification | one success/failure/ignore vocabulary for HTTP, gRPC and errors, shared by every layer | [`classify`] |
 //! | copying requests | bodies held in memory and copies of requests, for retries, backup services and idempotency | [`replay`] |
+//! | streams | the response types whose body layers follow to its end (end-of-stream outcomes, body-inclusive timeouts) | [`stream`] |
 //! | modes | one vocabulary for what a layer does with a refusal or a timeout: `.respond_http()`, `.respond_grpc()` | [`mode`] |
 //! | problem types | every `application/problem+json` `type` the layers send, documented | [`problems`] |
 //! | fault injection (feature `chaos`) | latency, errors, HTTP and gRPC statuses or aborted calls in a seeded fraction of calls, switchable at run time | `chaos` |
 //! | health and readiness | breaker snapshots and store reachability as an `application/health+json` readiness probe | [`health`] |
 //! | configuration (feature `serde`) | every layer's settings as YAML, TOML or JSON, with the design-document vocabulary | `config` |
 //! | registry (feature `serde`) | named policies over shared defaults, built by name, reloaded live | `registry` |
+//! | reqwest-middleware (feature `reqwest-middleware`) | the client pipeline as one middleware of a `ClientWithMiddleware` | `reqwest_middleware` |
 //!
 //! ## Quick start
 //!
@@ -57,7 +59,8 @@
 //!
 //! - `metrics` (default): counters and gauges through the [`metrics`](https://docs.rs/metrics)
 //!   facade.
-//! - `tracing`: a `tracing` event on every state transition.
+//! - `tracing`: `tracing` events (state transitions, retries, refusals, timeouts) and a span per
+//!   call and per attempt of a retry layer.
 //! - `tonic`: classify `tonic::Status` errors by gRPC code.
 //! - `reqwest`: classify `reqwest::Response`s, retry `reqwest::Request`s, key breakers by their
 //!   authority.
@@ -65,7 +68,10 @@
 //! - `redis-tls`: `rediss://` URLs for `RedisStore` (rustls with aws-lc-rs, no system
 //!   OpenSSL; turns `redis` on).
 //! - `axum` (default): build `axum::body::Body` answers (breaker 503, timeout 504, canned
-//!   fallbacks) through `axum-core`.
+//!   fallbacks) through `axum-core`, and key breakers by axum's `MatchedPath` (per-route
+//!   breakers).
+//! - `reqwest-middleware`: `RampartMiddleware`, the standard client pipeline inside a
+//!   `reqwest_middleware::ClientWithMiddleware` (turns `reqwest` on).
 //! - `chaos`: `ChaosLayer`, fault injection for testing your own stacks.
 //! - `serde`: the `config` module (settings as data) and the `registry` (named policies, live
 //!   reload); `yaml` and `toml` add those file formats.
@@ -95,7 +101,11 @@ pub mod problems;
 #[cfg(feature = "serde")]
 pub mod registry;
 pub mod replay;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest_middleware;
 pub mod retry;
+pub mod stream;
+mod telemetry;
 mod time;
 pub mod timeout;
 mod window;

@@ -130,6 +130,18 @@
 //! - **Retry:** no: the request has run and never runs again under this key. Find out its
 //!   result another way (e.g. a `GET` of the resource).
 //!
+//! ## idempotency-outcome-unknown
+//!
+//! [`IDEMPOTENCY_OUTCOME_UNKNOWN`]: **409 Conflict**.
+//!
+//! - **When:** the first request with this key started but was cut off part-way by the
+//!   crate's own timeout placed inside the Idempotency-Key layer (its caller got that timeout's
+//!   504): it may or may not have taken effect. It is never run again, and the timeout's answer
+//!   is never replayed as if it were the handler's.
+//! - **Retry:** not with this key. Find out what happened another way (e.g. a `GET` of the
+//!   resource) and, if it did not happen, send the request again with a new key. Avoid this
+//!   answer by placing the Idempotency-Key layer inside the total timeout, not outside it.
+//!
 //! ## idempotency-store-unavailable
 //!
 //! [`IDEMPOTENCY_STORE_UNAVAILABLE`]: **503 Service Unavailable**, with `Retry-After: 1`.
@@ -163,8 +175,9 @@
 //! [`IDEMPOTENCY_HANDLER_FAILED`]: **500 Internal Server Error**, or **503 Service
 //! Unavailable** with `Retry-After` when the server shut down.
 //!
-//! - **When:** the handler panicked (500; the key was released), its response body failed after
-//!   it had answered (500; the key is kept as completed), or the server shut down while the
+//! - **When:** the handler panicked (500; the key was released), its response body failed
+//!   before any of it was sent (500; the key is kept as completed; a body that fails once
+//!   streaming ends the stream with an error instead), or the server shut down while the
 //!   handler ran (503).
 //! - **Retry:** yes, with the same key: after a panic the request runs again (it may have done
 //!   part of its work); after a failed body a retry gets
@@ -213,6 +226,8 @@ pub const IDEMPOTENCY_KEY_REUSED: &str = problem_type!("idempotency-key-reused")
 /// [409: the key completed but its response cannot be replayed](crate::problems#idempotency-response-not-replayable).
 pub const IDEMPOTENCY_RESPONSE_NOT_REPLAYABLE: &str =
     problem_type!("idempotency-response-not-replayable");
+/// [409: the first request with this key was cut off part-way; its outcome is unknown](crate::problems#idempotency-outcome-unknown).
+pub const IDEMPOTENCY_OUTCOME_UNKNOWN: &str = problem_type!("idempotency-outcome-unknown");
 /// [503: the idempotency store failed or did not answer in time](crate::problems#idempotency-store-unavailable).
 pub const IDEMPOTENCY_STORE_UNAVAILABLE: &str = problem_type!("idempotency-store-unavailable");
 /// [503: the store is at its size bound](crate::problems#idempotency-store-full).
@@ -240,6 +255,7 @@ mod tests {
         IDEMPOTENCY_KEY_IN_FLIGHT,
         IDEMPOTENCY_KEY_REUSED,
         IDEMPOTENCY_RESPONSE_NOT_REPLAYABLE,
+        IDEMPOTENCY_OUTCOME_UNKNOWN,
         IDEMPOTENCY_STORE_UNAVAILABLE,
         IDEMPOTENCY_STORE_FULL,
         IDEMPOTENCY_RECORD_UNREADABLE,

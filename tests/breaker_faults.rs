@@ -412,7 +412,12 @@ mod keyed_metrics {
                 let DebugValue::Gauge(g) = v else {
                     panic!("state is a gauge")
                 };
-                (label("breaker"), label("state"), g.into_inner())
+                // Keyed breakers carry their key in a label of its own: `name/key` here.
+                let breaker = match label("key") {
+                    key if key.is_empty() => label("breaker"),
+                    key => format!("{}/{key}", label("breaker")),
+                };
+                (breaker, label("state"), g.into_inner())
             })
             .collect()
     }

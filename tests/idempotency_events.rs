@@ -92,8 +92,34 @@ async fn every_outcome_is_an_event_with_its_key() {
         .iter()
         .map(|(k, _)| k.clone())
         .collect();
-    assert_eq!(keys[0].as_deref(), Some("0::k1"), "the scoped key");
+    // Redacted by default: the scoped key's hash, never the key (nor a principal in it).
+    let hashed = format!("blake3:{}", &blake3::hash(b"0::k1").to_hex()[..12]);
+    assert_eq!(
+        keys[0].as_deref(),
+        Some(hashed.as_str()),
+        "the scoped key, hashed"
+    );
+    assert!(keys.iter().flatten().all(|k| !k.contains("k1")), "{keys:?}");
     assert_eq!(keys[4], None, "no key yet");
+}
+
+/// With `log_raw_keys(true)`, events carry the scoped key as stored.
+#[tokio::test(start_paused = true)]
+async fn raw_keys_when_asked() {
+    let seen = Seen::default();
+    let s = seen.clone();
+    let layer = IdempotencyLayer::builder()
+        .scope(|_| Some("alice".to_owned()))
+        .log_raw_keys(true)
+        .on_event(move |e| s.lock().unwrap().push((e.key.map(str::to_owned), e.kind)))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/pay", post(|| async { "paid" }))
+        .layer(layer);
+    assert_eq!(send(&app, Some("k1"), "{}").await, 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [(Some("5:alice:k1".to_owned()), EventKind::New)]);
 }
 
 #[tokio::test(start_paused = true)]

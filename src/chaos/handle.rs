@@ -43,9 +43,17 @@ pub(crate) struct Shared {
     name: Arc<str>,
     /// Serialises the handle's updates (never taken by a call).
     update: Mutex<()>,
+    /// Bound at the first injection that finds a recorder (see `crate::telemetry`).
     #[cfg(feature = "metrics")]
-    counters: [metrics::Counter; 5],
+    counters: crate::telemetry::Lazy<[metrics::Counter; 5]>,
 }
+
+/// Help text of the chaos layer's metric.
+#[cfg(feature = "metrics")]
+const HELP: &[crate::telemetry::Help] = &[crate::telemetry::Help::counter(
+    metric_names::INJECTED,
+    "Faults a chaos layer injected, by kind (latency, error, http, grpc, abort).",
+)];
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,13 +76,18 @@ pub(crate) fn draw(seed: u64, n: u64) -> u64 {
 }
 
 impl Shared {
+    #[cfg(feature = "metrics")]
+    fn make_counters(&self) -> [metrics::Counter; 5] {
+        ["latency", "error", "http", "grpc", "abort"].map(|kind| {
+            metrics::counter!(metric_names::INJECTED, "chaos" => self.name.to_string(), "kind" => kind)
+        })
+    }
+
     pub(crate) fn new(config: Config) -> Arc<Self> {
         let name = config.name.clone();
         #[cfg(feature = "metrics")]
-        let counters = ["latency", "error", "http", "grpc", "abort"].map(|kind| {
-            metrics::counter!(metric_names::INJECTED, "chaos" => name.to_string(), "kind" => kind)
-        });
-        Arc::new(Shared {
+        let counters = crate::telemetry::Lazy::new();
+        let shared = Arc::new(Shared {
             enabled: AtomicBool::new(config.enabled),
             settings: ArcSwap::new(Settings::new(config)),
             draws: AtomicU64::new(0),
@@ -83,7 +96,11 @@ impl Shared {
             update: Mutex::new(()),
             #[cfg(feature = "metrics")]
             counters,
-        })
+        });
+        // Bound at once when a recorder exists already, as handles made here always were.
+        #[cfg(feature = "metrics")]
+        shared.counters.bind_now(HELP, || shared.make_counters());
+        shared
     }
 
     /// Whether to inject into this call, and what: `None` at the cost of one relaxed load when
@@ -107,7 +124,9 @@ impl Shared {
         }
         self.injected.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        self.counters[s.config.fault.kind_index()].increment(1);
+        if let Some(c) = self.counters.get_or_bind(HELP, || self.make_counters()) {
+            c[s.config.fault.kind_index()].increment(1);
+        }
         Some(Injected::new(s.config.fault.clone(), self.name.clone()))
     }
 

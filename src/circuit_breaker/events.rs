@@ -1,7 +1,5 @@
 //! Events, listeners and `metrics`/`tracing` output.
 
-#[cfg(feature = "metrics")]
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, PoisonError},
@@ -10,6 +8,13 @@ use std::{
 
 use super::State;
 use crate::call::CallId;
+#[cfg(feature = "metrics")]
+use crate::telemetry::{self, Lazy};
+
+#[cfg(feature = "metrics")]
+mod instruments;
+#[cfg(feature = "metrics")]
+use instruments::{Gauges, Metrics};
 
 /// Something that happened in a breaker. Listeners get `&Event`.
 ///
@@ -105,7 +110,7 @@ pub(crate) struct Observers {
     /// listener, no `tracing`).
     pending: Option<Mutex<Pending>>,
     #[cfg(feature = "metrics")]
-    metrics: Handles,
+    metrics: Metrics,
 }
 
 /// State changes queued under the transition lock, delivered in that order once it is released.
@@ -137,24 +142,10 @@ impl Drop for Delivering<'_> {
     }
 }
 
-#[cfg(feature = "metrics")]
-struct Handles {
-    success: metrics::Counter,
-    failure: metrics::Counter,
-    ignored: metrics::Counter,
-    slow: metrics::Counter,
-    not_permitted: metrics::Counter,
-    state: [metrics::Gauge; 6],
-    /// The `breaker` label, which differs from the name for keyed breakers past the label cap.
-    label: Arc<str>,
-    /// Keyed breakers may share a label, so their state gauges count breakers per state
-    /// (increment and decrement) instead of being set to 0 or 1.
-    counting: bool,
-    /// Set when a keyed breaker is evicted: its state no longer counts in the gauges.
-    retired: AtomicBool,
-}
-
-/// Metric names, all labelled with `breaker`.
+/// Metric names, all labelled with `breaker` (the breaker's name). Keyed breakers label with
+/// their base name and add the key: `authority` for
+/// [`keyed_by_authority`](super::CircuitBreakerLayer::keyed_by_authority), `key` otherwise
+/// (`(other)` past [`max_keys`](super::KeyedCircuitBreakerLayer::max_keys)).
 pub mod metric_names {
     /// Counter of recorded calls, labelled `outcome` = `success` | `failure` | `ignored`.
     pub const CALLS: &str = "rampart_circuit_breaker_calls_total";
@@ -185,30 +176,20 @@ impl Observers {
     ) -> Self {
         #[cfg(feature = "metrics")]
         let metrics = {
-            use metric_names::*;
-            let n = label.to_string();
-            let calls =
-                |o: &'static str| metrics::counter!(CALLS, "breaker" => n.clone(), "outcome" => o);
-            let h = Handles {
-                success: calls("success"),
-                failure: calls("failure"),
-                ignored: calls("ignored"),
-                slow: metrics::counter!(SLOW_CALLS, "breaker" => n.clone()),
-                not_permitted: metrics::counter!(NOT_PERMITTED, "breaker" => n.clone()),
-                state: State::ALL
-                    .map(|s| metrics::gauge!(STATE, "breaker" => n.clone(), "state" => s.as_str())),
-                label,
+            let (breaker, key) = telemetry::split_keyed_label(&label);
+            let m = Metrics {
+                bound: Lazy::new(),
+                breaker: Arc::from(breaker),
+                key: key.map(|(n, k)| (Arc::from(n), Arc::from(k))),
                 counting,
-                retired: AtomicBool::new(false),
+                gauges: Mutex::new(Gauges {
+                    state: initial,
+                    retired: false,
+                }),
             };
-            if counting {
-                h.state[initial as usize].increment(1.0);
-            } else {
-                for (s, g) in State::ALL.iter().zip(&h.state) {
-                    g.set(if *s == initial { 1.0 } else { 0.0 });
-                }
-            }
-            h
+            // Bound at once when a recorder exists (the gauges show the state from the start).
+            m.bind();
+            m
         };
         #[cfg(not(feature = "metrics"))]
         let _ = (initial, label, counting);
@@ -314,14 +295,14 @@ impl Observers {
     #[inline]
     pub(crate) fn outcome(&self, failure: bool, slow: bool, elapsed: Option<Duration>) {
         #[cfg(feature = "metrics")]
-        {
+        if let Some(m) = self.metrics.handles() {
             if failure {
-                self.metrics.failure.increment(1);
+                m.failure.increment(1);
             } else {
-                self.metrics.success.increment(1);
+                m.success.increment(1);
             }
             if slow {
-                self.metrics.slow.increment(1);
+                m.slow.increment(1);
             }
         }
         // Nothing is built for nobody: with no listener the outcome costs one compare.
@@ -342,13 +323,25 @@ impl Observers {
 
     pub(crate) fn ignored(&self) {
         #[cfg(feature = "metrics")]
-        self.metrics.ignored.increment(1);
+        if let Some(m) = self.metrics.handles() {
+            m.ignored.increment(1);
+        }
         self.emit(EventKind::Ignored);
     }
 
     pub(crate) fn rejected(&self, state: State, retry_after: Option<Duration>) {
         #[cfg(feature = "metrics")]
-        self.metrics.not_permitted.increment(1);
+        if let Some(m) = self.metrics.handles() {
+            m.not_permitted.increment(1);
+        }
+        // In the caller's span: a trace shows the refusal where it happened.
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            breaker = %self.name,
+            state = state.as_str(),
+            retry_after_ms = retry_after.map(|d| d.as_secs_f64() * 1000.0),
+            "circuit breaker refused the call"
+        );
         self.emit(EventKind::Rejected { state, retry_after });
     }
 
@@ -359,18 +352,25 @@ impl Observers {
         #[cfg(feature = "metrics")]
         {
             let m = &self.metrics;
-            metrics::counter!(metric_names::TRANSITIONS, "breaker" => m.label.to_string(), "from" => from.as_str(), "to" => to.as_str())
-                .increment(1);
-            // A retired breaker (evicted, or replaced by a `LiveBreaker`) may still change
-            // state for calls in flight; its label's gauges belong to the live breakers now.
-            let retired = m.retired.load(Relaxed);
-            if !retired && !m.counting {
-                for (s, g) in State::ALL.iter().zip(&m.state) {
-                    g.set(if *s == to { 1.0 } else { 0.0 });
+            let mut g = m.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+            g.state = to;
+            let bound = m.bound.get().is_some();
+            // Bound now if a recorder appeared: the gauges start from `to`, nothing to move.
+            if let Some(h) = m.bind_locked(&g) {
+                let mut labels = m.labels();
+                labels.push(metrics::Label::new("from", from.as_str()));
+                labels.push(metrics::Label::new("to", to.as_str()));
+                metrics::counter!(metric_names::TRANSITIONS, labels).increment(1);
+                // A retired breaker (evicted, or replaced by a `LiveBreaker`) may still change
+                // state for calls in flight; its label's gauges belong to the live breakers now.
+                if bound && !g.retired && !m.counting {
+                    for (s, gauge) in State::ALL.iter().zip(&h.state) {
+                        gauge.set(if *s == to { 1.0 } else { 0.0 });
+                    }
+                } else if bound && !g.retired {
+                    h.state[from as usize].decrement(1.0);
+                    h.state[to as usize].increment(1.0);
                 }
-            } else if !retired {
-                m.state[from as usize].decrement(1.0);
-                m.state[to as usize].increment(1.0);
             }
         }
         self.queue(EventKind::Transition { from, to });
@@ -392,8 +392,12 @@ impl Observers {
         #[cfg(feature = "metrics")]
         {
             let m = &self.metrics;
-            if !m.retired.swap(true, Relaxed) && m.counting {
-                m.state[current as usize].decrement(1.0);
+            let mut g = m.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+            if !std::mem::replace(&mut g.retired, true)
+                && m.counting
+                && let Some(h) = m.bound.get()
+            {
+                h.state[current as usize].decrement(1.0);
             }
         }
         #[cfg(not(feature = "metrics"))]

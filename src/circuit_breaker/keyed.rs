@@ -6,9 +6,10 @@
 //! slot holds a breaker that cannot go, new keys share one overflow breaker, named
 //! `<name>/(other)`, until a slot frees.
 //!
-//! Metric labels are bounded too: the first `max_keys` keys seen get their own `breaker` label,
-//! later ones share `<name>/(other)` with the overflow breaker, and an evicted breaker leaves
-//! the state gauges (they count live breakers per label and state).
+//! Metric labels are bounded too: metrics carry the base name as `breaker` and the key in a
+//! label of its own (`authority` for authorities, `key` otherwise); the first `max_keys` keys
+//! seen get their own key label, later ones share `(other)` with the overflow breaker, and an
+//! evicted breaker leaves the state gauges (they count live breakers per label and state).
 
 use std::{
     borrow::Borrow,
@@ -149,6 +150,17 @@ where
         }
     }
 
+    /// The metric labels of the breaker for `key` (or [`OTHER`]) of the family `base`: `breaker`
+    /// is the base name, and the key has a label of its own, `authority` for authorities.
+    fn label(base: &str, key: &str) -> Arc<str> {
+        let name = if std::any::type_name::<K>() == std::any::type_name::<Authority>() {
+            "authority"
+        } else {
+            "key"
+        };
+        crate::telemetry::keyed_label(base, name, key)
+    }
+
     /// The overflow breaker, made if need be; the caller holds the `inserting` lock.
     fn overflow_locked(&self, _held: &MutexGuard<'_, HashSet<K>>) -> Arc<Breaker> {
         if let Some(b) = self.overflow.load_full() {
@@ -157,8 +169,8 @@ where
         let template = self.config.load();
         let name: Arc<str> = Arc::from(format!("{}/{OTHER}", template.name()));
         let mut config = Config::clone(&template);
-        config.name = name.clone();
-        let b = Arc::new(Breaker::keyed(config, name));
+        config.name = name;
+        let b = Arc::new(Breaker::keyed(config, Self::label(template.name(), OTHER)));
         self.overflow.store(Some(b.clone()));
         b
     }
@@ -231,9 +243,9 @@ where
         // seen, so churning keys must not mint new ones without end.
         let label = if labelled.contains(&key) || labelled.len() < self.max_keys {
             labelled.insert(key.clone());
-            config.name.clone()
+            Self::label(template.name(), &key.to_string())
         } else {
-            Arc::from(format!("{}/{OTHER}", template.name()))
+            Self::label(template.name(), OTHER)
         };
         let breaker = Arc::new(Breaker::keyed(config, label));
         map.insert(
@@ -452,9 +464,9 @@ where
             }
             let name: Arc<str> = Arc::from(format!("{base}/{key}"));
             let label = if held.contains(key) {
-                name.clone()
+                Self::label(&base, &key.to_string())
             } else {
-                Arc::from(format!("{base}/{OTHER}"))
+                Self::label(&base, OTHER)
             };
             let entry = Entry {
                 breaker: successor(&e.breaker, name, label),
@@ -466,7 +478,8 @@ where
         if let Some(b) = self.overflow.swap(None) {
             if b.state() != State::Closed || Arc::strong_count(&b) > 1 {
                 let name: Arc<str> = Arc::from(format!("{base}/{OTHER}"));
-                self.overflow.store(Some(successor(&b, name.clone(), name)));
+                let label = Self::label(&base, OTHER);
+                self.overflow.store(Some(successor(&b, name, label)));
             } else {
                 b.retire_metrics();
             }

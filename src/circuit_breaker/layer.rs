@@ -7,14 +7,11 @@ use http::uri::Authority;
 use tower_layer::Layer;
 
 use super::{
-    Breaker, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
+    Breaker, BreakerMode, ByAuthority, CircuitBreaker, CircuitBreakerHandle, Config, KeyFn, Keyed,
     KeyedBreakers, LiveBreaker,
     select::{Single, Static},
 };
-use crate::{
-    classify::AnyError,
-    mode::{RespondHttp, ReturnError},
-};
+use crate::{classify::AnyError, mode::ReturnError};
 
 /// Applies a circuit breaker to services.
 ///
@@ -276,8 +273,54 @@ impl<C, M, P> CircuitBreakerLayer<C, M, P> {
     }
 
     /// Answers refused calls with `503 Service Unavailable` (with `Retry-After` when known and an
-    /// `application/problem+json` body) instead of an error, keeping the inner error type.
-    pub fn respond_http(self) -> CircuitBreakerLayer<C, RespondHttp, P> {
+    /// `application/problem+json` body) instead of an error, keeping the inner error type. A
+    /// layer switched with [`end_of_stream`](Self::end_of_stream) keeps following bodies.
+    pub fn respond_http(self) -> CircuitBreakerLayer<C, M::Http, P>
+    where
+        M: BreakerMode,
+    {
+        CircuitBreakerLayer {
+            picker: self.picker,
+            classifier: self.classifier,
+            _mode: PhantomData,
+        }
+    }
+
+    /// Judges calls at the end of their response bodies, not at their heads: the response's
+    /// body is wrapped in a [`BreakerBody`](super::BreakerBody) that holds the call's permit until the body yields
+    /// its trailers, ends or fails, and then records the classifier's
+    /// [`classify_end`](crate::classify::Classify::classify_end) (a gRPC stream's
+    /// `grpc-status` trailer, a body cut after a `200`). A body dropped before its end gives
+    /// the permit back without an outcome (a half-open probe is not lost). Outcomes that the
+    /// classifier makes final at the head ([`follows_body`](crate::classify::Classify::follows_body)
+    /// false: a 5xx, a trailers-only gRPC error, every `Err`) are recorded at once, as without
+    /// the switch; slow calls are timed to the end of the body.
+    ///
+    /// For services answering `http::Response<B>` (a tonic `Channel`, a hyper client, an axum
+    /// router with [`respond_http`](Self::respond_http)) or, with feature `reqwest`,
+    /// `reqwest::Response` ([`WrapBody`](crate::stream::WrapBody)).
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_rampart::{
+    ///     circuit_breaker::{CircuitBreakerLayer, Config},
+    ///     classify::GrpcResponse,
+    /// };
+    ///
+    /// # async fn run(channel: tonic::transport::Channel) -> Result<(), tower_rampart::ConfigError> {
+    /// // A tonic client whose server streams count by the status in their trailers.
+    /// let breaker = CircuitBreakerLayer::new(Config::builder().name("feed").build()?)
+    ///     .classify(GrpcResponse::default())
+    ///     .end_of_stream();
+    /// let grpc = tonic::client::Grpc::new(ServiceBuilder::new().layer(breaker).service(channel));
+    /// # let _ = grpc;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn end_of_stream(self) -> CircuitBreakerLayer<C, M::Following, P>
+    where
+        M: BreakerMode,
+    {
         CircuitBreakerLayer {
             picker: self.picker,
             classifier: self.classifier,

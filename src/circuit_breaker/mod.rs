@@ -51,7 +51,10 @@
 //! # }
 //! ```
 
+mod body;
 mod breaker;
+#[cfg(feature = "axum")]
+mod by_route;
 mod config;
 mod error;
 mod events;
@@ -72,11 +75,14 @@ mod loom_tests;
 mod retune_tests;
 
 pub use crate::ConfigError;
+pub use body::{BreakerBody, BreakerMode, EndOfStream};
 pub use breaker::{Breaker, Permit, Rejected, Snapshot};
+#[cfg(feature = "axum")]
+pub use by_route::{ByRoute, MatchedRoute};
 pub use config::{Builder, Config, WindowKind};
 pub use error::{CircuitOpen, PROBLEM_TYPE};
 pub use events::{Event, EventKind, metric_names};
-pub use future::ResponseFuture;
+pub use future::{EndOfStreamFuture, ResponseFuture};
 pub use handle::CircuitBreakerHandle;
 pub use keyed::{ByAuthority, KeyFn, Keyed, KeyedBreakers};
 pub use layer::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};

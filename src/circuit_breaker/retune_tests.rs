@@ -604,7 +604,8 @@ mod gauges {
 
     /// The state gauges of `breaker`, by state, leaving out zeros. A snapshot of the debugging
     /// recorder zeroes the gauges it reads, so each test reads once per check point.
-    fn gauges(snapshotter: &Snapshotter, breaker: &str) -> Vec<(String, f64)> {
+    /// The non-zero state gauges of `breaker` (and, for a keyed one, its `key` label).
+    fn gauges(snapshotter: &Snapshotter, breaker: &str, key: Option<&str>) -> Vec<(String, f64)> {
         let mut out: Vec<_> = snapshotter
             .snapshot()
             .into_vec()
@@ -614,6 +615,10 @@ mod gauges {
                 k.key()
                     .labels()
                     .any(|l| l.key() == "breaker" && l.value() == breaker)
+            })
+            .filter(|(k, ..)| {
+                let found = k.key().labels().find(|l| l.key() == "key");
+                found.map(|l| l.value()) == key
             })
             .map(|(k, _, _, v)| {
                 let state = k.key().labels().find(|l| l.key() == "state").unwrap();
@@ -653,7 +658,7 @@ mod gauges {
                 .unwrap();
             assert_eq!(live.reconfigure(resized), Reconfigured::Replaced);
             assert_eq!(
-                gauges(&snapshotter, "swap"),
+                gauges(&snapshotter, "swap", None),
                 [("closed".to_owned(), 1.0)],
                 "the live breaker is closed"
             );
@@ -663,9 +668,15 @@ mod gauges {
             // The opening passed on to the successor, whose own transition set the gauges;
             // the old breaker's moved none.
             assert_eq!(live.current().state(), State::Open);
-            assert_eq!(gauges(&snapshotter, "swap"), [("open".to_owned(), 1.0)]);
+            assert_eq!(
+                gauges(&snapshotter, "swap", None),
+                [("open".to_owned(), 1.0)]
+            );
             live.current().reset(t);
-            assert_eq!(gauges(&snapshotter, "swap"), [("closed".to_owned(), 1.0)]);
+            assert_eq!(
+                gauges(&snapshotter, "swap", None),
+                [("closed".to_owned(), 1.0)]
+            );
         });
     }
 
@@ -702,7 +713,7 @@ mod gauges {
             // Summed since the start: the old breakers left the gauges, `a`'s successor is open
             // and `b` (closed) has no successor until its next call. One snapshot: reading
             // zeroes the gauges.
-            let read = gauges(&snapshotter, "fam/a");
+            let read = gauges(&snapshotter, "fam", Some("a"));
             assert_eq!(read, [("open".to_owned(), 1.0)]);
             assert!(breakers.get("b").is_none());
         });

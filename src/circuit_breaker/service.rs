@@ -12,13 +12,15 @@ use tower_service::Service;
 
 use super::{
     Breaker, CircuitOpen, Config,
-    future::{Guard, ResponseFuture},
+    body::{BreakerBody, EndOfStream},
+    future::{EndOfStreamFuture, Guard, ResponseFuture},
     select::{SelectBreaker, Single},
 };
 use crate::{
     BoxError,
     classify::{AnyError, Classify},
     mode::{RespondHttp, ResponseBody, ReturnError},
+    stream::{Streamed, WrapBody},
 };
 
 /// A service guarded by a circuit breaker. Made by
@@ -142,5 +144,53 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         self.start(req, |open| open.to_response())
+    }
+}
+
+impl<S, C, P, Req> Service<Req> for CircuitBreaker<S, C, EndOfStream<ReturnError>, P>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    S::Response: WrapBody<BreakerBody<<S::Response as Streamed>::Body, C, P::Breaker>>,
+    <S::Response as Streamed>::Body: http_body::Body,
+    C: Classify<S::Response, S::Error> + Clone,
+    P: SelectBreaker<Req>,
+{
+    type Response = <S::Response as WrapBody<
+        BreakerBody<<S::Response as Streamed>::Body, C, P::Breaker>,
+    >>::Output;
+    type Error = BoxError;
+    type Future = EndOfStreamFuture<S::Future, C, CircuitOpen, P::Breaker>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        EndOfStreamFuture::new(self.start(req, |open| open))
+    }
+}
+
+impl<S, C, P, Req, B> Service<Req> for CircuitBreaker<S, C, EndOfStream<RespondHttp>, P>
+where
+    S: Service<Req, Response = Response<B>>,
+    B: ResponseBody + http_body::Body,
+    C: Classify<Response<B>, S::Error> + Clone,
+    P: SelectBreaker<Req>,
+{
+    type Response = Response<BreakerBody<B, C, P::Breaker>>;
+    type Error = S::Error;
+    type Future = EndOfStreamFuture<S::Future, C, Response<B>, P::Breaker>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        EndOfStreamFuture::new(self.start(req, |open| open.to_response()))
     }
 }

@@ -6,7 +6,7 @@ use http::{HeaderValue, StatusCode};
 
 #[cfg(feature = "tonic")]
 use super::Classify;
-use super::{Outcome, retry_after::parse_grpc_pushback};
+use super::{BodyEnd, Outcome, retry_after::parse_grpc_pushback};
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
 
@@ -145,7 +145,10 @@ impl Default for GrpcCodes {
 /// A non-200 HTTP status is mapped to its gRPC code; otherwise a `grpc-status` header in the
 /// response head (a trailers-only response, which is how servers send errors that happen before
 /// any message) decides. A status that only arrives in the trailers after a streamed body is not
-/// visible when the response head arrives and counts as a success. Every `Err` is a failure. A
+/// visible when the response head arrives: the head counts as a success, and a layer that follows
+/// bodies (a breaker switched with
+/// [`end_of_stream`](crate::circuit_breaker::CircuitBreakerLayer::end_of_stream)) judges the
+/// trailers' `grpc-status` instead ([`end_outcome`](Self::end_outcome)). Every `Err` is a failure. A
 /// `grpc-retry-pushback-ms` header becomes the failure's retry-after hint; a negative or
 /// unparsable one, which gRPC defines as "do not retry", becomes `Duration::MAX` (a retry layer
 /// stops; a breaker stays open for its longest open duration).
@@ -184,12 +187,54 @@ impl GrpcResponse {
                 None => return Outcome::Success,
             }
         };
+        self.outcome(code, headers)
+    }
+
+    fn outcome(&self, code: GrpcCode, headers: &http::HeaderMap) -> Outcome {
         if self.failures.contains(code) {
             Outcome::Failure {
                 retry_after: pushback_hint(headers.get(PUSHBACK)),
             }
         } else {
             Outcome::Success
+        }
+    }
+
+    /// Whether a response's outcome waits for its trailers: a `200` whose head has no
+    /// `grpc-status` (a trailers-only answer is final, and so is a non-200 status).
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_rampart::classify::{GrpcResponse, Outcome};
+    ///
+    /// let c = GrpcResponse::default();
+    /// let mut trailers_only = HeaderMap::new();
+    /// trailers_only.insert("grpc-status", "0".parse().unwrap());
+    /// assert!(c.waits_for_end(&Outcome::Success, StatusCode::OK, &HeaderMap::new()));
+    /// assert!(!c.waits_for_end(&Outcome::Success, StatusCode::OK, &trailers_only));
+    /// ```
+    #[inline]
+    pub fn waits_for_end(
+        &self,
+        _head: &Outcome,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        status == StatusCode::OK && !headers.contains_key("grpc-status")
+    }
+
+    /// The outcome of a stream that ended as `end`: the trailers' `grpc-status` (with their
+    /// `grpc-retry-pushback-ms` as the hint), a failure for a body error; a stream that ends
+    /// without a status keeps the head's outcome (as tower-http's gRPC classifier does).
+    #[inline]
+    pub fn end_outcome(&self, head: Outcome, end: BodyEnd<'_>) -> Outcome {
+        match end {
+            BodyEnd::Failed => Outcome::FAILURE,
+            BodyEnd::Trailers(trailers) => match trailers.get("grpc-status") {
+                Some(v) => self.outcome(GrpcCode::from_header(v), trailers),
+                None => head,
+            },
+            BodyEnd::Clean => head,
         }
     }
 }
@@ -282,6 +327,42 @@ mod tests {
         assert_eq!(k(refuse).retry_after(), Some(Duration::MAX));
         assert_eq!(k(head(404, None)), Outcome::Success);
         assert_eq!(c.classify(Err::<&Response<()>, _>(&())), Outcome::FAILURE);
+    }
+
+    #[test]
+    fn streams_wait_for_their_trailers() {
+        let c = GrpcResponse::default();
+        let follows = |r: &Response<()>| {
+            let head = c.classify(Ok::<_, &()>(r));
+            Classify::<Response<()>, ()>::follows_body(&c, &head, r)
+        };
+        assert!(follows(&head(200, None)));
+        assert!(!follows(&head(200, Some("0"))), "trailers-only is final");
+        assert!(!follows(&head(200, Some("14"))));
+        assert!(!follows(&head(503, None)));
+
+        let end = |t: &[(&'static str, &'static str)]| {
+            let mut trailers = http::HeaderMap::new();
+            for (k, v) in t {
+                trailers.insert(*k, HeaderValue::from_static(v));
+            }
+            c.end_outcome(Outcome::Success, BodyEnd::Trailers(&trailers))
+        };
+        assert_eq!(end(&[("grpc-status", "0")]), Outcome::Success);
+        assert_eq!(end(&[("grpc-status", "5")]), Outcome::Success);
+        assert_eq!(
+            end(&[("grpc-status", "14"), (PUSHBACK, "250")]),
+            Outcome::failure_with_retry_after(Duration::from_millis(250))
+        );
+        assert_eq!(end(&[]), Outcome::Success, "no status: the head's outcome");
+        assert_eq!(
+            c.end_outcome(Outcome::Success, BodyEnd::Failed),
+            Outcome::FAILURE
+        );
+        assert_eq!(
+            c.end_outcome(Outcome::Success, BodyEnd::Clean),
+            Outcome::Success
+        );
     }
 
     #[test]

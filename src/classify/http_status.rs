@@ -6,7 +6,7 @@ use http::{StatusCode, header::RETRY_AFTER};
 
 #[cfg(feature = "reqwest")]
 use super::Classify;
-use super::{Outcome, retry_after::parse_retry_after};
+use super::{BodyEnd, Outcome, retry_after::parse_retry_after};
 
 /// A set of HTTP status codes in the 400..=599 range, stored as a 200-bit map (cheap to copy).
 ///
@@ -152,6 +152,38 @@ impl HttpStatus {
             Outcome::Success
         }
     }
+
+    /// Whether a response's outcome waits for the end of its body: only a success does (a
+    /// failure or an ignored status is final at the head), so that a body failing after a
+    /// `200` counts as a failure.
+    ///
+    /// ```
+    /// use tower_rampart::classify::{HttpStatus, Outcome};
+    ///
+    /// let h = http::HeaderMap::new();
+    /// let c = HttpStatus::default();
+    /// assert!(c.waits_for_end(&Outcome::Success, http::StatusCode::OK, &h));
+    /// assert!(!c.waits_for_end(&Outcome::FAILURE, http::StatusCode::BAD_GATEWAY, &h));
+    /// ```
+    #[inline]
+    pub fn waits_for_end(
+        &self,
+        head: &Outcome,
+        _status: StatusCode,
+        _headers: &http::HeaderMap,
+    ) -> bool {
+        *head == Outcome::Success
+    }
+
+    /// The outcome of a response whose body ended as `end`: a body error is a failure, a clean
+    /// end keeps the head's outcome (trailers are not read).
+    #[inline]
+    pub fn end_outcome(&self, head: Outcome, end: BodyEnd<'_>) -> Outcome {
+        match end {
+            BodyEnd::Failed => Outcome::FAILURE,
+            BodyEnd::Clean | BodyEnd::Trailers(_) => head,
+        }
+    }
 }
 
 classify_http_response!(HttpStatus, classify_status);
@@ -166,6 +198,16 @@ impl<E> Classify<reqwest::Response, E> for HttpStatus {
             Ok(res) => self.classify_status(res.status(), res.headers()),
             Err(_) => Outcome::FAILURE,
         }
+    }
+
+    #[inline]
+    fn follows_body(&self, head: &Outcome, res: &reqwest::Response) -> bool {
+        self.waits_for_end(head, res.status(), res.headers())
+    }
+
+    #[inline]
+    fn classify_end(&self, head: Outcome, end: BodyEnd<'_>) -> Outcome {
+        self.end_outcome(head, end)
     }
 
     /// A breaker's `CircuitOpen` error, or a response carrying a breaker's mark (an

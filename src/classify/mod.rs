@@ -31,7 +31,8 @@
 
 /// `Classify<http::Response<B>, E>` for `$classifier`, whose inherent method `$head(status,
 /// headers)` classifies a response head: every `Err` is a failure, and refusals are
-/// [`http_refused`]'s.
+/// [`http_refused`]'s. The end of the body is judged by the inherent methods
+/// `waits_for_end(head, status, headers)` and `end_outcome(head, end)`.
 macro_rules! classify_http_response {
     ($classifier:ty, $head:ident) => {
         impl<B, E> super::Classify<http::Response<B>, E> for $classifier {
@@ -41,6 +42,20 @@ macro_rules! classify_http_response {
                     Ok(res) => self.$head(res.status(), res.headers()),
                     Err(_) => super::Outcome::FAILURE,
                 }
+            }
+
+            #[inline]
+            fn follows_body(&self, head: &super::Outcome, res: &http::Response<B>) -> bool {
+                self.waits_for_end(head, res.status(), res.headers())
+            }
+
+            #[inline]
+            fn classify_end(
+                &self,
+                head: super::Outcome,
+                end: super::BodyEnd<'_>,
+            ) -> super::Outcome {
+                self.end_outcome(head, end)
             }
 
             /// A breaker's `CircuitOpen` error, or its 503 response (marked in the extensions).
@@ -165,6 +180,51 @@ pub trait Classify<Res, Err> {
         self.clone()
     }
 
+    /// Whether the outcome of a call answered with `response` waits for the end of the
+    /// response's body, `head` being what [`classify`](Self::classify) made of the head. A
+    /// layer that follows bodies (a circuit breaker in `respond_http` mode, or switched with
+    /// [`end_of_stream`](crate::circuit_breaker::CircuitBreakerLayer::end_of_stream)) then holds
+    /// the call's permit until the body ends and asks [`classify_end`](Self::classify_end).
+    ///
+    /// By default `false`: the head decides, as for a classifier written before these methods.
+    /// [`HttpStatus`] waits when the head is a success (a body that fails after a `200` is a
+    /// failure), [`GrpcResponse`] when the head carries no `grpc-status` (the status comes in
+    /// the trailers), and [`ByName`] asks its base.
+    ///
+    /// ```
+    /// use tower_rampart::classify::{BodyEnd, Classify, GrpcResponse, Outcome};
+    ///
+    /// let c = GrpcResponse::default();
+    /// let streaming = http::Response::new(());
+    /// let head = c.classify(Ok::<_, &()>(&streaming));
+    /// let follows = Classify::<http::Response<()>, ()>::follows_body(&c, &head, &streaming);
+    /// assert!(follows, "the status is in the trailers");
+    /// let mut trailers = http::HeaderMap::new();
+    /// trailers.insert("grpc-status", "14".parse().unwrap());
+    /// let end =
+    ///     Classify::<http::Response<()>, ()>::classify_end(&c, head, BodyEnd::Trailers(&trailers));
+    /// assert_eq!(end, Outcome::FAILURE);
+    /// ```
+    #[inline]
+    fn follows_body(&self, head: &Outcome, response: &Res) -> bool {
+        let _ = (head, response);
+        false
+    }
+
+    /// The outcome of a call whose head was classified `head` (and for which
+    /// [`follows_body`](Self::follows_body) held) once its body ended as `end`. Never called
+    /// under a lock.
+    ///
+    /// By default a body error is a failure and a clean end (with or without trailers) keeps
+    /// the head's outcome.
+    #[inline]
+    fn classify_end(&self, head: Outcome, end: BodyEnd<'_>) -> Outcome {
+        match end {
+            BodyEnd::Failed => Outcome::FAILURE,
+            BodyEnd::Clean | BodyEnd::Trailers(_) => head,
+        }
+    }
+
     /// Whether `error` is a circuit breaker's refusal: "not now" rather than a failed call.
     ///
     /// By default, a [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) error, by itself or
@@ -222,6 +282,25 @@ pub trait Classify<Res, Err> {
             Err(e) => self.is_refusal(e),
         }
     }
+}
+
+/// How a response body ended, for [`Classify::classify_end`].
+///
+/// ```
+/// use tower_rampart::classify::BodyEnd;
+///
+/// let trailers = http::HeaderMap::new();
+/// assert!(matches!(BodyEnd::Trailers(&trailers), BodyEnd::Trailers(t) if t.is_empty()));
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum BodyEnd<'a> {
+    /// The body ended without trailers.
+    Clean,
+    /// The body ended with these trailers (a gRPC stream's `grpc-status`).
+    Trailers(&'a http::HeaderMap),
+    /// The body failed: the stream was cut, reset, or its producer failed.
+    Failed,
 }
 
 /// The breaker's refusal a response carries: a breaker in `respond_http` mode puts its

@@ -22,7 +22,7 @@ use std::{
 
 use http::StatusCode;
 
-use super::{Classify, GrpcCode, GrpcCodes, Outcome};
+use super::{BodyEnd, Classify, GrpcCode, GrpcCodes, Outcome};
 use crate::{BoxError, circuit_breaker::CircuitOpen};
 
 /// An error type of your own whose values answer to names in configuration (typically an enum's
@@ -1207,6 +1207,36 @@ where
         one_call
     }
 
+    /// As the base classifier says.
+    #[inline]
+    fn follows_body(&self, head: &Outcome, response: &Res) -> bool {
+        self.base.follows_body(head, response)
+    }
+
+    /// The base's outcome of the end, narrowed by the names as at the head: the trailers'
+    /// `grpc-status` is the name of a stream's end; a body error or a clean end has none.
+    fn classify_end(&self, head: Outcome, end: BodyEnd<'_>) -> Outcome {
+        let decide = |retry_on: Option<&NameSet>, never: Option<&NameSet>| {
+            let matches = |set: &NameSet| match end {
+                BodyEnd::Trailers(trailers) => set.matches_response(&Trailers(trailers)),
+                _ => false,
+            };
+            if never.is_some_and(matches) {
+                return Outcome::Ignore;
+            }
+            let base = self.base.classify_end(head, end);
+            narrow(base, retry_on.map(matches))
+        };
+        match (&self.pinned, &self.live) {
+            (Some(pair), _) => decide(pair.0.as_ref(), pair.1.as_ref()),
+            (None, None) => decide(self.retry_on.as_ref(), self.never.as_ref()),
+            (None, Some(lists)) => {
+                let pair = lists.0.load();
+                decide(pair.0.as_ref(), pair.1.as_ref())
+            }
+        }
+    }
+
     #[inline]
     fn is_refusal(&self, error: &E) -> bool
     where
@@ -1245,17 +1275,32 @@ impl<C> ByName<C> {
             return Outcome::Ignore;
         }
         let base = self.base.classify(result);
-        match retry_on {
-            None => base,
-            Some(only) if matches(only) => match base {
-                Outcome::Failure { .. } => base,
-                _ => Outcome::FAILURE,
-            },
-            Some(_) => match base {
-                Outcome::Failure { .. } => Outcome::Ignore,
-                other => other,
-            },
-        }
+        narrow(base, retry_on.map(matches))
+    }
+}
+
+/// The base's outcome under an `only` list that the call matched (`Some(true)`), did not match
+/// (`Some(false)`), or that is not set (`None`).
+fn narrow(base: Outcome, only_matched: Option<bool>) -> Outcome {
+    match only_matched {
+        None => base,
+        Some(true) => match base {
+            Outcome::Failure { .. } => base,
+            _ => Outcome::FAILURE,
+        },
+        Some(false) => match base {
+            Outcome::Failure { .. } => Outcome::Ignore,
+            other => other,
+        },
+    }
+}
+
+/// A stream's trailers, seen as a response for names: their `grpc-status` is the code.
+struct Trailers<'a>(&'a http::HeaderMap);
+
+impl InspectResponse for Trailers<'_> {
+    fn grpc_code(&self) -> Option<GrpcCode> {
+        self.0.get("grpc-status").map(GrpcCode::from_header)
     }
 }
 
@@ -1306,6 +1351,39 @@ mod tests {
         assert_eq!(s("DeadlineExceeded"), Some("DEADLINE_EXCEEDED"));
         assert_eq!(s("5xxx"), Some("5xx"));
         assert_eq!(s("CompletelyDifferentThing"), None);
+    }
+
+    #[test]
+    fn stream_ends_are_narrowed_by_names() {
+        let names = ErrorNames::default();
+        let mut unavailable = http::HeaderMap::new();
+        unavailable.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let mut not_found = http::HeaderMap::new();
+        not_found.insert("grpc-status", http::HeaderValue::from_static("5"));
+        let end = |c: &ByName<super::super::GrpcResponse>, e: BodyEnd<'_>| {
+            Classify::<http::Response<()>, ()>::classify_end(c, Outcome::Success, e)
+        };
+        let base = super::super::GrpcResponse::default();
+        let only = ByName::new(base).only(names.compile(&["NOT_FOUND"]).unwrap());
+        assert_eq!(end(&only, BodyEnd::Trailers(&not_found)), Outcome::FAILURE);
+        assert_eq!(end(&only, BodyEnd::Trailers(&unavailable)), Outcome::Ignore);
+        let except = ByName::new(base).except(names.compile(&["UNAVAILABLE"]).unwrap());
+        assert_eq!(
+            end(&except, BodyEnd::Trailers(&unavailable)),
+            Outcome::Ignore
+        );
+        assert_eq!(end(&except, BodyEnd::Failed), Outcome::FAILURE);
+        let plain = ByName::new(base);
+        assert_eq!(
+            end(&plain, BodyEnd::Trailers(&unavailable)),
+            Outcome::FAILURE
+        );
+        let head = http::Response::new(());
+        assert!(Classify::<_, ()>::follows_body(
+            &plain,
+            &Outcome::Success,
+            &head
+        ));
     }
 
     #[test]

@@ -183,6 +183,14 @@ pub(crate) fn taken<St, ResB>(
             );
             problem(StatusCode::CONFLICT, kind::NOT_REPLAYABLE, &msg, None)
         }
+        Claim::Completed(Completion::OutcomeUnknown { status }) => {
+            outcome(EventKind::OutcomeUnknown);
+            let msg = format!(
+                "a request with this key started but was cut off part-way (its caller got status {}): it may or may not have taken effect, and it was not run again; check the resource, and use a new key to send it again",
+                status.as_u16()
+            );
+            problem(StatusCode::CONFLICT, kind::OUTCOME_UNKNOWN, &msg, None)
+        }
         Claim::InFlight { lease_left } => {
             outcome(EventKind::Conflict);
             let msg = "a request with this key is still being processed";

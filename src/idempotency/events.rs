@@ -5,7 +5,9 @@ use std::{fmt, sync::Arc};
 /// Something the Idempotency-Key layer did.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    /// The key as stored (scope, then the client's key), once the request has one.
+    /// The key, once the request has one: redacted by default (`blake3:` and 12 hex digits of
+    /// the hash of the key as stored, scope included), as stored (the scope, then the client's
+    /// key) with [`Builder::log_raw_keys`](super::Builder::log_raw_keys).
     pub key: Option<&'a str>,
     /// The logical call, when a breaker, retry, timeout or fallback layer around this one
     /// opened it (a server pipeline's timeout, say): the id their events carry. `None` when
@@ -29,6 +31,16 @@ pub enum EventKind {
     NotReplayable,
     /// The key's first request is still running: 409.
     Conflict,
+    /// The key's first request was cut off part-way, its outcome unknown: 409
+    /// [`OUTCOME_UNKNOWN`](super::problem_types::OUTCOME_UNKNOWN), not run again.
+    OutcomeUnknown,
+    /// The handler was cut off part-way by the crate's own timeout inside the layer (its
+    /// caller got the timeout's answer): the key was completed as "outcome unknown", never
+    /// replayed and never run again.
+    CutOff,
+    /// A circuit breaker inside the layer refused the call: the handler never ran, so the key
+    /// was released and a retry may run it.
+    Refused,
     /// The key was used for another request: 422.
     Mismatch,
     /// No key where one is required: 400.
@@ -78,6 +90,9 @@ impl EventKind {
             EventKind::Replayed => "replayed",
             EventKind::NotReplayable => "not_replayable",
             EventKind::Conflict => "conflict",
+            EventKind::OutcomeUnknown => "outcome_unknown",
+            EventKind::CutOff => "cut_off",
+            EventKind::Refused => "refused",
             EventKind::Mismatch => "mismatch",
             EventKind::MissingKey => "missing_key",
             EventKind::InvalidKey => "invalid_key",

@@ -3,7 +3,9 @@
 //!
 //! - [`IdempotencyLayer`]: on an axum `Router` or any `http` service; replays completed
 //!   requests, answers 409 / 422 / 400 / 413 as problem+json, runs handlers detached from the
-//!   client connection and renews their lease while they run.
+//!   client connection (in the caller's `tracing` span) and renews their lease while they run,
+//!   streams responses (SSE) to the first caller as they are produced while keeping a copy,
+//!   and never stores the crate's own timeout or breaker answers as the handler's.
 //! - [`IdempotencyKey`]: the header, as a Structured Field String or a bare token.
 //! - [`Fingerprint`]: what makes a request the same request (method, path, query, body, chosen
 //!   headers), hashed with BLAKE3.
@@ -16,6 +18,7 @@
 //!
 //! - `RedisStore` (feature `redis`): Redis and Redis Cluster, one Lua script per operation.
 
+mod builder;
 mod claim;
 mod context;
 mod events;
@@ -28,6 +31,8 @@ mod outage;
 mod owner;
 mod problem;
 mod record;
+mod redact;
+mod relay;
 mod renew;
 mod replayed;
 mod request;
@@ -40,12 +45,13 @@ pub mod testing;
 /// naming them needs no `redis` dependency of your own.
 #[cfg(feature = "redis-tls")]
 pub use ::redis::TlsCertificates;
+pub use builder::Builder;
 pub use context::{DoNotStore, IDEMPOTENT_REPLAYED, IdempotencyContext};
 pub use events::{Event, EventKind};
 pub use fingerprint::Fingerprint;
 pub use instrument::metric_names;
 pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN};
-pub use layer::{Builder, IdempotencyLayer, OnStoreError};
+pub use layer::{IdempotencyLayer, OnStoreError};
 pub use lease::Lease;
 pub use problem::problem_types;
 pub use record::{Completion, DecodeError, StoredResponse};

@@ -11,52 +11,43 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tokio::{sync::oneshot, time::Instant};
 use tower_service::Service;
 
 use super::{
     Completion, DoNotStore, EventKind, Fingerprint, IdempotencyContext, OwnerToken, Store,
-    StoredResponse,
     claim::Handoff,
     instrument::{outcome, within},
     layer::Settings,
     lease::{LeaseSender, lease},
     outage::later,
     problem::{problem, problem_types as kind},
+    relay,
     renew::{Renewals, renew},
-    replayed::replayable,
     request::Keyed,
 };
-use crate::{BoxError, replay::Buffered};
+use crate::{BoxError, circuit_breaker::CircuitOpen, replay::Buffered, timeout::Elapsed};
 
 pub(crate) type Answer<ResB, E> = Result<Response<Buffered<ResB>>, E>;
 
 /// One claimed key and what its owner needs.
-struct Owned<St> {
-    settings: Arc<Settings<St>>,
-    key: Arc<str>,
+pub(super) struct Owned<St> {
+    pub(super) settings: Arc<Settings<St>>,
+    pub(super) key: Arc<str>,
     fingerprint: Fingerprint,
     token: OwnerToken,
     lease: LeaseSender,
     /// When the claim was sent: the lease runs from there.
     claimed_at: Instant,
+    /// Stopped once the completion is stored: a stream relayed after that needs no lease.
+    renewals: Renewals,
 }
 
-/// What the handler's run leaves to do with the key.
-#[allow(clippy::large_enum_variant)] // one per owned request, moved once
-enum Done<ResB> {
-    /// Keep this completion; answer the first caller with the response.
-    Keep(Response<Buffered<ResB>>, Completion),
-    /// The response is not to be kept: free the key.
-    Release(Response<Buffered<ResB>>),
-}
-
-type Reply<ResB, E> = oneshot::Sender<Answer<ResB, E>>;
+pub(super) type Reply<ResB, E> = oneshot::Sender<Answer<ResB, E>>;
 
 /// Runs the handler for a key just claimed with `token`, detached: a client that disconnects
 /// does not cancel it half-way. Answers with the handler's response.
@@ -75,7 +66,7 @@ where
     St: Store,
     B: Send + 'static,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB::Error: Into<BoxError> + Send,
 {
     outcome(&settings, Some(&keyed.key), EventKind::New);
     let (lease_tx, lease_rx) = lease();
@@ -107,9 +98,15 @@ where
         token,
         lease: lease_tx,
         claimed_at,
+        renewals,
     };
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(run(owned, renewals, service, req, tx));
+    let task = run(owned, service, req, tx);
+    // The handler runs in its caller's span (a `TraceLayer` request span, say), although in a
+    // task of its own.
+    #[cfg(feature = "tracing")]
+    let task = tracing::Instrument::instrument(task, tracing::Span::current());
+    tokio::spawn(task);
     handoff.taken();
     match rx.await {
         Ok(answer) => answer,
@@ -132,17 +129,16 @@ where
 /// completes the key as "ran, not replayable": the handler ran, so it must not run again.
 async fn run<S, St, B, ResB>(
     owned: Owned<St>,
-    renewals: Renewals,
     mut service: S,
     req: Request<B>,
     answer: Reply<ResB, S::Error>,
 ) where
     S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: 'static,
     St: Store,
-    ResB: Body<Data = Bytes> + Unpin,
-    ResB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResB::Error: Into<BoxError> + Send,
 {
-    let _renewals = renewals;
     let mut answer = Some(answer);
     // The handler's status once it returned: from then on the key is never freed.
     let mut ran = None;
@@ -159,13 +155,17 @@ async fn run<S, St, B, ResB>(
     if after.await.is_err() {
         #[cfg(feature = "tracing")]
         tracing::error!(
-            key = %owned.key,
+            key = %super::redact::ShownKey::new(&owned.settings, &owned.key),
             "idempotency owner panicked twice: the key is freed when its lease ends"
         );
     }
 }
 
 /// The owner's work: run the handler, then keep or free the key.
+///
+/// The crate's own answers are never kept as the handler's: a breaker's refusal (the handler
+/// never ran) frees the key; a timeout's (the handler was cancelled part-way) completes it as
+/// "outcome unknown".
 async fn own<S, St, B, ResB>(
     owned: &Owned<St>,
     service: &mut S,
@@ -174,9 +174,10 @@ async fn own<S, St, B, ResB>(
     ran: &mut Option<StatusCode>,
 ) where
     S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: 'static,
     St: Store,
-    ResB: Body<Data = Bytes> + Unpin,
-    ResB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResB::Error: Into<BoxError> + Send,
 {
     let st = &*owned.settings;
     let release = || {
@@ -186,24 +187,60 @@ async fn own<S, St, B, ResB>(
             st.store.release(&owned.key, owned.token),
         )
     };
-    match serve(st, service, req, ran).await {
-        Ok(Done::Keep(res, completion)) => {
-            keep(owned, &completion, || reply(answer, Ok(res))).await;
-        }
-        Ok(Done::Release(res)) => {
-            // The handler asked for its key to be freed: a panic from here on frees it too.
-            *ran = None;
-            let _ = release().await;
-            reply(answer, Ok(res));
+    let event = |kind| outcome(st, Some(&owned.key), kind);
+    let (parts, body) = match service.call(req).await {
+        Ok(res) => res.into_parts(),
+        Err(e) if marked::<Elapsed, _>(&e) => {
+            *ran = Some(StatusCode::GATEWAY_TIMEOUT);
+            event(EventKind::CutOff);
+            let completion = Completion::OutcomeUnknown {
+                status: StatusCode::GATEWAY_TIMEOUT,
+            };
+            return keep(owned, &completion, || reply(answer, Err(e))).await;
         }
         Err(e) => {
+            if marked::<CircuitOpen, _>(&e) {
+                event(EventKind::Refused);
+            }
             let _ = release().await;
-            reply(answer, Err(e));
+            return reply(answer, Err(e));
         }
+    };
+    *ran = Some(parts.status);
+    let passed = |parts, body| Response::from_parts(parts, Buffered::streaming(None, body));
+    if parts.extensions.get::<CircuitOpen>().is_some() {
+        // Refused before the handler ran: a retry may run it.
+        *ran = None;
+        event(EventKind::Refused);
+        let _ = release().await;
+        return reply(answer, Ok(passed(parts, body)));
     }
+    if parts.extensions.get::<Elapsed>().is_some() {
+        event(EventKind::CutOff);
+        let status = parts.status;
+        let res = passed(parts, body);
+        let completion = Completion::OutcomeUnknown { status };
+        return keep(owned, &completion, || reply(answer, Ok(res))).await;
+    }
+    let kept = parts.extensions.get::<DoNotStore>().is_none()
+        && st.keep.as_ref().is_none_or(|k| k(&parts));
+    if !kept {
+        // The handler asked for its key to be freed: a panic from here on frees it too.
+        *ran = None;
+        let _ = release().await;
+        return reply(answer, Ok(passed(parts, body)));
+    }
+    relay::respond(owned, parts, body, answer).await;
 }
 
-fn reply<T>(answer: &mut Option<oneshot::Sender<T>>, value: T) {
+/// Whether a service error is the crate's own `M` (a timeout's `Elapsed`, a breaker's
+/// `CircuitOpen`), as such or boxed, as the layers in error mode return them.
+fn marked<M: std::error::Error + 'static, E: 'static>(e: &E) -> bool {
+    let e: &dyn Any = e;
+    e.is::<M>() || e.downcast_ref::<BoxError>().is_some_and(|e| e.is::<M>())
+}
+
+pub(super) fn reply<T>(answer: &mut Option<oneshot::Sender<T>>, value: T) {
     if let Some(tx) = answer.take() {
         let _ = tx.send(value);
     }
@@ -245,41 +282,73 @@ async fn panicked<St, ResB, E>(
     keep(owned, &completion, || reply(&mut answer, Ok(failed(msg)))).await;
     outcome(st, Some(&owned.key), EventKind::OwnerPanicked);
     #[cfg(feature = "tracing")]
-    tracing::error!(key = %owned.key, "idempotency owner panicked after the handler ran: kept as not replayable");
+    tracing::error!(key = %super::redact::ShownKey::new(&owned.settings, &owned.key), "idempotency owner panicked after the handler ran: kept as not replayable");
 }
 
 /// Stores `completion`, retrying (with backoff, the lease still renewed) until it is stored,
 /// another owner is found, or the TTL passes. The first caller is answered after the first
 /// attempt, so that its own quick retry is replayed.
-async fn keep<St: Store>(owned: &Owned<St>, completion: &Completion, answer: impl FnOnce()) {
-    let st = &*owned.settings;
-    let store = || {
-        within(
-            "complete",
-            st.store_timeout,
-            st.store.complete(
-                &owned.key,
-                &owned.fingerprint,
-                owned.token,
-                completion,
-                st.ttl,
-            ),
-        )
-    };
-    let first = store().await;
+pub(super) async fn keep<St: Store>(
+    owned: &Owned<St>,
+    completion: &Completion,
+    answer: impl FnOnce(),
+) {
+    let first = attempt(owned, completion).await;
     answer();
-    match first {
-        Ok(true) => return,
-        Ok(false) => return lost_completion(owned),
-        Err(_) => st.outage.failed(),
+    settle(owned, completion, first).await;
+}
+
+/// One attempt to store `completion`: `Err` when the store failed (to be retried).
+pub(super) async fn attempt<St: Store>(
+    owned: &Owned<St>,
+    completion: &Completion,
+) -> Result<(), ()> {
+    let st = &*owned.settings;
+    let stored = st.store.complete(
+        &owned.key,
+        &owned.fingerprint,
+        owned.token,
+        completion,
+        st.ttl,
+    );
+    match within("complete", st.store_timeout, stored).await {
+        Ok(true) => owned.renewals.stop(),
+        Ok(false) => lost_completion(owned),
+        Err(_) => {
+            st.outage.failed();
+            return Err(());
+        }
     }
+    Ok(())
+}
+
+/// After a first attempt that failed, retries until stored, lost, or the TTL passes.
+pub(super) async fn settle<St: Store>(
+    owned: &Owned<St>,
+    completion: &Completion,
+    first: Result<(), ()>,
+) {
+    if first.is_ok() {
+        return;
+    }
+    let st = &*owned.settings;
     let give_up = later(owned.claimed_at, st.ttl);
     let cap = st.lease / 3;
     let mut delay = Duration::from_millis(50);
     loop {
         tokio::time::sleep(st.outage.pause(delay, cap)).await;
-        match store().await {
-            Ok(true) => return st.outage.answered(),
+        let stored = st.store.complete(
+            &owned.key,
+            &owned.fingerprint,
+            owned.token,
+            completion,
+            st.ttl,
+        );
+        match within("complete", st.store_timeout, stored).await {
+            Ok(true) => {
+                owned.renewals.stop();
+                return st.outage.answered();
+            }
             Ok(false) => {
                 st.outage.answered();
                 return lost_completion(owned);
@@ -289,7 +358,7 @@ async fn keep<St: Store>(owned: &Owned<St>, completion: &Completion, answer: imp
                 outcome(st, Some(&owned.key), EventKind::CompleteAbandoned);
                 #[cfg(feature = "tracing")]
                 tracing::error!(
-                    key = %owned.key,
+                    key = %super::redact::ShownKey::new(&owned.settings, &owned.key),
                     "idempotency store never took the completion: the key may run again"
                 );
                 return;
@@ -307,113 +376,7 @@ fn lost_completion<St>(owned: &Owned<St>) {
     outcome(&owned.settings, Some(&owned.key), EventKind::CompleteLost);
     owned.lease.lose();
     #[cfg(feature = "tracing")]
-    tracing::warn!(key = %owned.key, "idempotency lease lost before the response was stored");
-}
-
-/// The handler's run: its response, and what to keep of it.
-async fn serve<St, S, B, ResB>(
-    st: &Settings<St>,
-    service: &mut S,
-    req: Request<B>,
-    ran: &mut Option<StatusCode>,
-) -> Result<Done<ResB>, S::Error>
-where
-    S: Service<Request<B>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes> + Unpin,
-    ResB::Error: Into<BoxError>,
-{
-    let (parts, body) = service.call(req).await?.into_parts();
-    *ran = Some(parts.status);
-    let keep = parts.extensions.get::<DoNotStore>().is_none()
-        && st.keep.as_ref().is_none_or(|k| k(&parts));
-    if !keep {
-        return Ok(Done::Release(Response::from_parts(
-            parts,
-            Buffered::streaming(None, body),
-        )));
-    }
-    let deadline = later(Instant::now(), st.response_body_timeout);
-    Ok(match read_up_to(st, body, deadline).await {
-        Read::Whole(data, trailers) => {
-            let completion = Completion::Response(StoredResponse {
-                status: parts.status,
-                headers: replayable(&parts.headers),
-                body: data.clone(),
-                trailers: trailers.as_ref().map(replayable),
-            });
-            let body = Buffered::full_with_trailers(data, trailers);
-            Done::Keep(Response::from_parts(parts, body), completion)
-        }
-        Read::Partial(body) => {
-            // Too large or too slow to keep: the first caller gets it all, later ones learn
-            // that it ran. The key is never released once the handler has answered.
-            let completion = Completion::NotReplayable {
-                status: parts.status,
-            };
-            Done::Keep(Response::from_parts(parts, body), completion)
-        }
-        Read::Failed(status) => {
-            let completion = Completion::NotReplayable { status };
-            let msg = "the handler's response body failed after the handler ran; the request will not run again";
-            Done::Keep(
-                problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    kind::HANDLER_FAILED,
-                    msg,
-                    None,
-                ),
-                completion,
-            )
-        }
-    })
-}
-
-enum Read<B> {
-    Whole(Bytes, Option<HeaderMap>),
-    /// What was read, then the rest, streaming.
-    Partial(Buffered<B>),
-    Failed(StatusCode),
-}
-
-/// Reads the whole body if it fits the response limit and ends before `deadline`.
-async fn read_up_to<St, B>(st: &Settings<St>, mut body: B, deadline: Instant) -> Read<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    let limit = st.max_response_body;
-    if body.size_hint().lower() > limit as u64 {
-        return Read::Partial(Buffered::streaming(None, body));
-    }
-    let mut read = BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(frame) => frame,
-            Err(_) => {
-                outcome(st, None, EventKind::ResponseBodyTimeout);
-                let prefix = (!read.is_empty()).then(|| read.freeze());
-                return Read::Partial(Buffered::streaming(prefix, body));
-            }
-        };
-        let frame = match frame {
-            None => return Read::Whole(read.freeze(), None),
-            Some(Ok(frame)) => frame,
-            Some(Err(_)) => return Read::Failed(StatusCode::INTERNAL_SERVER_ERROR),
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                read.extend_from_slice(&data);
-                if read.len() > limit {
-                    return Read::Partial(Buffered::streaming(Some(read.freeze()), body));
-                }
-            }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    return Read::Whole(read.freeze(), Some(trailers));
-                }
-            }
-        }
-    }
+    tracing::warn!(key = %super::redact::ShownKey::new(&owned.settings, &owned.key), "idempotency lease lost before the response was stored");
 }
 
 pin_project! {

@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 /// The outcome stored for a completed key.
 #[allow(clippy::large_enum_variant)] // a record, not a hot-path value
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Completion {
     /// The response, replayed byte for byte to later requests with the same key.
     Response(StoredResponse),
@@ -14,6 +15,13 @@ pub enum Completion {
     /// requests get an error, never a second execution.
     NotReplayable {
         /// The status the first caller got.
+        status: StatusCode,
+    },
+    /// The handler started but was cut off part-way (the crate's own timeout inside the layer
+    /// cancelled it): it may or may not have taken effect. Later requests get an error, never
+    /// the timeout's answer replayed and never a second execution.
+    OutcomeUnknown {
+        /// The status the first caller got (the timeout's, e.g. 504).
         status: StatusCode,
     },
 }
@@ -47,6 +55,9 @@ impl std::error::Error for DecodeError {}
 const VERSION: u8 = 2;
 const RESPONSE: u8 = 1;
 const NOT_REPLAYABLE: u8 = 2;
+/// Added within version 2: a reader that predates it finds an unknown kind and reports the
+/// record unreadable, so the handler still never runs for it.
+const OUTCOME_UNKNOWN: u8 = 3;
 
 fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     out.put_u32(headers.len() as u32);
@@ -121,6 +132,10 @@ impl Completion {
                 out.put_u8(NOT_REPLAYABLE);
                 out.put_u16(status.as_u16());
             }
+            Completion::OutcomeUnknown { status } => {
+                out.put_u8(OUTCOME_UNKNOWN);
+                out.put_u16(status.as_u16());
+            }
             Completion::Response(r) => {
                 out.put_u8(RESPONSE);
                 out.put_u16(r.status.as_u16());
@@ -157,6 +172,7 @@ impl Completion {
             .map_err(|_| DecodeError("bad status"))?;
         let completion = match kind {
             NOT_REPLAYABLE => Completion::NotReplayable { status },
+            OUTCOME_UNKNOWN => Completion::OutcomeUnknown { status },
             RESPONSE => {
                 let headers = get_headers(bytes)?;
                 let len = get_u32(bytes)?;
@@ -210,6 +226,13 @@ mod tests {
             status: StatusCode::OK,
         };
         assert_eq!(Completion::decode(&n.encode()).unwrap(), n);
+        let u = Completion::OutcomeUnknown {
+            status: StatusCode::GATEWAY_TIMEOUT,
+        };
+        assert_eq!(&u.encode()[..], &[VERSION, OUTCOME_UNKNOWN, 0x01, 0xf8]);
+        assert_eq!(Completion::decode(&u.encode()).unwrap(), u);
+        // The records of earlier writers keep their meaning.
+        assert_eq!(Completion::decode(&[2, NOT_REPLAYABLE, 0, 200]).unwrap(), n);
         for cut in 0..bytes.len() {
             assert!(Completion::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -22,6 +22,13 @@ use super::{
 /// or released, or its owner task ended in any way), so none outlives its key.
 pub(crate) struct Renewals(JoinHandle<()>);
 
+impl Renewals {
+    /// Stops them now (the completion is stored).
+    pub(crate) fn stop(&self) {
+        self.0.abort();
+    }
+}
+
 impl Drop for Renewals {
     fn drop(&mut self) {
         self.0.abort();
@@ -40,9 +47,11 @@ pub(crate) fn renew<St: Store>(
     lease: LeaseSender,
     claimed_at: Instant,
 ) -> Renewals {
-    Renewals(tokio::spawn(heartbeat(
-        settings, key, token, lease, claimed_at,
-    )))
+    let task = heartbeat(settings, key, token, lease, claimed_at);
+    // Its events (a lost lease) belong to the request's span too.
+    #[cfg(feature = "tracing")]
+    let task = tracing::Instrument::instrument(task, tracing::Span::current());
+    Renewals(tokio::spawn(task))
 }
 
 /// Renews the lease every third of it; after a failure sooner (a tenth of it, at most 250 ms),
@@ -80,7 +89,10 @@ async fn heartbeat<St: Store>(
                 if lease.is_held() {
                     outcome(st, Some(&key), EventKind::LeaseLost);
                     #[cfg(feature = "tracing")]
-                    tracing::warn!(key = %key, "idempotency lease lost: another owner may run");
+                    tracing::warn!(
+                        key = %super::redact::ShownKey::new(st, &key),
+                        "idempotency lease lost: another owner may run"
+                    );
                 }
                 lease.lose();
                 return;

@@ -70,7 +70,7 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB::Error: Into<BoxError> + Send,
 {
     type Response = Response<Buffered<ResB>>;
     type Error = S::Error;
@@ -101,7 +101,7 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB::Error: Into<BoxError> + Send,
 {
     let unprotected = |req: Request<Buffered<B>>, mut service: S| async move {
         Ok(service

@@ -9,29 +9,36 @@ use crate::{
     ConfigError,
     backoff::Backoff,
     circuit_breaker::{
-        self, ByAuthority, CircuitBreaker, CircuitBreakerLayer, Keyed, KeyedBreakers,
+        self, ByAuthority, CircuitBreaker, CircuitBreakerLayer, EndOfStream, Keyed, KeyedBreakers,
     },
     classify::{ByName, HttpStatus},
     mode::ReturnError,
     retry::{self, Budget, HttpReplay, Retry, RetryLayer, RetryReload},
-    timeout::{Timeout, TimeoutLayer, TimeoutReload},
+    timeout::{
+        IncludingBody, SendGrpcTimeout, SendGrpcTimeoutLayer, Timeout, TimeoutLayer, TimeoutReload,
+    },
 };
 
 use super::Stage;
 
-/// The service a [`StandardClientLayer`] makes around a client `S`.
+/// The service a [`StandardClientLayer`] makes around a client `S`: its total timeout covers
+/// the response body ([`IncludingBody`]; a `reqwest::Response` stays one, an
+/// `http::Response<B>` becomes `http::Response<TimeoutBody<B>>`), its attempt timeout the head.
+/// Inside the attempt timeout, [`SendGrpcTimeout`] sends the time an attempt has as
+/// `grpc-timeout` on gRPC requests.
 pub type StandardClient<S> = Timeout<
     Retry<
         CircuitBreaker<
-            Timeout<S, ReturnError>,
+            Timeout<SendGrpcTimeout<S>, ReturnError>,
             HttpStatus,
-            ReturnError,
+            EndOfStream,
             Keyed<Authority, ByAuthority>,
         >,
         ByName<HttpStatus>,
         HttpReplay,
     >,
     ReturnError,
+    IncludingBody,
 >;
 
 /// Total timeout > retry (with budget) > circuit breaker keyed by authority > attempt timeout,
@@ -57,6 +64,19 @@ pub type StandardClient<S> = Timeout<
 /// stage makes a retry only when its delay and a whole attempt timeout fit in the time left
 /// (otherwise it gives up with [`GiveUp::Deadline`](crate::retry::GiveUp::Deadline)).
 ///
+/// The total timeout also bounds reading the response body, as reqwest's own `timeout()` does:
+/// a body still streaming when it runs out fails with [`Elapsed`](crate::timeout::Elapsed)
+/// (through reqwest, in the `reqwest::Error`'s source chain). Turn that off for long downloads
+/// with [`ClientBuilder::total_timeout_covers_body`]. The attempt timeout covers the head only:
+/// once a body has started, the call can no longer be retried, so cutting that attempt short
+/// would only fail it earlier than the total timeout does.
+///
+/// A gRPC request (`content-type: application/grpc*`) goes out with `grpc-timeout` set to the
+/// time its attempt has (the attempt timeout, or what is left of the total when that is less;
+/// [`SendGrpcTimeout`]), so the server stops when the client stops waiting.
+///
+/// The timeouts are named `<name>/total` and `<name>/attempt` in their metrics and events.
+///
 /// ```
 /// use std::time::Duration;
 /// use tower::ServiceBuilder;
@@ -77,9 +97,11 @@ pub type StandardClient<S> = Timeout<
 /// ```
 #[derive(Clone)]
 pub struct StandardClientLayer {
-    total: TimeoutLayer,
+    total: TimeoutLayer<ReturnError, IncludingBody>,
+    total_covers_body: bool,
     retry: RetryLayer<ByName<HttpStatus>, HttpReplay>,
-    breaker: circuit_breaker::KeyedCircuitBreakerLayer<Authority, ByAuthority, HttpStatus>,
+    breaker:
+        circuit_breaker::KeyedCircuitBreakerLayer<Authority, ByAuthority, HttpStatus, EndOfStream>,
     attempt: TimeoutLayer,
 }
 
@@ -87,6 +109,7 @@ impl fmt::Debug for StandardClientLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StandardClientLayer")
             .field("total_timeout", &self.total.timeout())
+            .field("total_covers_body", &self.total_covers_body)
             .field("retry", &self.retry)
             .field("attempt_timeout", &self.attempt.timeout())
             .finish_non_exhaustive()
@@ -135,6 +158,7 @@ impl StandardClientLayer {
         };
         let layer = StandardClientLayer {
             total,
+            total_covers_body: self.total_covers_body,
             retry,
             breaker: self.breaker,
             attempt,
@@ -152,13 +176,27 @@ impl StandardClientLayer {
             .build()?
             .classify(classifier)
             .replay(HttpReplay::default());
+        let name = parts.breaker.name.clone();
         Ok(StandardClientLayer {
-            total: TimeoutLayer::new(parts.total)?,
+            total: TimeoutLayer::new(parts.total)?
+                .name(format!("{name}/total"))
+                .covering_body(true),
+            total_covers_body: true,
             retry,
+            // Judged at the end of the body: a response cut after its head is a failure.
             breaker: CircuitBreakerLayer::keyed_by_authority(parts.breaker)
-                .classify(HttpStatus::default()),
-            attempt: TimeoutLayer::new(parts.attempt)?,
+                .classify(HttpStatus::default())
+                .end_of_stream(),
+            attempt: TimeoutLayer::new(parts.attempt)?.name(format!("{name}/attempt")),
         })
+    }
+
+    /// Sets whether the total timeout bounds reading the body
+    /// ([`ClientBuilder::total_timeout_covers_body`]).
+    fn covering_body(mut self, on: bool) -> Self {
+        self.total = self.total.covering_body(on);
+        self.total_covers_body = on;
+        self
     }
 }
 
@@ -250,6 +288,7 @@ impl ClientParts {
 /// |---|---|---|
 /// | [`name`](Self::name) | the retry layer's name and the breakers' (`<name>/<host:port>`) | everything else |
 /// | [`total_timeout`](Self::total_timeout) | the total timeout | everything else |
+/// | [`total_timeout_covers_body`](Self::total_timeout_covers_body) | whether the total timeout bounds reading the body (on by default) | everything else |
 /// | [`attempt_timeout`](Self::attempt_timeout) | the attempt timeout stage, and the retry stage's attempt timeout with it | everything else |
 /// | [`retry`](Self::retry) | what `f` sets on the pipeline's default retry builder | the other retry defaults: attempts, backoff, `Retry-After` cap, budget |
 /// | [`replace_retry`](Self::replace_retry) | the whole retry stage: the pipeline's retry defaults (budget included) are dropped | the name and attempt timeout, which the pipeline sets on it |
@@ -265,6 +304,7 @@ impl ClientParts {
 pub struct ClientBuilder {
     name: String,
     total: Duration,
+    total_covers_body: bool,
     attempt: Duration,
     retry: Stage<retry::Builder>,
     breaker: Stage<circuit_breaker::Builder>,
@@ -275,6 +315,7 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("name", &self.name)
             .field("total", &self.total)
+            .field("total_covers_body", &self.total_covers_body)
             .field("attempt", &self.attempt)
             .field("retry", &self.retry)
             .field("breaker", &self.breaker)
@@ -287,6 +328,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             name: "client".into(),
             total: Duration::from_secs(30),
+            total_covers_body: true,
             attempt: Duration::from_secs(10),
             retry: Stage::default(),
             breaker: Stage::default(),
@@ -328,6 +370,31 @@ impl ClientBuilder {
     /// The whole call, retries and waits included. Changes only the total timeout.
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total = timeout;
+        self
+    }
+
+    /// Whether the total timeout also bounds reading the response body (on by default, as
+    /// reqwest's `timeout()`): when it runs out mid-body, the body fails with
+    /// [`Elapsed`](crate::timeout::Elapsed). Off, the total timeout stops at the response's
+    /// head and a body may stream for as long as it takes (downloads, server-sent events).
+    /// Changes only that; the body is wrapped either way, so the service's type stays
+    /// [`StandardClient`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::pipeline::StandardClientLayer;
+    ///
+    /// # fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// let downloads = StandardClientLayer::builder()
+    ///     .total_timeout(Duration::from_secs(10))
+    ///     .total_timeout_covers_body(false)
+    ///     .build()?;
+    /// # let _ = downloads;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn total_timeout_covers_body(mut self, covers: bool) -> Self {
+        self.total_covers_body = covers;
         self
     }
 
@@ -421,7 +488,9 @@ impl ClientBuilder {
     /// (one year; named `total` or `attempt`), the attempt timeout exceeds the total timeout,
     /// or the retry or breaker settings are refused by their own builders.
     pub fn build(self) -> Result<StandardClientLayer, ConfigError> {
+        let covers_body = self.total_covers_body;
         StandardClientLayer::from_parts(self.parts()?, ByName::new(HttpStatus::retryable()))
+            .map(|layer| layer.covering_body(covers_body))
     }
 
     /// Every stage's settings, checked (the retry stage when it is built).
@@ -451,8 +520,10 @@ impl<S> Layer<S> for StandardClientLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         self.total.layer(
-            self.retry
-                .layer(self.breaker.layer(self.attempt.layer(inner))),
+            self.retry.layer(
+                self.breaker
+                    .layer(self.attempt.layer(SendGrpcTimeoutLayer.layer(inner))),
+            ),
         )
     }
 }

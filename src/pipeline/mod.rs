@@ -4,8 +4,8 @@
 //!   hyper-util's), in the spirit of Microsoft's standard resilience handler, outermost first:
 //!   total timeout > retry (with a budget) > circuit breaker per authority > attempt timeout.
 //! - [`StandardServerLayer`], for axum routers, outermost first: fallback > circuit breaker
-//!   (503) > timeout (504), each answering proper HTTP responses so the router stays
-//!   `Infallible`.
+//!   (503; one for the router, or one per route) > timeout (504) > Idempotency-Key (optional),
+//!   each answering proper HTTP responses so the router stays `Infallible`.
 //!
 //! Overrides change what they name and keep every other default. A stage's settings are
 //! overridden with a function that receives the pipeline's own default builder for that stage
@@ -21,7 +21,12 @@ mod server;
 pub use client::{ClientBuilder, ClientReload, StandardClient, StandardClientLayer};
 #[cfg(feature = "serde")]
 pub(crate) use client::{ClientParts, default_breaker, default_retry};
-pub use server::{NoFallback, ServerBuilder, StandardServer, StandardServerLayer};
+#[cfg(feature = "axum")]
+pub use server::PerRoute;
+pub use server::{
+    IdempotencyStage, IdempotencyStageFuture, IdempotencyStageService, NoFallback, ServerBuilder,
+    ServerClassifier, StandardServer, StandardServerLayer,
+};
 
 /// A change to a stage builder's settings.
 type Override<B> = Box<dyn FnOnce(B) -> B + Send + Sync>;

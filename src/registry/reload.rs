@@ -11,6 +11,19 @@ pub mod metric_names {
     pub const GENERATION: &str = "rampart_registry_generation";
 }
 
+/// Help text of the registry's metrics.
+#[cfg(feature = "metrics")]
+const HELP: &[crate::telemetry::Help] = &[
+    crate::telemetry::Help::counter(
+        metric_names::RELOADS,
+        "Configuration reloads of a resilience registry, by result (applied, unchanged, rejected).",
+    ),
+    crate::telemetry::Help::gauge(
+        metric_names::GENERATION,
+        "Generation of the resilience configuration in force (1 after loading, one more per applied reload).",
+    ),
+];
+
 /// A reload, applied or rejected (see [`RegistryBuilder::on_reload`](super::RegistryBuilder::on_reload)).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -184,6 +197,8 @@ impl Registry {
                 ReloadOutcome::Unchanged => "unchanged",
                 ReloadOutcome::Rejected { .. } => "rejected",
             };
+            // Made per reload (rare), so a recorder installed late is found; described each time.
+            crate::telemetry::describe(HELP);
             metrics::counter!(metric_names::RELOADS, "result" => result).increment(1);
             metrics::gauge!(metric_names::GENERATION).set(generation as f64);
         }

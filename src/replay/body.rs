@@ -35,6 +35,18 @@ enum Inner<B> {
         prefix: Option<Bytes>,
         rest: B,
     },
+    /// Frames that another task reads from a `B` and passes on (the Idempotency-Key layer's
+    /// owner task, which keeps reading when the caller goes away).
+    Relayed(Box<dyn Relay<B>>),
+}
+
+/// The receiving end of frames read from a `B` by another task. Generic over `B` rather than
+/// its error type, so that `Buffered<B>` keeps its one type parameter and needs no bound.
+pub(crate) trait Relay<B: ?Sized>: Send + Sync + std::fmt::Debug {
+    /// The next frame, the error that ended the body, or its end.
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+    where
+        B: Body;
 }
 
 impl<B> Buffered<B> {
@@ -65,6 +77,13 @@ impl<B> Buffered<B> {
         }
     }
 
+    /// A body whose frames arrive through `relay`.
+    pub(crate) fn relayed(relay: Box<dyn Relay<B>>) -> Self {
+        Buffered {
+            inner: Inner::Relayed(relay),
+        }
+    }
+
     /// Whether the whole body is in memory.
     pub fn is_full(&self) -> bool {
         matches!(self.inner, Inner::Full { .. })
@@ -79,7 +98,7 @@ impl<B> Buffered<B> {
                     trailers: trailers.clone(),
                 },
             }),
-            Inner::Streaming { .. } => None,
+            Inner::Streaming { .. } | Inner::Relayed(_) => None,
         }
     }
 }
@@ -107,6 +126,7 @@ where
                 Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            Inner::Relayed(relay) => relay.poll_relay(cx),
         }
     }
 
@@ -116,6 +136,7 @@ where
                 data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
             }
             Inner::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Inner::Relayed(_) => false,
         }
     }
 
@@ -134,6 +155,7 @@ where
                 }
                 h
             }
+            Inner::Relayed(_) => SizeHint::new(),
         }
     }
 }

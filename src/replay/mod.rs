@@ -10,6 +10,7 @@ mod body;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 
+pub(crate) use body::Relay;
 pub use body::{BufferBody, BufferBodyLayer, BufferFuture, Buffered, DEFAULT_BUFFER_LIMIT};
 
 use crate::idempotency::IDEMPOTENCY_KEY;

@@ -53,10 +53,12 @@
 mod budget;
 mod future;
 mod layer;
+mod measures;
 mod policy;
 mod reload;
 mod service;
 mod set_idempotency_key;
+mod spans;
 
 use std::time::Duration;
 
@@ -65,7 +67,8 @@ use crate::call::CallId;
 pub use budget::Budget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
-pub use policy::{Builder, GiveUp, metric_names};
+pub use measures::metric_names;
+pub use policy::{Builder, GiveUp};
 pub use reload::{RetryReload, Settings};
 pub use set_idempotency_key::{SetIdempotencyKey, SetIdempotencyKeyLayer};
 // Copying requests lives in `crate::replay` (shared with fallback and idempotency); retry users

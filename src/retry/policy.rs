@@ -78,6 +78,14 @@ impl std::ops::Deref for Held {
 
 pub(crate) const NOT_TIMED: u64 = u64::MAX;
 
+/// What a call keeps once it is retried, out of line (most calls are never retried).
+pub(crate) struct Retries {
+    pub(crate) delays: Delays,
+    /// When the attempt in flight started, for its duration metric (`NOT_TIMED` when not
+    /// timed; the first attempt starts with the call).
+    pub(crate) attempt_started: u64,
+}
+
 pub(crate) enum Next {
     Stop(Option<GiveUp>),
     Wait(Duration, DelayCause),
@@ -100,28 +108,7 @@ pub(crate) struct Policy {
     pub(crate) attempt_timeout: Option<Duration>,
     listeners: Box<[Listener]>,
     #[cfg(feature = "metrics")]
-    metrics: Handles,
-}
-
-#[cfg(feature = "metrics")]
-#[derive(Clone)]
-struct Handles {
-    attempts: metrics::Counter,
-    retry_error: metrics::Counter,
-    retry_response: metrics::Counter,
-    delay: metrics::Histogram,
-}
-
-/// Metric names, all labelled with `retry` (the layer's name).
-pub mod metric_names {
-    /// Counter of attempts made, first attempts included.
-    pub const ATTEMPTS: &str = "rampart_retry_attempts_total";
-    /// Counter of retries, labelled `reason` = `error` | `response`.
-    pub const RETRIES: &str = "rampart_retry_retries_total";
-    /// Counter of calls that stopped while failing, labelled `reason` (see `GiveUp::as_str`).
-    pub const GAVE_UP: &str = "rampart_retry_gave_up_total";
-    /// Histogram of the delays chosen before retries, in seconds.
-    pub const DELAY: &str = "rampart_retry_delay_seconds";
+    pub(crate) metrics: super::measures::Metrics,
 }
 
 impl Policy {
@@ -133,7 +120,7 @@ impl Policy {
         circuit_open: bool,
         replayable: bool,
         started: u64,
-        delays: &mut Option<Box<Delays>>,
+        retries: &mut Option<Box<Retries>>,
     ) -> Next {
         if !outcome.is_failure() {
             return Next::Stop(None);
@@ -147,8 +134,14 @@ impl Policy {
         if !replayable {
             return Next::Stop(Some(GiveUp::NotRetryable));
         }
-        let backoff = delays
-            .get_or_insert_with(|| Box::new(self.backoff.delays()))
+        let backoff = retries
+            .get_or_insert_with(|| {
+                Box::new(Retries {
+                    delays: self.backoff.delays(),
+                    attempt_started: NOT_TIMED,
+                })
+            })
+            .delays
             .next()
             .unwrap_or_default();
         let (delay, cause) = match (outcome.retry_after(), self.retry_after_cap) {
@@ -194,19 +187,77 @@ impl Policy {
         crate::time::nanos_since(self.epoch, t).min(NOT_TIMED - 1)
     }
 
-    /// When a call starts, for the elapsed limit; `NOT_TIMED` (no clock read) without one.
+    /// When a call starts, for the elapsed limit and the duration metrics; `NOT_TIMED` (no
+    /// clock read) without a limit or a recorder. Counts the first attempt.
     #[inline]
-    pub(crate) fn start_time(&self) -> u64 {
-        match self.max_elapsed {
-            Some(_) => self.nanos(Instant::now()),
-            None => NOT_TIMED,
+    pub(crate) fn start(&self) -> u64 {
+        #[cfg(feature = "metrics")]
+        let timed = match self.metrics.handles() {
+            Some(h) => {
+                h.attempts.increment(1);
+                true
+            }
+            None => false,
+        };
+        #[cfg(not(feature = "metrics"))]
+        let timed = false;
+        if timed || self.max_elapsed.is_some() {
+            self.nanos(Instant::now())
+        } else {
+            NOT_TIMED
         }
     }
 
-    #[inline]
-    pub(crate) fn attempted(&self) {
+    /// Counts an attempt after the first; its start time for the duration metrics (or
+    /// `NOT_TIMED`).
+    pub(crate) fn attempted(&self) -> u64 {
         #[cfg(feature = "metrics")]
-        self.metrics.attempts.increment(1);
+        if let Some(h) = self.metrics.handles() {
+            h.attempts.increment(1);
+            return self.nanos(Instant::now());
+        }
+        NOT_TIMED
+    }
+
+    /// Records the durations of a call that ended (and of its last attempt), when timed.
+    #[inline(never)]
+    pub(crate) fn ended(&self, started: u64, attempt_started: u64) {
+        #[cfg(feature = "metrics")]
+        if started != NOT_TIMED
+            && let Some(h) = self.metrics.handles()
+        {
+            let now = self.nanos(Instant::now());
+            let secs = |from: u64| Duration::from_nanos(now.saturating_sub(from)).as_secs_f64();
+            h.call.record(secs(started));
+            // The first attempt started with the call.
+            let attempt = if attempt_started == NOT_TIMED {
+                started
+            } else {
+                attempt_started
+            };
+            h.attempt.record(secs(attempt));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (started, attempt_started);
+    }
+
+    /// Records the duration of an attempt that failed and will be retried, when timed.
+    pub(crate) fn attempt_ended(&self, started: u64, attempt_started: u64) {
+        #[cfg(feature = "metrics")]
+        if started != NOT_TIMED
+            && let Some(h) = self.metrics.handles()
+        {
+            let now = self.nanos(Instant::now());
+            let from = if attempt_started == NOT_TIMED {
+                started
+            } else {
+                attempt_started
+            };
+            h.attempt
+                .record(Duration::from_nanos(now.saturating_sub(from)).as_secs_f64());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (started, attempt_started);
     }
 
     fn emit(&self, kind: EventKind) {
@@ -228,20 +279,20 @@ impl Policy {
 
     pub(crate) fn retrying(&self, attempts: u32, delay: Duration, cause: DelayCause, error: bool) {
         #[cfg(feature = "metrics")]
-        {
+        if let Some(m) = self.metrics.handles() {
             if error {
-                self.metrics.retry_error.increment(1);
+                m.retry_error.increment(1);
             } else {
-                self.metrics.retry_response.increment(1);
+                m.retry_response.increment(1);
             }
-            self.metrics.delay.record(delay.as_secs_f64());
+            m.delay.record(delay.as_secs_f64());
         }
         #[cfg(feature = "tracing")]
         tracing::debug!(
             retry = %self.name,
             call_id = CallId::current().map(CallId::get),
             attempt = attempts + 1,
-            delay = ?delay,
+            delay_ms = delay.as_secs_f64() * 1000.0,
             cause = cause.as_str(),
             "retrying"
         );
@@ -255,8 +306,9 @@ impl Policy {
 
     pub(crate) fn gave_up(&self, attempts: u32, reason: GiveUp) {
         #[cfg(feature = "metrics")]
-        metrics::counter!(metric_names::GAVE_UP, "retry" => self.name.to_string(), "reason" => reason.as_str())
-            .increment(1);
+        if let Some(m) = self.metrics.handles() {
+            m.gave_up[reason as usize].increment(1);
+        }
         #[cfg(feature = "tracing")]
         tracing::debug!(retry = %self.name, call_id = CallId::current().map(CallId::get), attempts, reason = reason.as_str(), "gave up retrying");
         self.emit(EventKind::GaveUp { attempts, reason });
@@ -467,15 +519,7 @@ impl Builder {
     /// `check` refuses, to show the decisions never overflow).
     fn assemble(self) -> Policy {
         #[cfg(feature = "metrics")]
-        let metrics = {
-            let n = self.name.to_string();
-            Handles {
-                attempts: metrics::counter!(metric_names::ATTEMPTS, "retry" => n.clone()),
-                retry_error: metrics::counter!(metric_names::RETRIES, "retry" => n.clone(), "reason" => "error"),
-                retry_response: metrics::counter!(metric_names::RETRIES, "retry" => n.clone(), "reason" => "response"),
-                delay: metrics::histogram!(metric_names::DELAY, "retry" => n),
-            }
-        };
+        let metrics = super::measures::Metrics::new(self.name.clone());
         Policy {
             name: self.name,
             epoch: Instant::now(),
@@ -561,7 +605,7 @@ mod tests {
             // Hints beyond any elapsed limit stop the call, whatever the start time.
             let p = policy(Some(cap), Some(Duration::from_secs(1)));
             for hint in huge {
-                for started in [p.start_time(), 0, NOT_TIMED - 1] {
+                for started in [p.start(), 0, NOT_TIMED - 1] {
                     let reason = stop_reason(decide(&p, hint, started));
                     let expected = if hint == Duration::MAX || hint > cap {
                         GiveUp::RetryAfter
@@ -574,7 +618,7 @@ mod tests {
             // With no practical elapsed limit, a finite hint within the cap is honoured as it is.
             let p = policy(Some(cap), Some(Duration::MAX));
             let hint = Duration::from_secs(u64::MAX);
-            match decide(&p, hint, p.start_time()) {
+            match decide(&p, hint, p.start()) {
                 Next::Wait(d, cause) => {
                     assert_eq!(d, hint);
                     assert_eq!(cause, DelayCause::RetryAfter);
@@ -615,7 +659,7 @@ mod tests {
             let p = policy(cap, max_elapsed);
             let started = match (max_elapsed, started) {
                 (None, _) => NOT_TIMED,
-                (Some(_), None) => p.start_time(),
+                (Some(_), None) => p.start(),
                 (Some(_), Some(s)) => s,
             };
             let outcome = Outcome::Failure { retry_after: hint };

@@ -85,12 +85,17 @@ where
             }
             None => false,
         };
-        let started = p.start_time();
-        p.attempted();
+        let started = p.start();
+        let spans = super::spans::Spans::start(&p.name);
         let mut call = crate::call::EMPTY;
         // The ready service makes this call; a clone goes with the future for any retry (it is
-        // made ready again before one).
-        let future = crate::call::within(&mut call, || self.inner.call(req));
+        // made ready again before one). Inside the first attempt's span.
+        let future = {
+            // Left in reverse order: the attempt's span, then the call's.
+            let _call = spans.enter_call();
+            let _attempt = spans.enter_attempt();
+            crate::call::within(&mut call, || self.inner.call(req))
+        };
         let service = self.inner.clone();
         ResponseFuture::new(
             future,
@@ -104,6 +109,7 @@ where
             started,
             budgeted,
             call,
+            spans,
         )
     }
 }

@@ -196,33 +196,25 @@ impl Deadline {
 
     /// The time left as a gRPC `grpc-timeout` header value, to pass the deadline to a gRPC
     /// server (whose [`respond_grpc`](super::TimeoutLayer::respond_grpc) timeout honours it): the
-    /// finest unit that holds it in 8 digits, rounded up.
+    /// finest unit that holds it in 8 digits, rounded down so that the server never gets more
+    /// time than is left ([`encode_grpc_timeout`](super::encode_grpc_timeout)).
+    ///
+    /// A timeout layer in `respond_grpc` mode sends it on gRPC requests by itself, and
+    /// [`SendGrpcTimeoutLayer`](super::SendGrpcTimeoutLayer) does it inside timeouts in error
+    /// mode (the standard client pipeline has one): this is for anything else.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower::ServiceBuilder;
-    /// use tower_rampart::timeout::{Deadline, TimeoutLayer};
+    /// use tower_rampart::timeout::Deadline;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> Result<(), tower_rampart::ConfigError> {
+    /// # async fn main() {
     /// let soon = Deadline::at(tokio::time::Instant::now() + Duration::from_millis(1500));
     /// assert_eq!(soon.to_grpc_timeout(), "1500000u");
-    /// // A gRPC client stack: the total timeout's deadline goes out with every attempt.
-    /// let stack = ServiceBuilder::new()
-    ///     .layer(TimeoutLayer::new(Duration::from_secs(5))?)
-    ///     // .layer(retry) ...
-    ///     .map_request(|mut req: http::Request<()>| {
-    ///         if let Some(deadline) = Deadline::current() {
-    ///             req.headers_mut().insert("grpc-timeout", deadline.to_grpc_timeout());
-    ///         }
-    ///         req
-    ///     });
-    /// # let _ = stack;
-    /// # Ok(())
     /// # }
     /// ```
     pub fn to_grpc_timeout(self) -> http::HeaderValue {
-        grpc_timeout_value(self.remaining())
+        super::encode_grpc_timeout(self.remaining())
     }
 
     /// Runs `f` with this deadline current (or the current one, when that is earlier): the
@@ -331,27 +323,6 @@ impl<F: Future> Future for ScopedFuture<F> {
     }
 }
 
-/// `d` in `grpc-timeout` form: at most 8 digits and a unit, rounded up to the unit.
-fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
-    const UNITS: [(u128, char); 6] = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ];
-    let nanos = d.as_nanos();
-    for (unit, suffix) in UNITS {
-        let n = nanos.div_ceil(unit);
-        if n <= 99_999_999 {
-            return http::HeaderValue::from_str(&format!("{n}{suffix}"))
-                .expect("digits and a letter");
-        }
-    }
-    http::HeaderValue::from_static("99999999H")
-}
-
 /// Restores the deadline that was current before [`enter`], also when unwinding.
 pub(crate) struct Scope(Option<Current>);
 
@@ -396,29 +367,6 @@ pub(crate) fn current() -> Option<Current> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timeout::parse_grpc_timeout;
-
-    #[test]
-    fn grpc_timeout_values_round_up_and_parse_back() {
-        let cases = [
-            (Duration::ZERO, "0n"),
-            (Duration::from_nanos(99_999_999), "99999999n"),
-            (Duration::from_nanos(100_000_001), "100001u"),
-            (Duration::from_secs(30), "30000000u"),
-            (Duration::from_secs(100_000), "100000S"),
-            (Duration::from_secs(100_000_000), "1666667M"),
-            (Duration::MAX, "99999999H"),
-        ];
-        for (d, text) in cases {
-            let v = grpc_timeout_value(d);
-            assert_eq!(v, text, "{d:?}");
-            let back = parse_grpc_timeout(&v).unwrap();
-            assert!(
-                back >= d.min(Duration::from_secs(99_999_999 * 3600)),
-                "{d:?}"
-            );
-        }
-    }
 
     #[test]
     fn meta_keeps_origin_and_time() {

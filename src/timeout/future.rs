@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::{
-    DeadlineOrigin, Elapsed, EventKind, Listener,
+    DeadlineOrigin, Elapsed, Hooks, Scope,
     deadline::{Current, Meta},
 };
 use crate::{
@@ -44,7 +44,8 @@ pin_project! {
         deadline: u64,
         // The logical call's id once known (`call::EMPTY` before), for the events.
         call: call::Slot,
-        events: Listener,
+        // The layer's name and listeners (one word: null when it has neither).
+        hooks: Hooks,
         _mode: PhantomData<fn() -> M>,
     }
 }
@@ -115,13 +116,7 @@ fn shrunk(now: Instant, outer: Current) -> Start {
 
 impl<F, M> ResponseFuture<F, M> {
     #[inline]
-    pub(crate) fn new(
-        inner: F,
-        start: Start,
-        code: u64,
-        call: call::Slot,
-        events: Listener,
-    ) -> Self {
+    pub(crate) fn new(inner: F, start: Start, code: u64, call: call::Slot, hooks: Hooks) -> Self {
         ResponseFuture {
             inner,
             sleep: None,
@@ -130,15 +125,30 @@ impl<F, M> ResponseFuture<F, M> {
             code,
             deadline: start.deadline.word(),
             call,
-            events,
+            hooks,
             _mode: PhantomData,
+        }
+    }
+}
+
+impl<F, M> ResponseFuture<F, M> {
+    /// What a body-inclusive timeout hands on to the body once the head arrived in time: the
+    /// same deadline (no clock read), what it reports, and the logical call's id.
+    pub(crate) fn body_timer(self: Pin<&mut Self>) -> super::body::Timer {
+        let this = self.project();
+        super::body::Timer {
+            at: *this.at,
+            after_nanos: *this.after_nanos,
+            deadline: *this.deadline,
+            call: *this.call,
+            hooks: std::mem::take(this.hooks),
         }
     }
 }
 
 /// What a timeout that ran out fails with: its own timeout, or the deadline's that cut it short.
 #[cold]
-fn elapsed(after: Duration, deadline: Meta) -> Elapsed {
+pub(crate) fn elapsed(after: Duration, deadline: Meta) -> Elapsed {
     match (deadline.is_shrunk(), deadline.origin()) {
         (true, origin) => Elapsed::with_origin(deadline.after(), Some(origin)),
         (false, DeadlineOrigin::Timeout) => Elapsed::new(after),
@@ -149,13 +159,13 @@ fn elapsed(after: Duration, deadline: Meta) -> Elapsed {
 /// Polls the call first, so a call that is ready as the timer fires still wins. The call is
 /// polled with this timeout's deadline current, for the layers inside.
 #[inline]
-fn race<F: Future, M>(
+pub(crate) fn race<F: Future, M>(
     this: Pin<&mut ResponseFuture<F, M>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<F::Output, (Elapsed, u64)>> {
     let this = this.project();
     // Inside the logical call (its id kept in the future), for the layers inside and the event.
-    let (inner, mut sleep, events, at) = (this.inner, this.sleep, &*this.events, *this.at);
+    let (inner, mut sleep, hooks, at) = (this.inner, this.sleep, &*this.hooks, *this.at);
     let (after, code, deadline) = (
         *this.after_nanos,
         *this.code,
@@ -175,7 +185,7 @@ fn race<F: Future, M>(
         match sleep.as_pin_mut().map(|s| s.poll(cx)) {
             Some(Poll::Ready(())) => {
                 let after = Duration::from_nanos(after);
-                events.emit(EventKind::Elapsed { after });
+                hooks.elapsed(after, Scope::Head);
                 Poll::Ready(Err((elapsed(after, deadline), code)))
             }
             _ => Poll::Pending,

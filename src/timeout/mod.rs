@@ -18,6 +18,34 @@
 //! than sleep or start an attempt that cannot finish in time. A caller passes a deadline of its
 //! own down with [`Deadline::scope_call`].
 //!
+//! ## Head or whole body
+//!
+//! By default a timeout bounds the call until the response's head arrives ([`HeadOnly`]); a
+//! body streamed afterwards is not timed. [`TimeoutLayer::including_body`] makes the same
+//! deadline bound reading the body too ([`IncludingBody`]; the body becomes a [`TimeoutBody`]):
+//!
+//! | layer / mode | covers |
+//! |---|---|
+//! | `TimeoutLayer::new(d)` (any mode) | the head only |
+//! | `.including_body()`, error or `respond_http` mode | head and body; a body cut off fails with [`Elapsed`] as its error |
+//! | `.including_body()`, `respond_grpc` mode | head and body; a stream cut off ends with trailers `grpc-status: 4` (DEADLINE_EXCEEDED) |
+//! | standard client pipeline, total timeout | head and body (as reqwest's `timeout()`); `total_timeout_covers_body(false)` for the head only |
+//! | standard client pipeline, attempt timeout | the head only: an attempt whose body has started cannot be retried |
+//!
+//! ## gRPC deadlines
+//!
+//! In [`respond_grpc`](TimeoutLayer::respond_grpc) mode a timeout around a client (a tonic
+//! `Channel`) sends the time the call has as `grpc-timeout` on every gRPC request
+//! ([`encode_grpc_timeout`]), unless the request carries a shorter one;
+//! [`SendGrpcTimeoutLayer`] does the same inside timeouts in error mode.
+//!
+//! ## Metrics and tracing
+//!
+//! Every call cut off counts in `rampart_timeouts_total` ([`metric_names::TIMEOUTS`], labels
+//! `timeout`: the layer's [`name`](TimeoutLayer::name), and `scope`: `head` or `body`), and,
+//! with feature `tracing`, logs an INFO event with the same fields and a numeric `timeout_ms`.
+//! Nothing is done for a call that finishes in time.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
@@ -37,12 +65,16 @@
 //! # }
 //! ```
 
+mod body;
+mod body_service;
 mod deadline;
 mod error;
 mod future;
 mod grpc_timeout;
+mod hooks;
 mod layer;
 mod reload;
+mod send_grpc_timeout;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -50,12 +82,16 @@ mod tests;
 use std::time::Duration;
 
 use crate::call::CallId;
+pub use body::{BodyResponseFuture, HeadOnly, IncludingBody, TimeoutBody};
 pub use deadline::{Deadline, DeadlineOrigin, ScopedFuture};
 pub use error::{Elapsed, TIMEOUT_PROBLEM_TYPE};
 pub use future::ResponseFuture;
-pub use grpc_timeout::parse_grpc_timeout;
+pub use grpc_timeout::{encode_grpc_timeout, parse_grpc_timeout};
+pub use hooks::metric_names;
+pub(crate) use hooks::{Hooks, Scope};
 pub use layer::TimeoutLayer;
 pub use reload::TimeoutReload;
+pub use send_grpc_timeout::{SendGrpcTimeout, SendGrpcTimeoutLayer};
 pub use service::Timeout;
 
 /// Something a timeout layer did (see [`TimeoutLayer::on_event`]).
@@ -80,19 +116,11 @@ pub enum EventKind {
         /// then names the deadline's timeout: [`Elapsed::deadline_origin`].)
         after: Duration,
     },
-}
-
-/// The layer's listeners, if any: calls copy a pointer only when one is set.
-pub(crate) type Listener = crate::listener::Listener<Event>;
-
-impl Listener {
-    /// Reports `kind` inside the timeout future's poll (the call in scope).
-    #[cold]
-    pub(crate) fn emit(&self, kind: EventKind) {
-        if let Some(f) = &self.0
-            && let Some(call) = CallId::current()
-        {
-            f(&Event { call, kind });
-        }
-    }
+    /// A [body-inclusive](TimeoutLayer::including_body) timeout ran out while the response body
+    /// was read: the body failed with [`Elapsed`] (or, in
+    /// [`respond_grpc`](TimeoutLayer::respond_grpc) mode, ended with DEADLINE_EXCEEDED trailers).
+    BodyElapsed {
+        /// The time it was given, as for [`EventKind::Elapsed`].
+        after: Duration,
+    },
 }

@@ -11,7 +11,8 @@ use tower_service::Service;
 use tower_layer::Layer;
 
 use super::{
-    DeadlineOrigin, Listener, ResponseFuture, TimeoutLayer, parse_grpc_timeout, reload::Limit,
+    DeadlineOrigin, HeadOnly, Hooks, ResponseFuture, TimeoutLayer, encode_grpc_timeout,
+    future::Start, parse_grpc_timeout, reload::Limit,
 };
 use crate::{
     BoxError, ConfigError,
@@ -19,13 +20,18 @@ use crate::{
 };
 
 /// A service whose calls time out. Made by [`TimeoutLayer`](super::TimeoutLayer).
+///
+/// `C` says what the timeout covers: [`HeadOnly`] (the default) or, with
+/// [`TimeoutLayer::including_body`](super::TimeoutLayer::including_body),
+/// [`IncludingBody`](super::IncludingBody).
 #[derive(Debug, Clone)]
-pub struct Timeout<S, M> {
+pub struct Timeout<S, M, C = HeadOnly> {
     pub(crate) inner: S,
     // Read once per call: a call keeps the timeout it started with.
     pub(crate) timeout: Limit,
     pub(crate) mode: M,
-    pub(crate) events: Listener,
+    pub(crate) hooks: Hooks,
+    pub(crate) coverage: C,
 }
 
 impl<S> Timeout<S, ReturnError> {
@@ -40,7 +46,7 @@ impl<S> Timeout<S, ReturnError> {
     }
 }
 
-impl<S, M> Timeout<S, M> {
+impl<S, M, C> Timeout<S, M, C> {
     inner_service_accessors!();
 }
 
@@ -66,7 +72,8 @@ where
             self.timeout.get_with_nanos(),
             DeadlineOrigin::Timeout,
             0,
-            &self.events,
+            &self.hooks,
+            keep,
         )
     }
 }
@@ -93,7 +100,8 @@ where
             self.timeout.get_with_nanos(),
             DeadlineOrigin::Timeout,
             self.mode.status,
-            &self.events,
+            &self.hooks,
+            keep,
         )
     }
 }
@@ -113,46 +121,86 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let client = self
-            .mode
-            .honour_grpc_timeout
-            .then(|| {
-                req.headers()
-                    .get("grpc-timeout")
-                    .and_then(parse_grpc_timeout)
-            })
-            .flatten();
-        let own = self.timeout.get_with_nanos();
-        // The client's deadline, when it is the shorter one, is what an `Elapsed` names.
-        let (timeout, origin) = match client {
-            Some(c) if c < own.0 => ((c, crate::time::nanos_of(c)), DeadlineOrigin::GrpcTimeout),
-            _ => (own, DeadlineOrigin::Timeout),
-        };
-        call(&mut self.inner, req, timeout, origin, 0, &self.events)
+        grpc_call(
+            &mut self.inner,
+            req,
+            &self.timeout,
+            self.mode.honour_grpc_timeout,
+            &self.hooks,
+        )
     }
 }
+
+/// The request as it came (every mode but gRPC's).
+#[inline(always)]
+pub(super) fn keep<Req>(req: Req, _: &Start) -> Req {
+    req
+}
+
+/// Whether `req` is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`...).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A timeout in gRPC mode: the request's `grpc-timeout` shortens it (when honoured), and a gRPC
+/// request goes on with `grpc-timeout` set to the time the call is given (this timeout, or less
+/// when a deadline outside or the request's own is earlier), unless it already carries no more.
+pub(super) fn grpc_call<S, ReqB, M>(
+    inner: &mut S,
+    req: Request<ReqB>,
+    limit: &Limit,
+    honour: bool,
+    hooks: &Hooks,
+) -> ResponseFuture<S::Future, M>
+where
+    S: Service<Request<ReqB>>,
+{
+    let existing = req.headers().get(GRPC_TIMEOUT).and_then(parse_grpc_timeout);
+    let own = limit.get_with_nanos();
+    // The client's deadline, when it is the shorter one, is what an `Elapsed` names.
+    let (timeout, origin) = match existing {
+        Some(c) if honour && c < own.0 => {
+            ((c, crate::time::nanos_of(c)), DeadlineOrigin::GrpcTimeout)
+        }
+        _ => (own, DeadlineOrigin::Timeout),
+    };
+    call(inner, req, timeout, origin, 0, hooks, |mut req, start| {
+        let left = Duration::from_nanos(start.given);
+        if is_grpc(&req) && existing.is_none_or(|e| e > left) {
+            req.headers_mut()
+                .insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
+        }
+        req
+    })
+}
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Works out when the timeout ends (shortened to the current deadline of a timeout outside),
 /// then calls `inner` with that deadline current, so the layers inside see it. One clock read
 /// and one read of the outer deadline; the timer itself is made by the future, only if the
 /// call is still pending when first polled.
 #[inline]
-fn call<S: Service<Req>, Req, M>(
+pub(super) fn call<S: Service<Req>, Req, M>(
     inner: &mut S,
     req: Req,
     (timeout, nanos): (Duration, u64),
     origin: DeadlineOrigin,
     code: u64,
-    events: &Listener,
+    hooks: &Hooks,
+    prepare: impl FnOnce(Req, &Start) -> Req,
 ) -> ResponseFuture<S::Future, M> {
     let now = tokio::time::Instant::now();
     // One read of the outer deadline: what this timeout shrinks to, and what it restores.
     let outer = super::deadline::current();
     let start = super::future::start(now, timeout, nanos, origin, outer);
+    let req = prepare(req, &start);
     let mut call = crate::call::EMPTY;
     let future = crate::call::within(&mut call, || {
         let _deadline = super::deadline::replace(outer, start.current);
         inner.call(req)
     });
-    ResponseFuture::new(future, start, code, call, events.clone())
+    ResponseFuture::new(future, start, code, call, hooks.clone())
 }

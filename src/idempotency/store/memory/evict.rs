@@ -188,7 +188,11 @@ impl MemoryStore {
         if evicted > 0 {
             self.inner.evicted.fetch_add(evicted, Relaxed);
             #[cfg(feature = "metrics")]
-            metrics::counter!(crate::idempotency::metric_names::STORE_EVICTED).increment(evicted);
+            {
+                crate::idempotency::instrument::describe();
+                metrics::counter!(crate::idempotency::metric_names::STORE_EVICTED)
+                    .increment(evicted);
+            }
         }
         fits(0)
     }

@@ -16,7 +16,7 @@ use crate::idempotency::{Completion, Fingerprint};
 
 pub(super) fn completion_size(c: &Completion) -> usize {
     match c {
-        Completion::NotReplayable { .. } => 0,
+        Completion::NotReplayable { .. } | Completion::OutcomeUnknown { .. } => 0,
         Completion::Response(r) => {
             let headers = |h: &http::HeaderMap| {
                 h.iter()
@@ -119,7 +119,10 @@ impl MemoryStore {
     /// The refusal of a new key, saying when room frees up.
     fn full(&self, now: Instant) -> StoreError {
         #[cfg(feature = "metrics")]
-        metrics::counter!(crate::idempotency::metric_names::STORE_FULL).increment(1);
+        {
+            crate::idempotency::instrument::describe();
+            metrics::counter!(crate::idempotency::metric_names::STORE_FULL).increment(1);
+        }
         let wait = self.room_frees_in(now);
         #[cfg(feature = "tracing")]
         tracing::warn!(
@@ -186,7 +189,7 @@ impl MemoryStore {
                 drop(shard);
                 #[cfg(feature = "tracing")]
                 tracing::warn!(
-                    key,
+                    key = %crate::idempotency::redact::ShownKey::redacted(key),
                     "idempotency memory store full: response kept as not replayable"
                 );
                 stored
@@ -234,14 +237,15 @@ impl MemoryStore {
             // No room for the body: keep the fact that it ran, which always fits the
             // claim's reservation (or a record's worth over the bound, once).
             degraded = true;
-            let status = match completion {
-                Completion::Response(r) => r.status,
-                Completion::NotReplayable { status } => *status,
+            let kept = match completion {
+                Completion::Response(r) => Completion::NotReplayable { status: r.status },
+                // Bodiless already: kept as they are.
+                other => other.clone(),
             };
             if held < base {
                 self.inner.bytes.fetch_add(base - held, Relaxed);
             }
-            (Completion::NotReplayable { status }, base.max(held))
+            (kept, base.max(held))
         };
         // The clock is read under the lock, so completion times never go back in a shard.
         let now = Instant::now();

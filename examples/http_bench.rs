@@ -1,0 +1,160 @@
+//! The servers `benches/http/run.sh` loads with wrk: one handler answering 201 at once, served
+//! bare, behind the standard server pipeline, and behind the Idempotency-Key layer.
+//!
+//! ```text
+//! cargo run --release --example http_bench -- bare 127.0.0.1:8081
+//! cargo run --release --example http_bench -- pipeline 127.0.0.1:8082
+//! cargo run --release --example http_bench -- memory 127.0.0.1:8083
+//! cargo run --release --example http_bench -- redis 127.0.0.1:8084 redis://127.0.0.1:6379
+//! cargo run --release --example http_bench -- store-limit 32 redis://127.0.0.1:6379
+//! ```
+//!
+//! Each server runs on a 2-worker tokio runtime and prints `listening on <addr>` once bound.
+//! `store-limit <connections> <url>` is the Redis store's own limit for the same work: that many
+//! tasks each claiming a new key and completing it with the handler's answer, as fast as the
+//! store answers, for 8 s; it prints the keys per second.
+
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, http::StatusCode, routing::post};
+use tower_rampart::{
+    circuit_breaker,
+    idempotency::{
+        Completion, Fingerprint, IdempotencyLayer, OwnerToken, RedisStore, Store, StoredResponse,
+    },
+    pipeline::StandardServerLayer,
+};
+
+async fn created() -> (StatusCode, &'static str) {
+    (StatusCode::CREATED, "{\"id\":1}")
+}
+
+fn app() -> Router {
+    Router::new().route("/payments", post(created))
+}
+
+async fn serve(variant: &str, addr: &str, redis: Option<&str>) -> Result<(), String> {
+    let app = match variant {
+        "bare" => app(),
+        "pipeline" => {
+            let layer = StandardServerLayer::builder()
+                .timeout(Duration::from_secs(5))
+                .circuit_breaker(|defaults: circuit_breaker::Builder| defaults.name("bench"))
+                .build()
+                .map_err(|e| e.to_string())?;
+            app().layer(layer)
+        }
+        // One tenant: wrk sends no caller identity to scope keys by.
+        "memory" => app().layer(
+            IdempotencyLayer::builder()
+                .global_keys()
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        "redis" => {
+            let url = redis.ok_or("the redis variant needs a Redis URL")?;
+            let store = RedisStore::connect(url).await.map_err(|e| e.to_string())?;
+            let layer = IdempotencyLayer::builder()
+                .store(store)
+                .global_keys()
+                .build()
+                .map_err(|e| e.to_string())?;
+            app().layer(layer)
+        }
+        other => {
+            return Err(format!(
+                "unknown variant {other:?}: bare, pipeline, memory or redis"
+            ));
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!(
+        "listening on {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+/// Claims and completes new keys from `tasks` tasks for 8 s; returns keys per second.
+async fn store_limit(tasks: usize, url: &str) -> Result<f64, String> {
+    let store = RedisStore::connect(url).await.map_err(|e| e.to_string())?;
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(8);
+    let completion = Completion::Response(StoredResponse {
+        status: StatusCode::CREATED,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::from_static(b"{\"id\":1}"),
+        trailers: None,
+    });
+    let run = |store: RedisStore, done: Arc<AtomicU64>, completion: Completion| async move {
+        let fingerprint = Fingerprint::from_bytes([7; 32]);
+        let (lease, ttl) = (Duration::from_secs(30), Duration::from_secs(600));
+        while Instant::now() < end {
+            let key = uuid::Uuid::new_v4().to_string();
+            let token = OwnerToken::new();
+            store.claim(&key, &fingerprint, token, lease).await?;
+            store
+                .complete(&key, &fingerprint, token, &completion, ttl)
+                .await?;
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok::<_, tower_rampart::idempotency::StoreError>(())
+    };
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| tokio::spawn(run(store.clone(), done.clone(), completion.clone())))
+        .collect();
+    for handle in handles {
+        handle
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(variant), Some(addr)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: http_bench <bare|pipeline|memory|redis> <addr> [redis-url]");
+        return ExitCode::from(2);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if variant == "store-limit" {
+        let tasks = addr.parse().unwrap_or(32);
+        let Some(url) = args.get(2) else {
+            eprintln!("usage: http_bench store-limit <tasks> <redis-url>");
+            return ExitCode::from(2);
+        };
+        return match runtime.block_on(store_limit(tasks, url)) {
+            Ok(rate) => {
+                println!("store-limit {rate:.0} keys/s");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("http_bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match runtime.block_on(serve(variant, addr, args.get(2).map(String::as_str))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("http_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Spans of a retried call (feature `tracing`): one `rampart.call` span per logical call, one
+//! `rampart.attempt` child span per attempt, with OpenTelemetry's field names where they apply.
+//! Without the feature every type here is zero-sized and every method empty; with it but no
+//! subscriber interested, making a span is a callsite interest check.
+
+#[cfg(feature = "tracing")]
+use tracing::{Span, field::Empty};
+
+/// The spans of one call.
+#[cfg(feature = "tracing")]
+pub(crate) struct Spans {
+    call: Span,
+    attempt: Span,
+}
+
+/// The spans of one call (none without the `tracing` feature).
+#[cfg(not(feature = "tracing"))]
+pub(crate) struct Spans;
+
+/// Keeps a span entered while alive.
+#[cfg(feature = "tracing")]
+pub(crate) type Entered = tracing::span::EnteredSpan;
+
+/// Keeps a span entered while alive (nothing without the `tracing` feature).
+#[cfg(not(feature = "tracing"))]
+pub(crate) struct Entered;
+
+#[cfg(feature = "tracing")]
+impl Spans {
+    /// The call span of the retry layer `retry`, and its first attempt's span.
+    #[inline]
+    pub(crate) fn start(retry: &str) -> Self {
+        let call = tracing::info_span!(
+            "rampart.call",
+            "rampart.retry" = retry,
+            "rampart.attempts" = Empty,
+            "error.type" = Empty,
+        );
+        let attempt = tracing::info_span!(
+            parent: &call,
+            "rampart.attempt",
+            "http.request.resend_count" = Empty,
+            "error.type" = Empty,
+        );
+        Spans { call, attempt }
+    }
+
+    /// Enters the call span (for a poll of the call).
+    #[inline]
+    pub(crate) fn enter_call(&self) -> Entered {
+        self.call.clone().entered()
+    }
+
+    /// Enters the current attempt's span (while it is polled, and its outcome handled).
+    #[inline]
+    pub(crate) fn enter_attempt(&self) -> Entered {
+        self.attempt.clone().entered()
+    }
+
+    /// The attempt failed with `error_type`: recorded on its span, which then ends.
+    pub(crate) fn attempt_failed(&mut self, error_type: &str) {
+        self.attempt.record("error.type", error_type);
+        self.attempt = Span::none();
+    }
+
+    /// The call ends after `attempts` attempts, failed with `error_type` if any.
+    pub(crate) fn end(&mut self, attempts: u64, error_type: Option<&str>) {
+        self.call.record("rampart.attempts", attempts);
+        if let Some(e) = error_type {
+            self.attempt.record("error.type", e);
+            self.call.record("error.type", e);
+        }
+    }
+
+    /// A new attempt, the `resend`-th resend of the request: its span, entered while the
+    /// request is sent.
+    pub(crate) fn resend(&mut self, resend: u64) -> Entered {
+        self.attempt = tracing::info_span!(
+            parent: &self.call,
+            "rampart.attempt",
+            "http.request.resend_count" = resend,
+            "error.type" = Empty,
+        );
+        self.enter_attempt()
+    }
+}
+
+#[cfg(not(feature = "tracing"))]
+impl Spans {
+    #[inline(always)]
+    pub(crate) fn start(_retry: &str) -> Self {
+        Spans
+    }
+
+    #[inline(always)]
+    pub(crate) fn enter_call(&self) -> Entered {
+        Entered
+    }
+
+    #[inline(always)]
+    pub(crate) fn enter_attempt(&self) -> Entered {
+        Entered
+    }
+
+    #[inline(always)]
+    pub(crate) fn attempt_failed(&mut self, _error_type: &str) {}
+
+    #[inline(always)]
+    pub(crate) fn end(&mut self, _attempts: u64, _error_type: Option<&str>) {}
+
+    #[inline(always)]
+    pub(crate) fn resend(&mut self, _resend: u64) -> Entered {
+        Entered
+    }
+}

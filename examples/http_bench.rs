@@ -10,6 +10,8 @@
 //! ```
 //!
 //! Each server runs on a 2-worker tokio runtime and prints `listening on <addr>` once bound.
+//! `calls <bare|pipeline|memory> <n>` sends `n` POSTs with new keys through the variant's router in
+//! process (no sockets, one thread), for callgrind: run it with `n` and `2n` and subtract.
 //! `store-limit <connections> <url>` is the Redis store's own limit for the same work: that many
 //! tasks each claiming a new key and completing it with the handler's answer, as fast as the
 //! store answers, for 8 s; it prints the keys per second.
@@ -41,7 +43,40 @@ fn app() -> Router {
 }
 
 async fn serve(variant: &str, addr: &str, redis: Option<&str>) -> Result<(), String> {
-    let app = match variant {
+    let app = router(variant, redis).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!(
+        "listening on {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+/// `n` POSTs with new keys through the variant's router, in process.
+async fn calls(variant: &str, n: u64) -> Result<(), String> {
+    use tower::ServiceExt;
+    let app = router(variant, None).await?;
+    for i in 0..n {
+        let req = http::Request::post("/payments")
+            .header("idempotency-key", format!("key-{i}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{\"amount\":1}"))
+            .map_err(|e| e.to_string())?;
+        let res = app.clone().oneshot(req).await.map_err(|e| e.to_string())?;
+        if res.status() != StatusCode::CREATED {
+            return Err(format!("call {i}: {}", res.status()));
+        }
+        axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn router(variant: &str, redis: Option<&str>) -> Result<Router, String> {
+    Ok(match variant {
         "bare" => app(),
         "pipeline" => {
             let layer = StandardServerLayer::builder()
@@ -73,15 +108,7 @@ async fn serve(variant: &str, addr: &str, redis: Option<&str>) -> Result<(), Str
                 "unknown variant {other:?}: bare, pipeline, memory or redis"
             ));
         }
-    };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    println!(
-        "listening on {}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    axum::serve(listener, app).await.map_err(|e| e.to_string())
+    })
 }
 
 /// Claims and completes new keys from `tasks` tasks for 8 s; returns keys per second.
@@ -133,6 +160,20 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    if variant == "calls" {
+        let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        return match rt.block_on(calls(addr, n)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("http_bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if variant == "store-limit" {
         let tasks = addr.parse().unwrap_or(32);
         let Some(url) = args.get(2) else {

@@ -182,8 +182,10 @@ async fn one_retried_call_is_one_call_span_with_two_attempt_spans() {
     );
     // Closed in order: the failed first attempt, then the resend.
     assert_eq!(attempts[0].fields.get("http.request.resend_count"), None);
-    assert!(
-        attempts[0].fields.contains_key("error.type"),
+    // The classifier names the failed response: its status, as OpenTelemetry's `error.type`.
+    assert_eq!(
+        attempts[0].fields.get("error.type").map(String::as_str),
+        Some("503"),
         "{:?}",
         attempts[0]
     );

@@ -200,6 +200,14 @@ impl<E> Classify<reqwest::Response, E> for HttpStatus {
         }
     }
 
+    fn error_type(
+        &self,
+        result: Result<&reqwest::Response, &E>,
+    ) -> Option<std::borrow::Cow<'static, str>> {
+        let res = result.ok()?;
+        Some(super::error_type_of(res.status(), res.headers()))
+    }
+
     #[inline]
     fn follows_body(&self, head: &Outcome, res: &reqwest::Response) -> bool {
         self.waits_for_end(head, res.status(), res.headers())

@@ -44,6 +44,15 @@ macro_rules! classify_http_response {
                 }
             }
 
+            /// The answer's `grpc-status` if its head has one, else its HTTP status.
+            fn error_type(
+                &self,
+                result: Result<&http::Response<B>, &E>,
+            ) -> Option<std::borrow::Cow<'static, str>> {
+                let res = result.ok()?;
+                Some(super::error_type_of(res.status(), res.headers()))
+            }
+
             #[inline]
             fn follows_body(&self, head: &super::Outcome, res: &http::Response<B>) -> bool {
                 self.waits_for_end(head, res.status(), res.headers())
@@ -150,6 +159,23 @@ impl Outcome {
 pub trait Classify<Res, Err> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
+
+    /// What a failed call was, for traces (OpenTelemetry's `error.type`): the HTTP status of a
+    /// response (`"503"`), the `grpc-status` of a gRPC answer (`"14"`). Asked only when a layer
+    /// records a failure in a span. `None`, the default, leaves it to the layer: the error's
+    /// type name, `circuit_open` for a refusal, `_OTHER` for a response.
+    ///
+    /// ```
+    /// use tower_rampart::classify::{Classify, HttpStatus};
+    ///
+    /// let busy = http::Response::builder().status(503).body(()).unwrap();
+    /// let named = HttpStatus::default().error_type(Ok::<_, &()>(&busy));
+    /// assert_eq!(named.as_deref(), Some("503"));
+    /// ```
+    fn error_type(&self, result: Result<&Res, &Err>) -> Option<std::borrow::Cow<'static, str>> {
+        let _ = result;
+        None
+    }
 
     /// The classifier one call uses from its start to its end. A layer that judges several
     /// outcomes of one call (the retry layer, one per attempt) takes it when the call starts,
@@ -281,6 +307,17 @@ pub trait Classify<Res, Err> {
             Ok(_) => false,
             Err(e) => self.is_refusal(e),
         }
+    }
+}
+
+/// `error.type` of an HTTP or gRPC answer: its head's `grpc-status`, else its HTTP status.
+fn error_type_of(
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+) -> std::borrow::Cow<'static, str> {
+    match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+        Some(code) => code.to_owned().into(),
+        None => status.as_str().to_owned().into(),
     }
 }
 

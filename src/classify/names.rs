@@ -1213,6 +1213,11 @@ where
         self.base.follows_body(head, response)
     }
 
+    /// As the base classifier says.
+    fn error_type(&self, result: Result<&Res, &E>) -> Option<std::borrow::Cow<'static, str>> {
+        self.base.error_type(result)
+    }
+
     /// The base's outcome of the end, narrowed by the names as at the head: the trailers'
     /// `grpc-status` is the name of a stream's end; a body error or a clean end has none.
     fn classify_end(&self, head: Outcome, end: BodyEnd<'_>) -> Outcome {

@@ -185,15 +185,16 @@ where
         let open = this.classifier.is_refused(result.as_ref());
         #[cfg(feature = "tracing")]
         let error_type = if open {
-            "circuit_open"
+            "circuit_open".into()
+        } else if let Some(named) = this.classifier.error_type(result.as_ref()) {
+            named
         } else if result.is_err() {
-            std::any::type_name::<S::Error>()
+            std::any::type_name::<S::Error>().into()
         } else {
-            // A response the classifier failed: no status known at this level.
-            "_OTHER"
+            std::borrow::Cow::Borrowed("_OTHER")
         };
         #[cfg(not(feature = "tracing"))]
-        let error_type = "";
+        let error_type = std::borrow::Cow::Borrowed("");
         match policy.next(
             attempts,
             outcome,
@@ -207,13 +208,13 @@ where
                     policy.gave_up(attempts, reason);
                 }
                 policy.ended(*this.started, attempt_started(this.retries));
-                this.spans.end(u64::from(attempts), Some(error_type));
+                this.spans.end(u64::from(attempts), Some(&error_type));
                 Some(result.map_err(Into::into))
             }
             Next::Wait(delay, cause) => {
                 policy.attempt_ended(*this.started, attempt_started(this.retries));
                 policy.retrying(attempts, delay, cause, result.is_err());
-                this.spans.attempt_failed(error_type);
+                this.spans.attempt_failed(&error_type);
                 this.state.set(State::Waiting {
                     sleep: Box::pin(tokio::time::sleep(delay)),
                 });

@@ -35,12 +35,14 @@ impl Spans {
             "rampart.retry" = retry,
             "rampart.attempts" = Empty,
             "error.type" = Empty,
+            "otel.status_code" = Empty,
         );
         let attempt = tracing::info_span!(
             parent: &call,
             "rampart.attempt",
             "http.request.resend_count" = Empty,
             "error.type" = Empty,
+            "otel.status_code" = Empty,
         );
         Spans { call, attempt }
     }
@@ -59,16 +61,16 @@ impl Spans {
 
     /// The attempt failed with `error_type`: recorded on its span, which then ends.
     pub(crate) fn attempt_failed(&mut self, error_type: &str) {
-        self.attempt.record("error.type", error_type);
+        failed(&self.attempt, error_type);
         self.attempt = Span::none();
     }
 
     /// The call ends after `attempts` attempts, failed with `error_type` if any.
     pub(crate) fn end(&mut self, attempts: u64, error_type: Option<&str>) {
-        self.call.record("rampart.attempts", attempts);
+        self.call.record("rampart.attempts", otel_int(attempts));
         if let Some(e) = error_type {
-            self.attempt.record("error.type", e);
-            self.call.record("error.type", e);
+            failed(&self.attempt, e);
+            failed(&self.call, e);
         }
     }
 
@@ -78,11 +80,25 @@ impl Spans {
         self.attempt = tracing::info_span!(
             parent: &self.call,
             "rampart.attempt",
-            "http.request.resend_count" = resend,
+            "http.request.resend_count" = otel_int(resend),
             "error.type" = Empty,
+            "otel.status_code" = Empty,
         );
         self.enter_attempt()
     }
+}
+
+/// A failed span: `error.type`, and the OpenTelemetry status `tracing-opentelemetry` reads.
+#[cfg(feature = "tracing")]
+fn failed(span: &Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "error");
+}
+
+/// OpenTelemetry's integers are i64 (`tracing-opentelemetry` turns a u64 into text).
+#[cfg(feature = "tracing")]
+fn otel_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(not(feature = "tracing"))]

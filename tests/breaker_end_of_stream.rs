@@ -5,26 +5,22 @@
 mod common;
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use common::grpc::{BoxFut, Ping, channel, incoming};
-use futures_util::{Stream, StreamExt, stream};
+use common::grpc::{Messages, Ping, Streaming, channel, incoming};
+use futures_util::{StreamExt, stream};
 use http::uri::PathAndQuery;
 use tonic::{
     Code, Status,
     body::Body,
     client::{Grpc, GrpcService},
-    server::NamedService,
     transport::Server,
 };
 use tonic_prost::ProstCodec;
@@ -38,60 +34,30 @@ use tower_rampart::{
     retry::{BufferBodyLayer, HttpReplay, RetryLayer},
 };
 
-type Messages = Pin<Box<dyn Stream<Item = Result<Ping, Status>> + Send>>;
-
 /// `test.Stream/Watch`: two messages, then what the request's text says: `ok` ends the stream
 /// with OK, `fail` with UNAVAILABLE in the trailers, `hang` never ends it.
-#[derive(Clone)]
-struct Streams(Arc<AtomicUsize>);
-
-impl NamedService for Streams {
-    const NAME: &'static str = "test.Stream";
-}
-
-impl<B> Service<http::Request<B>> for Streams
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFut<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        self.0.fetch_add(1, SeqCst);
-        let watch = tower::service_fn(|req: tonic::Request<Ping>| async move {
-            let two = stream::iter([1, 2].map(|n| {
-                Ok(Ping {
-                    text: format!("m{n}"),
-                })
-            }));
-            let end: Messages = match req.into_inner().text.as_str() {
-                "ok" => Box::pin(two),
-                "fail" => Box::pin(two.chain(stream::once(async {
-                    Err(Status::unavailable("gone after two"))
-                }))),
-                _ => Box::pin(two.chain(stream::pending())),
-            };
-            Ok::<_, Status>(tonic::Response::new(end))
-        });
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Ping, Ping>::default());
-            Ok(grpc.server_streaming(watch, req).await)
+fn watch_messages(req: tonic::Request<Ping>) -> Messages {
+    let two = stream::iter([1, 2].map(|n| {
+        Ok(Ping {
+            text: format!("m{n}"),
         })
+    }));
+    match req.into_inner().text.as_str() {
+        "ok" => Box::pin(two),
+        "fail" => Box::pin(two.chain(stream::once(async {
+            Err(Status::unavailable("gone after two"))
+        }))),
+        _ => Box::pin(two.chain(stream::pending())),
     }
 }
 
 /// Starts the streaming server; its address and the number of calls it received.
 async fn grpc_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let service = Streaming::new(watch_messages);
+    let calls = service.calls.clone();
     let (incoming, addr) = incoming().await;
     let server = Server::builder()
-        .add_service(Streams(calls.clone()))
+        .add_service(service)
         .serve_with_incoming(incoming);
     tokio::spawn(server);
     (addr, calls)

@@ -5,19 +5,16 @@
 mod common;
 
 use std::{
-    convert::Infallible,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use common::grpc::{BoxFut, Echo, Methods, Ping, channel, incoming, ping};
-use futures_util::{Stream, StreamExt};
+use common::grpc::{Echo, Messages, Methods, Ping, Streaming, channel, incoming, ping};
+use futures_util::StreamExt;
 use http::uri::PathAndQuery;
-use tonic::{Code, Status, body::Body, client::Grpc, server::NamedService, transport::Server};
+use tonic::{Code, Status, body::Body, client::Grpc, transport::Server};
 use tonic_prost::ProstCodec;
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_rampart::{
     BoxError,
     timeout::{Deadline, TimeoutLayer, parse_grpc_timeout},
@@ -26,59 +23,22 @@ use tower_rampart::{
 const TIMEOUT: Duration = Duration::from_millis(200);
 
 /// `test.Stream/Count`: 5 messages, 100 ms apart (the first after 100 ms).
-#[derive(Clone)]
-struct Counter;
-
-impl NamedService for Counter {
-    const NAME: &'static str = "test.Stream";
+fn count_messages(_: tonic::Request<Ping>) -> Messages {
+    Box::pin(futures_util::stream::unfold(0, |i| async move {
+        if i == 5 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok(Ping {
+                text: i.to_string(),
+            }),
+            i + 1,
+        ))
+    }))
 }
 
-type Messages = Pin<Box<dyn Stream<Item = Result<Ping, Status>> + Send>>;
-
-impl tonic::server::ServerStreamingService<Ping> for Counter {
-    type Response = Ping;
-    type ResponseStream = Messages;
-    type Future = BoxFut<Result<tonic::Response<Messages>, Status>>;
-
-    fn call(&mut self, _: tonic::Request<Ping>) -> Self::Future {
-        let messages = futures_util::stream::unfold(0, |i| async move {
-            if i == 5 {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Some((
-                Ok(Ping {
-                    text: i.to_string(),
-                }),
-                i + 1,
-            ))
-        });
-        Box::pin(async move { Ok(tonic::Response::new(Box::pin(messages) as Messages)) })
-    }
-}
-
-impl<B> Service<http::Request<B>> for Counter
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFut<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Ping, Ping>::default());
-            Ok(grpc.server_streaming(Counter, req).await)
-        })
-    }
-}
-
-/// Serves `Counter` on 127.0.0.1, behind a 200 ms body-inclusive gRPC timeout if `timed`; its
+/// Serves `test.Stream/Count` on 127.0.0.1, behind a 200 ms body-inclusive gRPC timeout if `timed`; its
 /// address.
 async fn stream_server(timed: bool) -> std::net::SocketAddr {
     let (incoming, addr) = incoming().await;
@@ -87,10 +47,12 @@ async fn stream_server(timed: bool) -> std::net::SocketAddr {
             .unwrap()
             .respond_grpc()
             .including_body();
-        let server = Server::builder().layer(layer).add_service(Counter);
+        let server = Server::builder()
+            .layer(layer)
+            .add_service(Streaming::new(count_messages));
         tokio::spawn(server.serve_with_incoming(incoming));
     } else {
-        let server = Server::builder().add_service(Counter);
+        let server = Server::builder().add_service(Streaming::new(count_messages));
         tokio::spawn(server.serve_with_incoming(incoming));
     }
     addr

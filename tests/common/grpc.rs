@@ -184,3 +184,65 @@ where
     let reply = unary(grpc, method, req).await;
     reply.map(tonic::Response::into_inner)
 }
+
+/// The messages of a server-streaming method.
+pub type Messages = Pin<Box<dyn futures_util::Stream<Item = Result<Ping, Status>> + Send>>;
+
+/// A gRPC service `test.Stream` with one server-streaming method (any path): `f` turns the
+/// request into the stream of messages it answers; `calls` counts the requests.
+#[derive(Clone)]
+pub struct Streaming<F> {
+    f: F,
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<F: Fn(tonic::Request<Ping>) -> Messages> Streaming<F> {
+    pub fn new(f: F) -> Self {
+        Streaming {
+            f,
+            calls: Arc::default(),
+        }
+    }
+}
+
+impl<F> NamedService for Streaming<F> {
+    const NAME: &'static str = "test.Stream";
+}
+
+struct StreamWith<'a, F>(&'a F);
+
+impl<F: Fn(tonic::Request<Ping>) -> Messages> tonic::server::ServerStreamingService<Ping>
+    for StreamWith<'_, F>
+{
+    type Response = Ping;
+    type ResponseStream = Messages;
+    type Future = std::future::Ready<Result<tonic::Response<Messages>, Status>>;
+
+    fn call(&mut self, req: tonic::Request<Ping>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new((self.0)(req))))
+    }
+}
+
+impl<F, B> Service<http::Request<B>> for Streaming<F>
+where
+    F: Fn(tonic::Request<Ping>) -> Messages + Clone + Send + Sync + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFut<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let f = self.f.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Ping, Ping>::default());
+            Ok(grpc.server_streaming(StreamWith(&f), req).await)
+        })
+    }
+}

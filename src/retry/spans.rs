@@ -6,9 +6,13 @@
 #[cfg(feature = "tracing")]
 use tracing::{Span, field::Empty};
 
-/// The spans of one call.
+/// The spans of one call: none when no subscriber wants them (the feature on, nobody
+/// listening costs a callsite check per call, and a word in the future).
 #[cfg(feature = "tracing")]
-pub(crate) struct Spans {
+pub(crate) struct Spans(Option<Box<Live>>);
+
+#[cfg(feature = "tracing")]
+struct Live {
     call: Span,
     attempt: Span,
 }
@@ -19,7 +23,7 @@ pub(crate) struct Spans;
 
 /// Keeps a span entered while alive.
 #[cfg(feature = "tracing")]
-pub(crate) type Entered = tracing::span::EnteredSpan;
+pub(crate) type Entered = Option<tracing::span::EnteredSpan>;
 
 /// Keeps a span entered while alive (nothing without the `tracing` feature).
 #[cfg(not(feature = "tracing"))]
@@ -37,6 +41,59 @@ impl Spans {
             "error.type" = Empty,
             "otel.status_code" = Empty,
         );
+        if call.is_disabled() {
+            return Spans(None);
+        }
+        Spans(Some(Box::new(Live::start(call))))
+    }
+
+    /// Enters the call span (for a poll of the call).
+    #[inline]
+    pub(crate) fn enter_call(&self) -> Entered {
+        self.0.as_ref().map(|l| l.call.clone().entered())
+    }
+
+    /// Enters the current attempt's span (while it is polled, and its outcome handled).
+    #[inline]
+    pub(crate) fn enter_attempt(&self) -> Entered {
+        self.0.as_ref().map(|l| l.attempt.clone().entered())
+    }
+
+    /// The attempt failed with `error_type`: recorded on its span, which then ends.
+    pub(crate) fn attempt_failed(&mut self, error_type: &str) {
+        if let Some(l) = self.0.as_mut() {
+            failed(&l.attempt, error_type);
+            l.attempt = Span::none();
+        }
+    }
+
+    /// The call ends after `attempts` attempts, failed with `error_type` if any.
+    #[inline]
+    pub(crate) fn end(&mut self, attempts: u64, error_type: Option<&str>) {
+        if let Some(l) = self.0.as_mut() {
+            l.end(attempts, error_type);
+        }
+    }
+
+    /// A new attempt, the `resend`-th resend of the request: its span, entered while the
+    /// request is sent.
+    pub(crate) fn resend(&mut self, resend: u64) -> Entered {
+        let l = self.0.as_mut()?;
+        l.attempt = tracing::info_span!(
+            parent: &l.call,
+            "rampart.attempt",
+            "http.request.resend_count" = otel_int(resend),
+            "error.type" = Empty,
+            "otel.status_code" = Empty,
+        );
+        Some(l.attempt.clone().entered())
+    }
+}
+
+#[cfg(feature = "tracing")]
+impl Live {
+    #[inline(never)]
+    fn start(call: Span) -> Self {
         let attempt = tracing::info_span!(
             parent: &call,
             "rampart.attempt",
@@ -44,47 +101,16 @@ impl Spans {
             "error.type" = Empty,
             "otel.status_code" = Empty,
         );
-        Spans { call, attempt }
+        Live { call, attempt }
     }
 
-    /// Enters the call span (for a poll of the call).
-    #[inline]
-    pub(crate) fn enter_call(&self) -> Entered {
-        self.call.clone().entered()
-    }
-
-    /// Enters the current attempt's span (while it is polled, and its outcome handled).
-    #[inline]
-    pub(crate) fn enter_attempt(&self) -> Entered {
-        self.attempt.clone().entered()
-    }
-
-    /// The attempt failed with `error_type`: recorded on its span, which then ends.
-    pub(crate) fn attempt_failed(&mut self, error_type: &str) {
-        failed(&self.attempt, error_type);
-        self.attempt = Span::none();
-    }
-
-    /// The call ends after `attempts` attempts, failed with `error_type` if any.
-    pub(crate) fn end(&mut self, attempts: u64, error_type: Option<&str>) {
+    #[inline(never)]
+    fn end(&mut self, attempts: u64, error_type: Option<&str>) {
         self.call.record("rampart.attempts", otel_int(attempts));
         if let Some(e) = error_type {
             failed(&self.attempt, e);
             failed(&self.call, e);
         }
-    }
-
-    /// A new attempt, the `resend`-th resend of the request: its span, entered while the
-    /// request is sent.
-    pub(crate) fn resend(&mut self, resend: u64) -> Entered {
-        self.attempt = tracing::info_span!(
-            parent: &self.call,
-            "rampart.attempt",
-            "http.request.resend_count" = otel_int(resend),
-            "error.type" = Empty,
-            "otel.status_code" = Empty,
-        );
-        self.enter_attempt()
     }
 }
 

@@ -94,6 +94,7 @@ pub mod fallback;
 pub mod health;
 pub mod idempotency;
 mod listener;
+pub mod message;
 pub mod mode;
 pub mod pipeline;
 mod problem;

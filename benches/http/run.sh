@@ -31,6 +31,7 @@ start() { # variant: starts its server, sets port[variant] once it listens
   local p; p=$(free_port)
   "$bin" "$1" "127.0.0.1:$p" "$redis_url" >/dev/null 2>"target/http_bench_$1.log" &
   pids+=("$!")
+  pid[$1]=$!
   for _ in $(seq 100); do
     if (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port[$1]=$p; return; fi
     sleep 0.05
@@ -39,18 +40,40 @@ start() { # variant: starts its server, sets port[variant] once it listens
   exit 1
 }
 
-declare -A port
+declare -A port pid cpu
+notes=()
+# The server's CPU time (user + system), in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 for v in bare pipeline memory redis; do start "$v"; done
 
+echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (wrk figures mean little while anything else runs)"
 echo "wrk -t2 -c$CONNECTIONS -d$DURATION, a new Idempotency-Key per request; requests per second"
 printf '%-10s' round; for v in bare pipeline memory redis; do printf '%12s' "$v"; done; printf '%14s\n' store-limit
 for r in $(seq "$ROUNDS"); do
   printf '%-10s' "$r"
   for v in bare pipeline memory redis; do
-    rps=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s benches/http/new_key.lua "http://127.0.0.1:${port[$v]}" \
-      | awk '/Requests\/sec/ {printf "%.0f", $2}')
+    t0=$(ticks "${pid[$v]}")
+    out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s benches/http/new_key.lua "http://127.0.0.1:${port[$v]}")
+    t1=$(ticks "${pid[$v]}")
+    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    cpu[$r.$v]=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$n" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
+    # Only 201s count: a refusal (503, a full store) or an error is cheaper than a new key.
+    bad=$(awk '/Non-2xx or 3xx responses|Socket errors/ {print}' <<<"$out")
+    if [[ -n "$bad" ]]; then rps="$rps!"; notes+=("round $r, $v: $bad"); fi
     printf '%12s' "$rps"
   done
   limit=$("$bin" store-limit "$CONNECTIONS" "$redis_url" | awk '{print $2}')
   printf '%14s\n' "$limit"
 done
+# CPU time per request varies less with other load than requests per second do (though a busy
+# machine's caches still inflate it); Redis's own CPU is not in it.
+echo "server CPU per request (user + system, microseconds)"
+for r in $(seq "$ROUNDS"); do
+  printf '%-10s' "$r"
+  for v in bare pipeline memory redis; do printf '%12s' "${cpu[$r.$v]}"; done
+  printf '\n'
+done
+for n in "${notes[@]}"; do echo "! $n"; done
+echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -86,8 +86,10 @@ impl<St: Store> Builder<St> {
     /// The in-flight lease, renewed every third of it from the claim until the response is
     /// stored (10 s by default).
     ///
-    /// Renewals run in a task of their own, so a handler that blocks its worker thread (a
-    /// synchronous driver, a CPU-heavy step) keeps its key on a multi-thread runtime. On a
+    /// Renewals run apart from the handler's task (one task per layer watches the keys in
+    /// flight, and a key still running at its first renewal gets a task of its own), so a
+    /// handler that blocks its worker thread (a synchronous driver, a CPU-heavy step) keeps
+    /// its key on a multi-thread runtime. On a
     /// current-thread runtime, or when every worker is blocked, nothing else runs meanwhile,
     /// renewals included: a handler that blocks longer than the lease there may run twice.
     /// Run blocking work with `tokio::task::spawn_blocking`.
@@ -260,6 +262,7 @@ impl<St: Store> Builder<St> {
             settings: Arc::new(Settings {
                 store: self.store,
                 outage: Outage::default(),
+                renewals: Default::default(),
                 options: self.options,
             }),
         })

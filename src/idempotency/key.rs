@@ -102,7 +102,9 @@ impl IdempotencyKey {
     /// assert_eq!(IdempotencyKey::from_headers(&headers), Err(KeyError::Repeated));
     /// ```
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Option<Self>, KeyError> {
-        let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
+        // A name made once: looking up by `&str` would parse it on every request.
+        static NAME: http::HeaderName = http::HeaderName::from_static(IDEMPOTENCY_KEY);
+        let mut all = headers.get_all(&NAME).iter();
         match (all.next(), all.next()) {
             (None, _) => Ok(None),
             (Some(v), None) => Self::parse(v).map(Some),

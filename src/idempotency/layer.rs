@@ -56,6 +56,8 @@ pub(crate) struct Settings<St> {
     pub(crate) store: St,
     /// What the background store calls share: one backoff, a bound on releases.
     pub(crate) outage: Outage,
+    /// The in-flight keys waiting for their first renewal.
+    pub(crate) renewals: super::renew::Queue,
     pub(super) options: Options,
 }
 

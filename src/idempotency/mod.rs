@@ -21,6 +21,7 @@
 mod builder;
 mod claim;
 mod context;
+mod detach;
 mod events;
 mod fingerprint;
 mod instrument;
@@ -56,6 +57,8 @@ pub use lease::Lease;
 pub use problem::problem_types;
 pub use record::{Completion, DecodeError, StoredResponse};
 pub use service::Idempotency;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{

@@ -21,6 +21,7 @@ use tower_service::Service;
 use super::{
     Completion, DoNotStore, EventKind, Fingerprint, IdempotencyContext, OwnerToken, Store,
     claim::Handoff,
+    detach::{Owning, Task},
     instrument::{outcome, within},
     layer::Settings,
     lease::{LeaseSender, lease},
@@ -50,7 +51,7 @@ pub(super) struct Owned<St> {
 pub(super) type Reply<ResB, E> = oneshot::Sender<Answer<ResB, E>>;
 
 /// Runs the handler for a key just claimed with `token`, detached: a client that disconnects
-/// does not cancel it half-way. Answers with the handler's response.
+/// does not cancel it half-way (see `detach`). Answers with the handler's response.
 pub(crate) async fn start<S, St, B, ResB>(
     settings: Arc<Settings<St>>,
     service: S,
@@ -83,14 +84,7 @@ where
     });
     let req = Request::from_parts(parts, Buffered::<B>::full(body));
     let lease = settings.lease;
-    // Renewals before the owner task: see `renew`.
-    let renewals = renew(
-        settings.clone(),
-        key.clone(),
-        token,
-        lease_tx.clone(),
-        claimed_at,
-    );
+    let (renewals, displaced) = renew(&settings, key.clone(), token, lease_tx.clone(), claimed_at);
     let owned = Owned {
         settings,
         key,
@@ -101,14 +95,16 @@ where
         renewals,
     };
     let (tx, rx) = oneshot::channel();
-    let task = run(owned, service, req, tx);
-    // The handler runs in its caller's span (a `TraceLayer` request span, say), although in a
-    // task of its own.
-    #[cfg(feature = "tracing")]
-    let task = tracing::Instrument::instrument(task, tracing::Span::current());
-    tokio::spawn(task);
+    let task: Task = Box::pin(run(owned, service, req, tx));
+    let mut owning = Owning::new(task, rx);
     handoff.taken();
-    match rx.await {
+    if displaced {
+        // The renewals' task was just scheduled on this worker, in its slot that other
+        // workers cannot take from: a handler that blocked this worker would keep it there.
+        // Spawning the owner moves it to the queue they take from.
+        owning.detach();
+    }
+    match owning.await {
         Ok(answer) => answer,
         // The owner task itself was cancelled (runtime shutdown): nothing to replay.
         Err(_) => Ok(problem(

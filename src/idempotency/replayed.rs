@@ -10,22 +10,26 @@ use crate::replay::Buffered;
 /// hop-by-hop ones (including those the `Connection` header names), nor `Date`, which the
 /// server sets afresh.
 pub(crate) fn replayable(headers: &HeaderMap) -> HeaderMap {
-    const NEVER: [&str; 14] = [
-        "set-cookie",
-        "www-authenticate",
-        "proxy-authenticate",
-        "authentication-info",
-        "proxy-authentication-info",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "date",
-    ];
+    // One `match`: the compiler picks by length before comparing bytes.
+    let never = |n: &str| {
+        matches!(
+            n,
+            "set-cookie"
+                | "www-authenticate"
+                | "proxy-authenticate"
+                | "authentication-info"
+                | "proxy-authentication-info"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+                | "date"
+        )
+    };
     let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -35,8 +39,7 @@ pub(crate) fn replayable(headers: &HeaderMap) -> HeaderMap {
         .collect();
     let mut kept = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let n = name.as_str();
-        if !NEVER.contains(&n) && !named.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+        if !never(name.as_str()) && !named.iter().any(|c| c.eq_ignore_ascii_case(name.as_str())) {
             kept.append(name.clone(), value.clone());
         }
     }

@@ -34,6 +34,39 @@ pub(crate) enum Prepared<B, ResB> {
     Keyed(Keyed),
 }
 
+/// `{scope length}:{scope}:{key}`, written without the formatting machinery and, for the
+/// usual sizes, without a buffer on the heap: a new key's cost counts.
+fn scoped(scope: &str, key: &str) -> Arc<str> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = scope.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let parts = [&digits[at..], b":", scope.as_bytes(), b":", key.as_bytes()];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    let mut i = 0;
+    for p in parts {
+        buf[i..i + p.len()].copy_from_slice(p);
+        i += p.len();
+    }
+    // ASCII digits and colons between two strings: UTF-8.
+    Arc::from(std::str::from_utf8(buf).unwrap_or_default())
+}
+
 pub(crate) async fn prepare<B, ResB>(options: &Options, req: Request<B>) -> Prepared<B, ResB>
 where
     B: Body<Data = Bytes>,
@@ -86,7 +119,7 @@ where
         },
     };
     // The scope is length-prefixed so that no scope and key pair can imitate another.
-    let key: Arc<str> = Arc::from(format!("{}:{scope}:{key}", scope.len()));
+    let key = scoped(&scope, key.as_str());
 
     let max = options.max_request_body;
     let too_large = || {
@@ -129,4 +162,15 @@ where
         key,
         fingerprint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scoped_keys_are_length_prefixed() {
+        assert_eq!(&*super::scoped("", "k-1"), "0::k-1");
+        assert_eq!(&*super::scoped("tenant-42", "k"), "9:tenant-42:k");
+        let long = "s".repeat(300);
+        assert_eq!(&*super::scoped(&long, "k"), format!("300:{long}:k"));
+    }
 }

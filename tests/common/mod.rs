@@ -5,10 +5,15 @@
 
 pub mod alloc;
 pub mod breakers;
+pub mod child;
 pub mod events;
 pub mod flaky;
 pub mod grpc;
 pub mod http;
+pub mod nats;
 pub mod outage;
+pub mod postgres;
+pub mod proxy;
+pub mod rabbitmq;
 pub mod redis_server;
 pub mod store_contract;

@@ -9,6 +9,8 @@
 //! [`MemoryStore`] is the reference for the semantics.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -18,6 +20,8 @@ pub use memory::{
     DEFAULT_MAX_BYTES, DEFAULT_RETENTION_FLOOR, MemoryStore, MemoryStoreBuilder,
     TYPICAL_RECORD_BYTES,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 
@@ -28,9 +32,31 @@ use super::{Completion, Fingerprint};
 pub struct OwnerToken(u128);
 
 impl OwnerToken {
-    /// A fresh random token.
+    /// A fresh random token: from a generator per thread, seeded once from the operating
+    /// system (no system call per token), never repeating on its thread.
     pub fn new() -> Self {
-        OwnerToken(u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes()))
+        thread_local! {
+            // A random origin, and how many tokens were drawn from it.
+            static NEXT: std::cell::Cell<(u128, u128)> = std::cell::Cell::new((
+                u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes()),
+                0,
+            ));
+        }
+        let (origin, n) = NEXT.with(|c| {
+            let (origin, n) = c.get();
+            c.set((origin, n.wrapping_add(1)));
+            (origin, n)
+        });
+        // A bijection of origin + n (odd multipliers and xor-shifts can be undone): distinct
+        // for every n. Scrambled, not secret: a token proves ownership to the store, and no
+        // client ever sees one.
+        let mut x = origin.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+        x ^= x >> 64;
+        x = x.wrapping_mul(0xda94_2042_e4dd_58b5_ff51_afd7_ed55_8ccd);
+        x ^= x >> 61;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53_9e37_79b9_7f4a_7c15 | 1);
+        x ^= x >> 64;
+        OwnerToken(x)
     }
 
     /// From stored bytes.

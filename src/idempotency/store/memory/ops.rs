@@ -59,12 +59,14 @@ impl MemoryStore {
         lease: Duration,
         now: Instant,
     ) -> Option<Claim> {
-        if let Some(answer) = shard.map.get(key).and_then(|r| r.answer(fingerprint, now)) {
-            return Some(answer);
-        }
-        // The key is free; a record whose time is over gives its room back.
-        if let Some(old) = shard.map.remove(key) {
-            self.free(old.size);
+        if let Some(record) = shard.map.get(key) {
+            if let Some(answer) = record.answer(fingerprint, now) {
+                return Some(answer);
+            }
+            // The key is free; a record whose time is over gives its room back.
+            if let Some(old) = shard.map.remove(key) {
+                self.free(old.size);
+            }
         }
         // Amortised sweeping: a shard is scanned once per as many inserts as it holds.
         shard.inserts_since_sweep += 1;

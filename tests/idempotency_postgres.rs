@@ -14,9 +14,10 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::State as Shared, http::StatusCode, routing::post};
+use axum::http::StatusCode;
 use common::{
     http::{Answer, client, serve},
+    ledger::{counting, post_key},
     postgres::TestDb,
     store_contract::{contract, created, fp},
 };
@@ -234,32 +235,12 @@ async fn app(store: PostgresStore, runs: Arc<AtomicUsize>, work: Duration) -> St
         .on_store_error(OnStoreError::FailClosed)
         .build()
         .unwrap();
-    let router = Router::new()
-        .route(
-            "/pay",
-            post(
-                |Shared((runs, work)): Shared<(Arc<AtomicUsize>, Duration)>| async move {
-                    tokio::time::sleep(work).await;
-                    let n = runs.fetch_add(1, SeqCst) + 1;
-                    (StatusCode::CREATED, format!("{{\"payment\":{n}}}"))
-                },
-            ),
-        )
-        .with_state((runs, work))
-        .layer(layer);
+    let router = counting(runs, work).layer(layer);
     format!("{}/pay", serve(router).await)
 }
 
 async fn pay(url: &str, key: &str) -> Answer {
-    let res = client()
-        .post(url)
-        .header("idempotency-key", key)
-        .body("{\"amount\":1}")
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    Answer::new(status, &headers, res.text().await.unwrap())
+    post_key(url, key, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

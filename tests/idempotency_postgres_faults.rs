@@ -6,37 +6,31 @@
 //! a real axum server, called by a real HTTP client.
 //!
 //! The handler counts its invocations and commits into a fenced ledger (one row per key, with
-//! the owner token that wrote it); it selects on `lease().lost()` and checks `is_held()` before
-//! committing, and answers 503 with `DoNotStore` when it lost its key. For every scenario:
+//! the owner token that wrote it; tests/common/ledger.rs); it selects on `lease().lost()` and
+//! checks `is_held()` before committing, and answers 503 with `DoNotStore` when it lost its key.
+//! For every scenario:
 //! - commits <= 1 per key, and no handler ever tried to commit without holding its lease;
 //! - every answer is a documented status;
 //! - no key is stuck: one lease after the fault clears, a retry is replayed or runs once.
 
 mod common;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{
-    Extension, Router,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    routing::post,
-};
+use axum::http::StatusCode;
 use common::{
-    http::{Answer, client, serve},
+    http::{Answer, client},
+    ledger::{
+        self, Limits, SHORT_WORK, documented, not_stuck, owner, recovered, refused, scoped, send,
+        told_and_refused, unreadable_in,
+    },
     postgres::TestDb,
     proxy::FaultProxy,
     store_contract::fp,
 };
 use sqlx::{Connection, Executor, PgConnection, PgPool, Row, postgres::PgPoolOptions};
 use tower_rampart::idempotency::{
-    Claim, DoNotStore, IdempotencyContext, IdempotencyLayer, OnStoreError, OwnerToken,
-    PostgresStore, Store, StoreErrorKind, problem_types,
+    Claim, OnStoreError, OwnerToken, PostgresStore, Store, StoreErrorKind, problem_types,
 };
 
 const LEASE: Duration = Duration::from_millis(400);
@@ -47,138 +41,20 @@ const PG_TIMEOUT: Duration = Duration::from_millis(150);
 const LONG_WORK: u64 = 3_000;
 /// Longer than a lease: the owner renews across the fault.
 const MID_WORK: u64 = 900;
-const SHORT_WORK: u64 = 50;
-const LOST_BODY: &str = "lease lost: not committed";
 
 // ---------------------------------------------------------------------------------------------
-// The fenced ledger and the handler.
+// The app: the shared fenced ledger (tests/common/ledger.rs) over a `PostgresStore`.
 
-#[derive(Default)]
-struct Books {
-    invocations: HashMap<String, usize>,
-    /// Commit attempts per scoped key (by handlers that held their lease), by owner token.
-    attempts: HashMap<String, Vec<u128>>,
-    /// The payments: one row per key, with the token that wrote it (the unique constraint).
-    rows: HashMap<String, u128>,
-    /// Owner tokens whose handler learned that its lease was lost.
-    lost: HashSet<u128>,
-    tokens: HashMap<String, Vec<u128>>,
-}
-
-#[derive(Clone, Default)]
-struct Ledger(Arc<Mutex<Books>>);
-
-impl Ledger {
-    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn invocations(&self, key: &str) -> usize {
-        self.books()
-            .invocations
-            .get(&scoped(key))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn attempts(&self, key: &str) -> usize {
-        self.books().attempts.get(&scoped(key)).map_or(0, Vec::len)
-    }
-
-    fn commits(&self, key: &str) -> usize {
-        usize::from(self.books().rows.contains_key(&scoped(key)))
-    }
-
-    fn first_token(&self, key: &str) -> u128 {
-        self.books().tokens[&scoped(key)][0]
-    }
-
-    fn saw_loss(&self, token: u128) -> bool {
-        self.books().lost.contains(&token)
-    }
-
-    /// At most one commit attempt per key, by an owner that held its lease.
-    fn check_once(&self) {
-        let b = self.books();
-        for (key, attempts) in &b.attempts {
-            assert!(
-                attempts.len() <= 1,
-                "{key}: {} commit attempts by owners that believed they held the key",
-                attempts.len(),
-            );
-        }
-    }
-}
-
-/// The layer's scoped form of a client key with global keys.
-fn scoped(key: &str) -> String {
-    format!("0::{key}")
-}
-
-async fn pay(
-    State(ledger): State<Ledger>,
-    Extension(ctx): Extension<IdempotencyContext>,
-    headers: HeaderMap,
-) -> Response {
-    let work = headers
-        .get("x-work-ms")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(SHORT_WORK);
-    let token = ctx.token.as_u128();
-    let key = ctx.key.to_string();
-    let run = {
-        let mut b = ledger.books();
-        b.tokens.entry(key.clone()).or_default().push(token);
-        let n = b.invocations.entry(key.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    let lost = tokio::select! {
-        () = ctx.lease().lost() => true,
-        () = tokio::time::sleep(Duration::from_millis(work)) => !ctx.lease().is_held(),
-    };
-    if lost {
-        ledger.books().lost.insert(token);
-        let mut res = (StatusCode::SERVICE_UNAVAILABLE, LOST_BODY).into_response();
-        res.extensions_mut().insert(DoNotStore);
-        return res;
-    }
-    let mut b = ledger.books();
-    b.attempts.entry(key.clone()).or_default().push(token);
-    if b.rows.contains_key(&key) {
-        // The fence: a stale owner's write is refused. Never expected in these schedules.
-        return (StatusCode::CONFLICT, "already processed").into_response();
-    }
-    b.rows.insert(key, token);
-    (StatusCode::CREATED, format!("{{\"run\":{run}}}")).into_response()
-}
-
-struct App {
-    url: String,
-    ledger: Ledger,
-    store: PostgresStore,
-}
+type App = ledger::App<PostgresStore>;
 
 async fn app_with(store: PostgresStore, ttl: Duration, on_error: OnStoreError) -> App {
-    let layer = IdempotencyLayer::builder()
-        .store(store.clone())
-        .global_keys()
-        .lease(LEASE)
-        .store_timeout(STORE_TIMEOUT)
-        .ttl(ttl)
-        .on_store_error(on_error)
-        .build()
-        .unwrap();
-    let ledger = Ledger::default();
-    let router = Router::new()
-        .route("/pay", post(pay))
-        .with_state(ledger.clone())
-        .layer(layer);
-    App {
-        url: format!("{}/pay", serve(router).await),
-        ledger,
-        store,
-    }
+    let limits = Limits {
+        lease: LEASE,
+        store_timeout: STORE_TIMEOUT,
+        ttl,
+        on_error,
+    };
+    App::serve(store, limits).await
 }
 
 /// A pool of up to `max` connections to `url` (the database, or the proxy in front of it).
@@ -211,96 +87,6 @@ async fn app_direct(db: &TestDb, ttl: Duration, on_error: OnStoreError) -> App {
 /// A connection of the test's own, beside the app's pool.
 async fn admin(db: &TestDb) -> PgConnection {
     PgConnection::connect(db.url()).await.unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Answers.
-
-impl Answer {
-    fn handler_lost(&self) -> bool {
-        self.status == 503 && self.problem.is_none() && self.body == LOST_BODY
-    }
-}
-
-async fn send(url: &str, key: &str, work_ms: u64) -> Answer {
-    let res = client()
-        .post(url)
-        .header("idempotency-key", key)
-        .header("x-work-ms", work_ms.to_string())
-        .body("{\"amount\":1}")
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    Answer::new(status, &headers, res.text().await.unwrap())
-}
-
-/// Every answer is one the README documents (for this layer and this handler).
-fn documented(a: &Answer) {
-    use problem_types as p;
-    let ok = match a.status {
-        201 => a.problem.is_none(),
-        409 => a.is_problem(p::IN_FLIGHT) || a.is_problem(p::NOT_REPLAYABLE),
-        422 => a.is_problem(p::MISMATCH),
-        500 => a.is_problem(p::UNREADABLE_RECORD) || a.is_problem(p::HANDLER_FAILED),
-        503 => a.is_problem(p::STORE_UNAVAILABLE) || a.handler_lost(),
-        _ => false,
-    };
-    assert!(ok, "undocumented answer {a:?}");
-}
-
-/// Waits until the app's own pool answers again (the fault has cleared).
-async fn until_ready(store: &PostgresStore) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.ready().await.is_err() {
-        assert!(Instant::now() < deadline, "PostgreSQL never came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Starts a request for `key` whose handler works `work` ms, and waits until it runs; returns
-/// the request and its handler's owner token.
-async fn owner(app: &App, key: &'static str, work: u64) -> (tokio::task::JoinHandle<Answer>, u128) {
-    let first = tokio::spawn({
-        let url = app.url.clone();
-        async move { send(&url, key, work).await }
-    });
-    until("the first handler runs", || {
-        app.ledger.invocations(key) == 1
-    })
-    .await;
-    (first, app.ledger.first_token(key))
-}
-
-/// One lease after the fault cleared, a retry is replayed or runs once, and the key then
-/// holds exactly one commit.
-async fn not_stuck(app: &App, key: &str) -> Answer {
-    until_ready(&app.store).await;
-    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
-    let a = send(&app.url, key, SHORT_WORK).await;
-    documented(&a);
-    assert_eq!(
-        a.status, 201,
-        "{key}: stuck one lease after the fault: {a:?}"
-    );
-    assert_eq!(app.ledger.commits(key), 1, "{key}");
-    let again = send(&app.url, key, SHORT_WORK).await;
-    assert_eq!(
-        (again.status, again.replayed),
-        (201, true),
-        "{key}: {again:?}"
-    );
-    assert_eq!(again.body, a.body);
-    app.ledger.check_once();
-    a
 }
 
 /// The owner either finished (201, committed once) or was told in time that it lost its key.
@@ -340,9 +126,7 @@ async fn a_connection_cut_mid_handler_runs_the_key_once() {
     answers.iter().for_each(documented);
     finished_or_told(&app, key, &first, token);
     assert!(proxy.accepted() > accepted, "the pool reconnected");
-    not_stuck(&app, key).await;
-    assert!(app.ledger.invocations(key) <= 2);
-    assert_eq!(app.ledger.attempts(key), 1);
+    recovered(&app, key, LEASE).await;
 
     // Cut, then unreachable for two leases: the owner is told, duplicates are refused.
     let key = "a-outage";
@@ -361,20 +145,7 @@ async fn a_connection_cut_mid_handler_runs_the_key_once() {
     );
     proxy.refuse(false);
     let first = first.await.unwrap();
-    answers.iter().for_each(documented);
-    documented(&first);
-    assert!(first.handler_lost(), "{first:?}");
-    let refused = answers
-        .iter()
-        .filter(|a| a.is_problem(problem_types::STORE_UNAVAILABLE))
-        .count();
-    assert!(
-        refused >= 2,
-        "duplicates were refused during the outage: {answers:?}"
-    );
-    not_stuck(&app, key).await;
-    assert!(app.ledger.invocations(key) <= 2);
-    assert_eq!(app.ledger.attempts(key), 1);
+    told_and_refused(&app, key, &first, token, &answers, LEASE).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,9 +182,7 @@ async fn backends_terminated_mid_handler_run_the_key_once() {
     let first = first.await.unwrap();
     answers.iter().for_each(documented);
     finished_or_told(&app, key, &first, token);
-    not_stuck(&app, key).await;
-    assert!(app.ledger.invocations(key) <= 2);
-    assert_eq!(app.ledger.attempts(key), 1);
+    recovered(&app, key, LEASE).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,17 +208,7 @@ async fn a_stalled_network_mid_handler_runs_the_key_once() {
     proxy.stall(false);
     proxy.cut(); // the stalled connections never recover: they are closed
     let first = first.await.unwrap();
-    answers.iter().for_each(documented);
-    documented(&first);
-    assert!(first.handler_lost(), "{first:?}");
-    let refused = answers
-        .iter()
-        .filter(|a| a.is_problem(problem_types::STORE_UNAVAILABLE))
-        .count();
-    assert!(refused >= 2, "{answers:?}");
-    not_stuck(&app, key).await;
-    assert!(app.ledger.invocations(key) <= 2);
-    assert_eq!(app.ledger.attempts(key), 1);
+    told_and_refused(&app, key, &first, token, &answers, LEASE).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,20 +310,13 @@ async fn a_row_locked_mid_handler_times_out_and_recovers() {
     answers.iter().for_each(documented);
     documented(&first);
     assert!(first.handler_lost(), "{first:?}");
-    assert!(
-        answers
-            .iter()
-            .filter(|a| a.is_problem(problem_types::STORE_UNAVAILABLE))
-            .count()
-            >= 2,
-        "{answers:?}"
-    );
+    assert!(refused(&answers) >= 2, "{answers:?}");
     assert_eq!(
         app.ledger.invocations(key),
         1,
         "no duplicate ran while locked"
     );
-    not_stuck(&app, key).await;
+    not_stuck(&app, key, LEASE).await;
     assert_eq!(app.ledger.attempts(key), 1);
 }
 
@@ -638,15 +390,7 @@ async fn corrupt_rows_never_run_and_expire() {
         "e-version",
     ];
     for key in keys {
-        for app in [&closed, &open, &closed] {
-            let a = send(&app.url, key, 0).await;
-            documented(&a);
-            assert_eq!(a.status, 500, "{key}: {a:?}");
-            assert!(
-                a.is_problem(problem_types::UNREADABLE_RECORD),
-                "{key}: {a:?}"
-            );
-        }
+        unreadable_in(&[&closed, &open, &closed], key).await;
         // `e-real` ran once, to make the row damaged later; never again.
         let before = usize::from(key == "e-real");
         assert_eq!(closed.ledger.invocations(key), before, "{key} never ran");
@@ -736,6 +480,6 @@ async fn the_table_dropped_mid_handler_is_a_clear_error_until_migrated() {
     let first = first.await.unwrap();
     documented(&first);
     assert!(first.handler_lost(), "{first:?}");
-    not_stuck(&app, key).await;
+    not_stuck(&app, key, LEASE).await;
     assert_eq!(app.ledger.attempts(key), 1);
 }

@@ -12,9 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, extract::State as Shared, http::StatusCode, routing::post};
+use axum::http::StatusCode;
 use common::{
     http::{client, serve},
+    ledger::counting,
     redis_server::{RedisCluster, RedisServer},
     store_contract::contract,
 };
@@ -54,19 +55,7 @@ async fn app(
         })
         .build()
         .unwrap();
-    let router = Router::new()
-        .route(
-            "/pay",
-            post(
-                |Shared((runs, work)): Shared<(Arc<AtomicUsize>, Duration)>| async move {
-                    tokio::time::sleep(work).await;
-                    let n = runs.fetch_add(1, SeqCst) + 1;
-                    (StatusCode::CREATED, format!("{{\"payment\":{n}}}"))
-                },
-            ),
-        )
-        .with_state((runs, work))
-        .layer(layer);
+    let router = counting(runs, work).layer(layer);
     format!("{}/pay", serve(router).await)
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::{
     flaky::{counting_server, status},
-    http::{Answer, client, serve},
+    http::{Answer, serve},
+    ledger::post_key,
     redis_server::RedisCluster,
     store_contract::{created, fp},
 };
@@ -90,15 +91,7 @@ async fn cluster_with_one_replica() -> (RedisCluster, RedisStore<ClusterConnecti
 }
 
 async fn send(url: &str, key: &str) -> Answer {
-    let res = client()
-        .post(url)
-        .header("idempotency-key", key)
-        .body("{\"amount\":1}")
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    Answer::new(status, &headers, res.text().await.unwrap())
+    post_key(url, key, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

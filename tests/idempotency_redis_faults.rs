@@ -7,8 +7,9 @@
 //! idempotency_redis_tls.rs.)
 //!
 //! The handler counts its invocations and commits into a fenced ledger (one row per key, with
-//! the owner token that wrote it); it selects on `lease().lost()` and checks `is_held()` before
-//! committing, and answers 503 with `DoNotStore` when it lost its key. For every scenario:
+//! the owner token that wrote it; tests/common/ledger.rs); it selects on `lease().lost()` and
+//! checks `is_held()` before committing, and answers 503 with `DoNotStore` when it lost its key.
+//! For every scenario:
 //! - commits <= 1 per key, and no handler ever tried to commit without holding its lease
 //!   (the ledger's unique constraint is a backstop that these schedules never need);
 //! - every answer is a documented status;
@@ -16,179 +17,46 @@
 
 mod common;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{
-    Extension, Router,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    routing::post,
-};
 use common::{
-    http::{Answer, client, serve},
+    http::Answer,
+    ledger::{
+        self, Limits, SHORT_WORK, documented, owner, recovered, scoped, send, told_and_refused,
+        unreadable_in, until_ready,
+    },
     redis_server::RedisServer,
 };
-use tower_rampart::idempotency::{
-    DoNotStore, IdempotencyContext, IdempotencyLayer, OnStoreError, RedisStore, Store,
-    problem_types,
-};
+use tower_rampart::idempotency::{OnStoreError, RedisStore, problem_types};
 
 const LEASE: Duration = Duration::from_millis(400);
 const STORE_TIMEOUT: Duration = Duration::from_millis(100);
 /// The stale owner's work: far longer than it takes the layer to tell it the lease is lost.
 const LONG_WORK: u64 = 3_000;
-const SHORT_WORK: u64 = 50;
-const LOST_BODY: &str = "lease lost: not committed";
 
 // ---------------------------------------------------------------------------------------------
-// The fenced ledger and the handler.
+// The app: the shared fenced ledger (tests/common/ledger.rs) over a `RedisStore`.
 
-#[derive(Default)]
-struct Books {
-    /// Invocations per scoped key.
-    invocations: HashMap<String, usize>,
-    /// Commit attempts per scoped key (by handlers that held their lease), by owner token.
-    attempts: HashMap<String, Vec<u128>>,
-    /// The payments: one row per key, with the token that wrote it (the unique constraint).
-    rows: HashMap<String, u128>,
-    /// Owner tokens whose handler learned that its lease was lost.
-    lost: HashSet<u128>,
-    /// The token of each invocation, in order, per key.
-    tokens: HashMap<String, Vec<u128>>,
-}
-
-#[derive(Clone, Default)]
-struct Ledger(Arc<Mutex<Books>>);
-
-impl Ledger {
-    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn invocations(&self, key: &str) -> usize {
-        self.books()
-            .invocations
-            .get(&scoped(key))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn attempts(&self, key: &str) -> usize {
-        self.books().attempts.get(&scoped(key)).map_or(0, Vec::len)
-    }
-
-    fn commits(&self, key: &str) -> usize {
-        usize::from(self.books().rows.contains_key(&scoped(key)))
-    }
-
-    fn first_token(&self, key: &str) -> u128 {
-        self.books().tokens[&scoped(key)][0]
-    }
-
-    fn saw_loss(&self, token: u128) -> bool {
-        self.books().lost.contains(&token)
-    }
-
-    /// The invariants of every scenario: at most one commit and one commit attempt per key.
-    fn check_once(&self) {
-        let b = self.books();
-        for (key, attempts) in &b.attempts {
-            assert!(
-                attempts.len() <= 1,
-                "{key}: {} commit attempts by owners that believed they held the key ({:?})",
-                attempts.len(),
-                b.invocations.get(key)
-            );
-        }
-    }
-}
-
-/// The layer's scoped form of a client key with global keys.
-fn scoped(key: &str) -> String {
-    format!("0::{key}")
-}
+type App = ledger::App<RedisStore>;
 
 /// The Redis key of a client key: the store's prefix, then the scoped key.
 fn redis_key(key: &str) -> String {
     format!("idempotency:{}", scoped(key))
 }
 
-/// Takes `x-work-ms` (50 ms by default; not part of the fingerprint), stopping early if the
-/// lease is lost; commits only while it holds the lease, fenced by the ledger.
-async fn pay(
-    State(ledger): State<Ledger>,
-    Extension(ctx): Extension<IdempotencyContext>,
-    headers: HeaderMap,
-) -> Response {
-    let work = headers
-        .get("x-work-ms")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(SHORT_WORK);
-    let token = ctx.token.as_u128();
-    let key = ctx.key.to_string();
-    let run = {
-        let mut b = ledger.books();
-        b.tokens.entry(key.clone()).or_default().push(token);
-        let n = b.invocations.entry(key.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    let lost = tokio::select! {
-        () = ctx.lease().lost() => true,
-        () = tokio::time::sleep(Duration::from_millis(work)) => !ctx.lease().is_held(),
-    };
-    if lost {
-        ledger.books().lost.insert(token);
-        let mut res = (StatusCode::SERVICE_UNAVAILABLE, LOST_BODY).into_response();
-        res.extensions_mut().insert(DoNotStore);
-        return res;
-    }
-    let mut b = ledger.books();
-    b.attempts.entry(key.clone()).or_default().push(token);
-    if b.rows.contains_key(&key) {
-        // The fence: a stale owner's write is refused. Never expected in these schedules.
-        return (StatusCode::CONFLICT, "already processed").into_response();
-    }
-    b.rows.insert(key, token);
-    (StatusCode::CREATED, format!("{{\"run\":{run}}}")).into_response()
-}
-
-struct App {
-    url: String,
-    ledger: Ledger,
-    store: RedisStore,
-}
-
 async fn app_with(
     store: RedisStore,
     lease: Duration,
-    timeout: Duration,
+    store_timeout: Duration,
     on_error: OnStoreError,
 ) -> App {
-    let layer = IdempotencyLayer::builder()
-        .store(store.clone())
-        .global_keys()
-        .lease(lease)
-        .store_timeout(timeout)
-        .ttl(Duration::from_secs(600))
-        .on_store_error(on_error)
-        .build()
-        .unwrap();
-    let ledger = Ledger::default();
-    let router = Router::new()
-        .route("/pay", post(pay))
-        .with_state(ledger.clone())
-        .layer(layer);
-    App {
-        url: format!("{}/pay", serve(router).await),
-        ledger,
-        store,
-    }
+    let limits = Limits {
+        lease,
+        store_timeout,
+        ttl: Duration::from_secs(600),
+        on_error,
+    };
+    App::serve(store, limits).await
 }
 
 /// A new store connected to `redis`.
@@ -210,95 +78,10 @@ async fn app(redis: &RedisServer) -> App {
     app_on(redis, LEASE, STORE_TIMEOUT, OnStoreError::FailClosed).await
 }
 
-// ---------------------------------------------------------------------------------------------
-// Answers.
-
-impl Answer {
-    fn handler_lost(&self) -> bool {
-        self.status == 503 && self.problem.is_none() && self.body == LOST_BODY
-    }
-}
-
-async fn send(url: &str, key: &str, work_ms: u64) -> Answer {
-    let res = client()
-        .post(url)
-        .header("idempotency-key", key)
-        .header("x-work-ms", work_ms.to_string())
-        .body("{\"amount\":1}")
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    Answer::new(status, &headers, res.text().await.unwrap())
-}
-
-/// Every answer is one the README documents (for this layer and this handler).
-fn documented(a: &Answer) {
-    use problem_types as p;
-    let ok = match a.status {
-        201 => a.problem.is_none(),
-        409 => a.is_problem(p::IN_FLIGHT) || a.is_problem(p::NOT_REPLAYABLE),
-        422 => a.is_problem(p::MISMATCH),
-        500 => a.is_problem(p::UNREADABLE_RECORD) || a.is_problem(p::HANDLER_FAILED),
-        503 => a.is_problem(p::STORE_UNAVAILABLE) || a.handler_lost(),
-        _ => false,
-    };
-    assert!(ok, "undocumented answer {a:?}");
-}
-
-/// Waits until the app's own Redis connection answers again (the fault has cleared).
-async fn until_ready(store: &RedisStore) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.ready().await.is_err() {
-        assert!(Instant::now() < deadline, "redis never came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Starts a request for `key` whose handler works for `LONG_WORK`, and waits until it runs;
 /// returns the request and its handler's owner token.
 async fn slow_owner(app: &App, key: &'static str) -> (tokio::task::JoinHandle<Answer>, u128) {
-    let first = tokio::spawn({
-        let url = app.url.clone();
-        async move { send(&url, key, LONG_WORK).await }
-    });
-    until("the first handler runs", || {
-        app.ledger.invocations(key) == 1
-    })
-    .await;
-    (first, app.ledger.first_token(key))
-}
-
-/// One lease after the fault cleared, a retry is replayed or runs once, and the key then
-/// holds exactly one commit.
-async fn not_stuck(app: &App, key: &str, lease: Duration) -> Answer {
-    until_ready(&app.store).await;
-    tokio::time::sleep(lease + Duration::from_millis(50)).await;
-    let a = send(&app.url, key, SHORT_WORK).await;
-    documented(&a);
-    assert_eq!(
-        a.status, 201,
-        "{key}: stuck one lease after the fault: {a:?}"
-    );
-    assert_eq!(app.ledger.commits(key), 1, "{key}");
-    // And it stays answered: a replay, never a second run.
-    let again = send(&app.url, key, SHORT_WORK).await;
-    assert_eq!(
-        (again.status, again.replayed),
-        (201, true),
-        "{key}: {again:?}"
-    );
-    assert_eq!(again.body, a.body);
-    app.ledger.check_once();
-    a
+    owner(app, key, LONG_WORK).await
 }
 
 fn pttl(redis: &RedisServer, key: &str) -> i64 {
@@ -376,29 +159,8 @@ async fn redis_paused_mid_handler_runs_the_key_once() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let first = first.await.unwrap();
-    answers.iter().for_each(documented);
-    documented(&first);
-
-    assert!(
-        first.handler_lost(),
-        "the owner was told it lost the key while Redis was paused: {first:?}"
-    );
-    assert!(app.ledger.saw_loss(owner));
-    let during = answers
-        .iter()
-        .filter(|a| a.is_problem(problem_types::STORE_UNAVAILABLE))
-        .count();
-    assert!(
-        during >= 2,
-        "duplicates during the pause were refused: {answers:?}"
-    );
-    not_stuck(&app, key, LEASE).await;
-    assert!(
-        app.ledger.invocations(key) <= 2,
-        "the stale owner and at most one successor: {}",
-        app.ledger.invocations(key)
-    );
-    assert_eq!(app.ledger.attempts(key), 1);
+    // The owner learned it while Redis was paused; the duplicates meanwhile were refused.
+    told_and_refused(&app, key, &first, owner, &answers, LEASE).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,9 +202,7 @@ async fn redis_restarted_without_the_claim_tells_the_owner() {
         app.ledger.books().rows.get(&scoped(key)) != Some(&owner),
         "the stale owner never committed"
     );
-    not_stuck(&app, key, LEASE).await;
-    assert!(app.ledger.invocations(key) <= 2);
-    assert_eq!(app.ledger.attempts(key), 1);
+    recovered(&app, key, LEASE).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,15 +290,7 @@ async fn unreadable_records_never_run_and_always_expire() {
     ];
     for key in unreadable {
         assert_eq!(pttl(&redis, key), -1, "{key} starts without expiry");
-        for app in [&closed, &open, &closed] {
-            let a = send(&app.url, key, 0).await;
-            documented(&a);
-            assert_eq!(a.status, 500, "{key}: {a:?}");
-            assert!(
-                a.is_problem(problem_types::UNREADABLE_RECORD),
-                "{key}: {a:?}"
-            );
-        }
+        unreadable_in(&[&closed, &open, &closed], key).await;
         let ttl = pttl(&redis, key);
         assert!(
             ttl > 0,
@@ -656,9 +408,7 @@ async fn a_key_deleted_mid_handler_loses_the_lease() {
             app.ledger.saw_loss(owner),
             "{wipe}: lease().lost() resolved"
         );
-        not_stuck(&app, key, LEASE).await;
-        assert!(app.ledger.invocations(key) <= 2, "{wipe}");
-        assert_eq!(app.ledger.attempts(key), 1, "{wipe}");
+        recovered(&app, key, LEASE).await;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod events;
 pub mod flaky;
 pub mod grpc;
 pub mod http;
+pub mod ledger;
 pub mod nats;
 pub mod outage;
 pub mod postgres;

@@ -9,7 +9,7 @@
 //! | `Err` classified ignore | dead letter `not-retryable` |
 //! | `Err` with [`Poison`](crate::message::Poison) in its chain, or an unreadable delivery | dead letter `poison` |
 //! | `Err` with [`KeyReused`] (the inbox) | dead letter `key-reused` |
-//! | `Err` with [`RedeliverLater`] or a breaker's [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) | redeliver after its delay, not an attempt |
+//! | `Err` with [`RedeliverLater`] or a breaker's [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) | redeliver after its delay, never dead-lettered for it (the broker still counts the delivery) |
 //!
 //! A dead letter goes to the sink chosen with [`Builder::dead_letters`] (the original is acked
 //! only once the sink took it, redelivered later otherwise) or to the broker's own

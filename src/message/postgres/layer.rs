@@ -226,8 +226,8 @@ impl PgInboxLayerBuilder {
     }
 
     /// When PostgreSQL fails (no connection, a lost connection, a failed `COMMIT`), the
-    /// message is redelivered after this delay ([`RedeliverLater`]), not counted as an
-    /// attempt. Default 5 s; positive, at most a year.
+    /// message is redelivered after this delay ([`RedeliverLater`]) and never dead-lettered
+    /// for it. Default 5 s; positive, at most a year.
     ///
     /// [`RedeliverLater`]: crate::message::consumer::RedeliverLater
     pub fn store_error_delay(mut self, delay: Duration) -> Self {

@@ -33,8 +33,8 @@
 //! - **PostgreSQL failing** around the handler (no connection, `BEGIN` or the insert failing,
 //!   the check or `COMMIT` getting no answer) is a [`PgInboxError`] inside a
 //!   [`RedeliverLater`](crate::message::consumer::RedeliverLater) after
-//!   [`store_error_delay`](PgInboxLayerBuilder::store_error_delay): redelivered, not counted as
-//!   an attempt. A failed `COMMIT` ([`PgInboxError::Commit`]) has an unknown outcome: if it did
+//!   [`store_error_delay`](PgInboxLayerBuilder::store_error_delay): redelivered, never
+//!   dead-lettered for it. A failed `COMMIT` ([`PgInboxError::Commit`]) has an unknown outcome: if it did
 //!   land, the redelivery is a duplicate.
 //! - **Handlers must not commit or roll back the transaction** (nor answer with another one):
 //!   the inbox checks, before committing, that the transaction it began is still open (one

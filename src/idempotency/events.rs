@@ -82,35 +82,52 @@ pub enum EventKind {
     OwnerPanicked,
 }
 
+/// Every kind with its label, once: `$then!(Kind => "label", ...)`. `as_str` and the metric
+/// counter (which needs literal labels to build its key without allocating) both expand it.
+macro_rules! event_kind_labels {
+    ($then:ident) => {
+        $then!(
+            New => "new",
+            Replayed => "replayed",
+            NotReplayable => "not_replayable",
+            Conflict => "conflict",
+            OutcomeUnknown => "outcome_unknown",
+            CutOff => "cut_off",
+            Refused => "refused",
+            Mismatch => "mismatch",
+            MissingKey => "missing_key",
+            InvalidKey => "invalid_key",
+            NoPrincipal => "no_principal",
+            TooLarge => "too_large",
+            UnreadableBody => "unreadable_body",
+            StoreError => "store_error",
+            StoreFull => "store_full",
+            UnreadableRecord => "unreadable_record",
+            FailOpen => "fail_open",
+            HandlerPanicked => "handler_panicked",
+            LeaseLost => "lease_lost",
+            CompleteLost => "complete_lost",
+            CompleteAbandoned => "complete_abandoned",
+            ResponseBodyTimeout => "response_body_timeout",
+            ReleaseShed => "release_shed",
+            OwnerPanicked => "owner_panicked",
+        )
+    };
+}
+#[cfg(feature = "metrics")]
+pub(crate) use event_kind_labels;
+
 impl EventKind {
     /// The kind as a metric label.
     pub const fn as_str(&self) -> &'static str {
-        match self {
-            EventKind::New => "new",
-            EventKind::Replayed => "replayed",
-            EventKind::NotReplayable => "not_replayable",
-            EventKind::Conflict => "conflict",
-            EventKind::OutcomeUnknown => "outcome_unknown",
-            EventKind::CutOff => "cut_off",
-            EventKind::Refused => "refused",
-            EventKind::Mismatch => "mismatch",
-            EventKind::MissingKey => "missing_key",
-            EventKind::InvalidKey => "invalid_key",
-            EventKind::NoPrincipal => "no_principal",
-            EventKind::TooLarge => "too_large",
-            EventKind::UnreadableBody => "unreadable_body",
-            EventKind::StoreError => "store_error",
-            EventKind::StoreFull => "store_full",
-            EventKind::UnreadableRecord => "unreadable_record",
-            EventKind::FailOpen => "fail_open",
-            EventKind::HandlerPanicked => "handler_panicked",
-            EventKind::LeaseLost => "lease_lost",
-            EventKind::CompleteLost => "complete_lost",
-            EventKind::CompleteAbandoned => "complete_abandoned",
-            EventKind::ResponseBodyTimeout => "response_body_timeout",
-            EventKind::ReleaseShed => "release_shed",
-            EventKind::OwnerPanicked => "owner_panicked",
+        macro_rules! labels {
+            ($($kind:ident => $label:literal,)*) => {
+                match self {
+                    $(EventKind::$kind => $label,)*
+                }
+            };
         }
+        event_kind_labels!(labels)
     }
 }
 

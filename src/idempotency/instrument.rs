@@ -89,8 +89,8 @@ pub(crate) fn outcome(options: &Options, key: Option<&str>, kind: EventKind) {
     }
 }
 
-/// Counts one outcome. Each kind's label is a literal, so that the metric's key is built
-/// without allocating (the labels are those of [`EventKind::as_str`]: a test checks them).
+/// Counts one outcome. Each kind's label is a literal (the one table in `events.rs`), so that
+/// the metric's key is built without allocating.
 #[cfg(feature = "metrics")]
 fn count(kind: EventKind) {
     macro_rules! by_kind {
@@ -102,32 +102,7 @@ fn count(kind: EventKind) {
             }
         };
     }
-    by_kind!(
-        New => "new",
-        Replayed => "replayed",
-        NotReplayable => "not_replayable",
-        Conflict => "conflict",
-        OutcomeUnknown => "outcome_unknown",
-        CutOff => "cut_off",
-        Refused => "refused",
-        Mismatch => "mismatch",
-        MissingKey => "missing_key",
-        InvalidKey => "invalid_key",
-        NoPrincipal => "no_principal",
-        TooLarge => "too_large",
-        UnreadableBody => "unreadable_body",
-        StoreError => "store_error",
-        StoreFull => "store_full",
-        UnreadableRecord => "unreadable_record",
-        FailOpen => "fail_open",
-        HandlerPanicked => "handler_panicked",
-        LeaseLost => "lease_lost",
-        CompleteLost => "complete_lost",
-        CompleteAbandoned => "complete_abandoned",
-        ResponseBodyTimeout => "response_body_timeout",
-        ReleaseShed => "release_shed",
-        OwnerPanicked => "owner_panicked",
-    );
+    super::events::event_kind_labels!(by_kind);
 }
 
 /// One store call, bounded by the store timeout, its latency recorded.

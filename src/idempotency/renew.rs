@@ -77,7 +77,8 @@ impl Ord for Due {
 impl Drop for Queue {
     fn drop(&mut self) {
         // The layer is gone: the watching task, if it waits, ends.
-        if let Some(w) = lock(&self.0).waker.take() {
+        let waker = lock(&self.0).waker.take();
+        if let Some(w) = waker {
             w.wake();
         }
     }

@@ -10,8 +10,14 @@
 //! ```
 //!
 //! Each server runs on a 2-worker tokio runtime and prints `listening on <addr>` once bound.
-//! `calls <bare|pipeline|memory> <n>` sends `n` POSTs with new keys through the variant's router in
-//! process (no sockets, one thread), for callgrind: run it with `n` and `2n` and subtract.
+//! `calls <bare|pipeline|memory> <n> [fill]` sends `n` POSTs with new keys through the variant's
+//! router in process (no sockets, one thread), for callgrind: run it with `n` and `2n` and
+//! subtract. With `fill`, the memory store first gets that many completed records (as a long wrk
+//! run leaves it); only `measured` runs the requests, so `--toggle-collect=*measured*` counts
+//! them alone. With `held` too (`calls memory <n> <fill> <held>`), the clock is paused and moves
+//! on as the requests go (see `pace_for`), after `held` unmeasured requests: every measured key's
+//! renewal entry is made, comes due, and is found done (or renewed) inside the window, with
+//! `held` keys waiting at any time, as under wrk (rate x lease/3).
 //! `store-limit <connections> <url>` is the Redis store's own limit for the same work: that many
 //! tasks each claiming a new key and completing it with the handler's answer, as fast as the
 //! store answers, for 8 s; it prints the keys per second.
@@ -55,13 +61,19 @@ async fn serve(variant: &str, addr: &str, redis: Option<&str>) -> Result<(), Str
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
-/// `n` POSTs with new keys through the variant's router, in process.
-async fn calls(variant: &str, n: u64) -> Result<(), String> {
+/// `n` POSTs with new keys (`{prefix}-{i}`) through `app`, in process. With `pace`, the clock
+/// (paused) moves on by `pace` per request, 64 requests at a time, and the runtime gets a turn
+/// then: the layer's renewal watcher sees its keys come due, as under a steady load.
+async fn calls(app: &Router, n: u64, prefix: &str, pace: Option<Duration>) -> Result<(), String> {
     use tower::ServiceExt;
-    let app = router(variant, None).await?;
     for i in 0..n {
+        if let Some(step) = pace
+            && i % 64 == 63
+        {
+            tokio::time::advance(step * 64).await;
+        }
         let req = http::Request::post("/payments")
-            .header("idempotency-key", format!("key-{i}"))
+            .header("idempotency-key", format!("{prefix}-{i}"))
             .header("content-type", "application/json")
             .body(axum::body::Body::from("{\"amount\":1}"))
             .map_err(|e| e.to_string())?;
@@ -76,6 +88,81 @@ async fn calls(variant: &str, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The requests callgrind counts (`--toggle-collect=*measured*`): kept out of line so that its
+/// name stays in the profile. The router (and its store) outlives it: dropping them is not a
+/// request's cost.
+#[inline(never)]
+fn measured(
+    rt: &tokio::runtime::Runtime,
+    app: &Router,
+    n: u64,
+    pace: Option<Duration>,
+) -> Result<(), String> {
+    rt.block_on(calls(app, n, "key", pace))
+}
+
+/// The pace at which `held` keys wait for their first renewal at once (a third of the bench
+/// layer's lease, the default 10 s, over `held`): what a steady load of `held * 3 / 10`
+/// new keys per second leaves in the renewal queue.
+fn pace_for(held: u64) -> Option<Duration> {
+    let held = u32::try_from(held).ok().filter(|h| *h > 0)?;
+    Some(Duration::from_secs(10) / 3 / held)
+}
+
+/// `n` completed records in `store`, as the layer stores the handler's answer (key
+/// `0::fill-{i}`, a 201 with its `content-type` and body), straight through the store.
+async fn fill(store: &MemoryStore, n: u64) -> Result<(), String> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let completion = Completion::Response(StoredResponse {
+        status: StatusCode::CREATED,
+        headers,
+        body: bytes::Bytes::from_static(b"{\"id\":1}"),
+        trailers: None,
+    });
+    let (lease, ttl) = (Duration::from_secs(10), Duration::from_secs(24 * 3600));
+    for i in 0..n {
+        let key = format!("0::fill-{i}");
+        let mut bytes = [7; 32];
+        bytes[..8].copy_from_slice(&i.to_le_bytes());
+        let fingerprint = Fingerprint::from_bytes(bytes);
+        let token = OwnerToken::new();
+        store
+            .claim(&key, &fingerprint, token, lease)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stored = store
+            .complete(&key, &fingerprint, token, &completion, ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !stored {
+            return Err(format!("fill {i}: not stored"));
+        }
+    }
+    Ok(())
+}
+
+/// The memory variant's store: it holds every key of a whole run (about 400 bytes each); the
+/// default 64 MiB would fill within seconds at wrk's rates and answer 503, which measures
+/// refusals, not new keys.
+fn bench_store() -> MemoryStore {
+    MemoryStore::with_max_bytes(4 << 30)
+}
+
+fn memory_router(store: MemoryStore) -> Result<Router, String> {
+    // One tenant: wrk sends no caller identity to scope keys by.
+    Ok(app().layer(
+        IdempotencyLayer::builder()
+            .store(store)
+            .global_keys()
+            .build()
+            .map_err(|e| e.to_string())?,
+    ))
+}
+
 async fn router(variant: &str, redis: Option<&str>) -> Result<Router, String> {
     Ok(match variant {
         "bare" => app(),
@@ -87,16 +174,7 @@ async fn router(variant: &str, redis: Option<&str>) -> Result<Router, String> {
                 .map_err(|e| e.to_string())?;
             app().layer(layer)
         }
-        // One tenant: wrk sends no caller identity to scope keys by. The store holds every key
-        // of a whole run (about 400 bytes each): the default 64 MiB would fill within seconds
-        // at these rates and answer 503, which measures refusals, not new keys.
-        "memory" => app().layer(
-            IdempotencyLayer::builder()
-                .store(MemoryStore::with_max_bytes(4 << 30))
-                .global_keys()
-                .build()
-                .map_err(|e| e.to_string())?,
-        ),
+        "memory" => memory_router(bench_store())?,
         "redis" => {
             let url = redis.ok_or("the redis variant needs a Redis URL")?;
             let store = RedisStore::connect(url).await.map_err(|e| e.to_string())?;
@@ -166,11 +244,29 @@ fn main() -> ExitCode {
         .expect("a tokio runtime");
     if variant == "calls" {
         let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
+        let filled = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let held = args.get(4).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let pace = pace_for(held);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(pace.is_some())
             .build()
             .expect("a tokio runtime");
-        return match rt.block_on(calls(addr, n)) {
+        let app = rt.block_on(async {
+            let app = if addr != "memory" || filled == 0 {
+                router(addr, None).await?
+            } else {
+                let store = bench_store();
+                fill(&store, filled).await?;
+                memory_router(store)?
+            };
+            if pace.is_some() {
+                // The steady state first: `held` keys waiting in the renewal queue.
+                calls(&app, held, "warm", pace).await?;
+            }
+            Ok(app)
+        });
+        return match app.and_then(|app| measured(&rt, &app, n, pace)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("http_bench: {e}");

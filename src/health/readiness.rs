@@ -129,6 +129,8 @@ struct StoreCheck {
 struct Inner {
     breakers: Vec<Breakers>,
     stores: Vec<StoreCheck>,
+    #[cfg(feature = "postgres")]
+    outboxes: Vec<crate::message::outbox::OutboxCheck>,
     store_timeout: Duration,
 }
 
@@ -197,6 +199,8 @@ impl Readiness {
             inner: Arc::new(Inner {
                 breakers: Vec::new(),
                 stores: Vec::new(),
+                #[cfg(feature = "postgres")]
+                outboxes: Vec::new(),
                 store_timeout: Duration::from_secs(1),
             }),
         }
@@ -280,6 +284,17 @@ impl Readiness {
         })
     }
 
+    /// Checks an outbox's backlog (component `<table>`, key `<table>:backlogAge`, observed in
+    /// seconds): the probe fails when the oldest unpublished event is older than the check's
+    /// `max_age`, or PostgreSQL does not answer within the store timeout.
+    ///
+    /// It warns above half of `max_age`. It runs with the stores, concurrently, under the same
+    /// timeout; the observed value is the oldest unpublished event's age (0 when none waits).
+    #[cfg(feature = "postgres")]
+    pub fn outbox(self, check: crate::message::outbox::OutboxCheck) -> Self {
+        self.edit(|i| i.outboxes.push(check))
+    }
+
     /// How long a store may take to answer (1 second by default). Keep it below the
     /// orchestrator's probe timeout.
     pub fn store_timeout(self, timeout: Duration) -> Self {
@@ -310,11 +325,19 @@ impl Readiness {
             }
         }
         let timeout = inner.store_timeout;
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
         let mut pending: Vec<Option<BoxFuture<'_, Check>>> = inner
             .stores
             .iter()
             .map(|s| Some(Box::pin(store_check(s, timeout)) as BoxFuture<'_, Check>))
             .collect();
+        #[cfg(feature = "postgres")]
+        pending.extend(
+            inner
+                .outboxes
+                .iter()
+                .map(|o| Some(Box::pin(o.run(timeout)) as BoxFuture<'_, Check>)),
+        );
         let mut done: Vec<Option<Check>> = vec![None; pending.len()];
         poll_fn(|cx| {
             let mut waiting = false;

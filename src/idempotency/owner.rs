@@ -95,7 +95,10 @@ where
         renewals,
     };
     let (tx, rx) = oneshot::channel();
-    let task: Task = Box::pin(run(owned, service, req, tx));
+    // Written straight into its box: built on the stack first, this future (about 4 KiB)
+    // would be copied there whole.
+    let task = Box::write(Box::new_uninit(), run(owned, service, req, tx));
+    let task: Task = Box::into_pin(task);
     let mut owning = Owning::new(task, rx);
     handoff.taken();
     if displaced {

@@ -84,7 +84,13 @@ where
         // The ready service goes with this request; a clone stays for the next.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        Box::pin(handle(self.settings.clone(), service, req))
+        // Written straight into its box: built on the stack first, this future (several KiB)
+        // would be copied there whole.
+        let boxed = Box::write(
+            Box::new_uninit(),
+            handle(self.settings.clone(), service, req),
+        );
+        Box::into_pin(boxed)
     }
 }
 

@@ -19,6 +19,8 @@ pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
+pub mod outbox;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;

@@ -113,4 +113,6 @@ pub use dead_letters::{PgDeadLetters, PgDeadLettersBuilder, ReplayError};
 pub use error::PgInboxError;
 pub use future::ResponseFuture;
 pub use layer::{PgInboxLayer, PgInboxLayerBuilder};
+pub(crate) use schema::{lock_name, migrate};
 pub use service::{PgInbox, PgTx, TxMessage};
+pub(crate) use table::Table;

@@ -78,12 +78,17 @@ impl MemoryStore {
         if !self.reserve(size) {
             return None;
         }
+        let key: Arc<str> = key.into();
         let record = Record {
             fingerprint: *fingerprint,
-            state: State::InFlight { token, until },
+            state: State::InFlight {
+                token,
+                until,
+                key: key.clone(),
+            },
             size,
         };
-        shard.map.insert(key.into(), record);
+        shard.map.insert(key, record);
         Some(Claim::New)
     }
 
@@ -214,20 +219,20 @@ impl MemoryStore {
         ttl: Duration,
         degrade: bool,
     ) -> Completing {
-        let (held, claimed) = match shard.map.get_key_value(key) {
+        let claimed = match shard.map.get_mut(key) {
             // The claim's own record becomes the completion, under the same key allocation.
-            Some((k, r)) if r.owned_by(token) => (r.size, Some(k.clone())),
-            Some((
-                _,
-                Record {
-                    state: State::Done { token: t, .. },
-                    ..
-                },
-            )) if *t == token => return Completing::Done(true),
-            Some(_) => return Completing::Done(false),
+            Some(r) => match &r.state {
+                State::InFlight { token: t, key, .. } if *t == token => {
+                    let key = key.clone();
+                    Some((r, key))
+                }
+                State::Done { token: t, .. } => return Completing::Done(*t == token),
+                State::InFlight { .. } => return Completing::Done(false),
+            },
             // The lease lapsed and was swept, and nobody claimed the key since.
-            None => (0, None),
+            None => None,
         };
+        let held = claimed.as_ref().map_or(0, |(r, _)| r.size);
         let base = RECORD_OVERHEAD + key.len();
         let full = base + completion_size(completion);
         let mut degraded = false;
@@ -262,10 +267,8 @@ impl MemoryStore {
             size,
         };
         let key = match claimed {
-            Some(k) => {
-                if let Some(r) = shard.map.get_mut(key) {
-                    *r = record;
-                }
+            Some((r, k)) => {
+                *r = record;
                 k
             }
             None => {

@@ -167,8 +167,8 @@ pub struct Readiness {
 
 impl fmt::Debug for Readiness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Readiness")
-            .field("breaker_sources", &self.inner.breakers.len())
+        let mut d = f.debug_struct("Readiness");
+        d.field("breaker_sources", &self.inner.breakers.len())
             .field(
                 "stores",
                 &self
@@ -177,9 +177,18 @@ impl fmt::Debug for Readiness {
                     .iter()
                     .map(|s| &*s.name)
                     .collect::<Vec<_>>(),
-            )
-            .field("store_timeout", &self.inner.store_timeout)
-            .finish()
+            );
+        #[cfg(feature = "postgres")]
+        d.field(
+            "outboxes",
+            &self
+                .inner
+                .outboxes
+                .iter()
+                .map(|o| o.outbox.table_name())
+                .collect::<Vec<_>>(),
+        );
+        d.field("store_timeout", &self.inner.store_timeout).finish()
     }
 }
 

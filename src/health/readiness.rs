@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::{Check, ObservedValue, OpenBreakers, Report, Status};
 use crate::{
     circuit_breaker::{CircuitBreakerHandle, KeyedBreakers, Snapshot, State},
-    idempotency::{Store, StoreError},
+    idempotency::Store,
 };
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -94,14 +94,37 @@ where
     }
 }
 
-/// [`Store::ready`], object-safe.
+/// A check that asks something over the network (a store's `ready`, an outbox's backlog):
+/// run concurrently with the others, within the store timeout.
 trait Probe: Send + Sync + 'static {
-    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Its component name, for `Debug`.
+    fn name(&self) -> String;
+    fn check(&self, timeout: Duration) -> BoxFuture<'_, Check>;
 }
 
-impl<St: Store> Probe for St {
-    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(Store::ready(self))
+struct StoreCheck<St> {
+    name: Arc<str>,
+    store: St,
+}
+
+impl<St: Store> Probe for StoreCheck<St> {
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
+
+    fn check(&self, timeout: Duration) -> BoxFuture<'_, Check> {
+        Box::pin(store_check(&self.name, &self.store, timeout))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Probe for crate::message::outbox::OutboxCheck {
+    fn name(&self) -> String {
+        self.outbox.table_name()
+    }
+
+    fn check(&self, timeout: Duration) -> BoxFuture<'_, Check> {
+        Box::pin(self.run(timeout))
     }
 }
 
@@ -120,17 +143,10 @@ struct Critical {
 }
 
 #[derive(Clone)]
-struct StoreCheck {
-    name: Arc<str>,
-    store: Arc<dyn Probe>,
-}
-
-#[derive(Clone)]
 struct Inner {
     breakers: Vec<Breakers>,
-    stores: Vec<StoreCheck>,
-    #[cfg(feature = "postgres")]
-    outboxes: Vec<crate::message::outbox::OutboxCheck>,
+    /// Stores and outboxes, in the order they were added.
+    probes: Vec<Arc<dyn Probe>>,
     store_timeout: Duration,
 }
 
@@ -167,28 +183,19 @@ pub struct Readiness {
 
 impl fmt::Debug for Readiness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Readiness");
-        d.field("breaker_sources", &self.inner.breakers.len())
+        f.debug_struct("Readiness")
+            .field("breaker_sources", &self.inner.breakers.len())
             .field(
-                "stores",
+                "probes",
                 &self
                     .inner
-                    .stores
+                    .probes
                     .iter()
-                    .map(|s| &*s.name)
+                    .map(|p| p.name())
                     .collect::<Vec<_>>(),
-            );
-        #[cfg(feature = "postgres")]
-        d.field(
-            "outboxes",
-            &self
-                .inner
-                .outboxes
-                .iter()
-                .map(|o| o.outbox.table_name())
-                .collect::<Vec<_>>(),
-        );
-        d.field("store_timeout", &self.inner.store_timeout).finish()
+            )
+            .field("store_timeout", &self.inner.store_timeout)
+            .finish()
     }
 }
 
@@ -207,9 +214,7 @@ impl Readiness {
         Readiness {
             inner: Arc::new(Inner {
                 breakers: Vec::new(),
-                stores: Vec::new(),
-                #[cfg(feature = "postgres")]
-                outboxes: Vec::new(),
+                probes: Vec::new(),
                 store_timeout: Duration::from_secs(1),
             }),
         }
@@ -286,10 +291,8 @@ impl Readiness {
     pub fn store_named<St: Store>(self, name: impl Into<Arc<str>>, store: St) -> Self {
         let name = name.into();
         self.edit(|i| {
-            i.stores.push(StoreCheck {
-                name,
-                store: Arc::new(store),
-            })
+            i.probes
+                .push(Arc::new(StoreCheck { name, store }) as Arc<dyn Probe>)
         })
     }
 
@@ -301,7 +304,7 @@ impl Readiness {
     /// timeout; the observed value is the oldest unpublished event's age (0 when none waits).
     #[cfg(feature = "postgres")]
     pub fn outbox(self, check: crate::message::outbox::OutboxCheck) -> Self {
-        self.edit(|i| i.outboxes.push(check))
+        self.edit(|i| i.probes.push(Arc::new(check)))
     }
 
     /// How long a store may take to answer (1 second by default). Keep it below the
@@ -334,19 +337,11 @@ impl Readiness {
             }
         }
         let timeout = inner.store_timeout;
-        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
         let mut pending: Vec<Option<BoxFuture<'_, Check>>> = inner
-            .stores
+            .probes
             .iter()
-            .map(|s| Some(Box::pin(store_check(s, timeout)) as BoxFuture<'_, Check>))
+            .map(|p| Some(p.check(timeout)))
             .collect();
-        #[cfg(feature = "postgres")]
-        pending.extend(
-            inner
-                .outboxes
-                .iter()
-                .map(|o| Some(Box::pin(o.run(timeout)) as BoxFuture<'_, Check>)),
-        );
         let mut done: Vec<Option<Check>> = vec![None; pending.len()];
         poll_fn(|cx| {
             let mut waiting = false;
@@ -440,10 +435,10 @@ fn breaker_check(s: &Snapshot, critical: Option<&Verdict>, wall: SystemTime) -> 
     }
 }
 
-async fn store_check(s: &StoreCheck, timeout: Duration) -> Check {
+async fn store_check<St: Store>(name: &str, store: &St, timeout: Duration) -> Check {
     let wall = SystemTime::now();
     let start = Instant::now();
-    let answer = tokio::time::timeout(timeout, s.store.ready()).await;
+    let answer = tokio::time::timeout(timeout, store.ready()).await;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     let (status, output) = match answer {
         Ok(Ok(())) => (Status::Pass, None),
@@ -454,8 +449,8 @@ async fn store_check(s: &StoreCheck, timeout: Duration) -> Check {
         ),
     };
     Check {
-        key: format!("{}:responseTime", s.name),
-        component_id: s.name.to_string(),
+        key: format!("{name}:responseTime"),
+        component_id: name.to_owned(),
         component_type: "datastore",
         status,
         observed_value: ObservedValue::Number(ms),

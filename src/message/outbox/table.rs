@@ -17,8 +17,6 @@ use crate::{
 pub(crate) const LAYER: &str = "outbox";
 /// The longest aggregate accepted, in bytes.
 pub const MAX_AGGREGATE_LEN: usize = 255;
-/// The most rows one purge call deletes (one statement, one transaction).
-const MAX_PURGE_LIMIT: u32 = 1_000_000;
 
 /// An outbox table in PostgreSQL. Cheap to clone (the pool is shared).
 ///
@@ -190,20 +188,10 @@ impl Outbox {
     /// [`OutboxError::Config`] when `older_than` is above a year or `limit` is not within
     /// 1..=1,000,000; [`OutboxError::Database`] when the delete failed.
     pub async fn purge(&self, older_than: Duration, limit: u32) -> Result<u64, OutboxError> {
-        ConfigError::check_duration(LAYER, "older_than", older_than)?;
-        if !(1..=MAX_PURGE_LIMIT).contains(&limit) {
-            return Err(ConfigError::field(
-                LAYER,
-                "limit",
-                format!("must be within 1..={MAX_PURGE_LIMIT}, got {limit}"),
-            )
-            .into());
-        }
-        // At most a year in microseconds: far inside i64.
-        let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+        let (micros, limit) = postgres::purge_args(LAYER, older_than, limit)?;
         let done = sqlx::query(&self.sql.purge)
             .bind(micros)
-            .bind(i64::from(limit))
+            .bind(limit)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())

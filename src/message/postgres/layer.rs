@@ -5,15 +5,16 @@ use std::{fmt, sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tower_layer::Layer;
 
-use super::{PgInbox, PgInboxError, schema, table::Table};
+use super::{
+    PgInbox, PgInboxError, schema,
+    table::{self, Table},
+};
 use crate::{ConfigError, message::Message};
 
 const LAYER: &str = "postgres inbox";
 /// The longest key accepted (as the store-backed inbox): keys are a btree index's entries, and
 /// a longer key is a bug at the publisher.
 pub(crate) const MAX_KEY_LEN: usize = 512;
-/// The most rows one purge call deletes (each call is one statement, one transaction).
-const MAX_PURGE_LIMIT: u32 = 1_000_000;
 const DEFAULT_STORE_ERROR_DELAY: Duration = Duration::from_secs(5);
 
 type KeyFn = Arc<dyn Fn(&Message) -> String + Send + Sync>;
@@ -130,26 +131,17 @@ impl PgInboxLayer {
                 "must be positive",
             )));
         }
-        ConfigError::check_duration(LAYER, "older_than", older_than)
-            .map_err(PgInboxError::Config)?;
-        if !(1..=MAX_PURGE_LIMIT).contains(&limit) {
-            return Err(PgInboxError::Config(ConfigError::field(
-                LAYER,
-                "limit",
-                format!("must be within 1..={MAX_PURGE_LIMIT}, got {limit}"),
-            )));
-        }
+        let (micros, limit) =
+            table::purge_args(LAYER, older_than, limit).map_err(PgInboxError::Config)?;
         let q = self.shared.table.quoted();
         let sql = format!(
             "DELETE FROM {q} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {q} \
              WHERE processed_at < now() - $1 * interval '1 microsecond' \
              ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED))"
         );
-        // At most a year in microseconds: far inside i64.
-        let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
         let done = sqlx::query(&sql)
             .bind(micros)
-            .bind(i64::from(limit))
+            .bind(limit)
             .execute(&self.shared.pool)
             .await
             .map_err(PgInboxError::Store)?;

@@ -10,6 +10,28 @@ const MAX_NAME: usize = 48;
 /// PostgreSQL's identifier limit, for the schema part.
 const MAX_SCHEMA: usize = 63;
 
+/// The most rows one `purge` call deletes (each call is one statement, one transaction).
+const MAX_PURGE_LIMIT: u32 = 1_000_000;
+
+/// A purge's arguments, checked for `layer`: `older_than` at most a year (as microseconds,
+/// far inside `i64`), `limit` within 1..=1,000,000.
+pub(crate) fn purge_args(
+    layer: &'static str,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<(i64, i64), ConfigError> {
+    ConfigError::check_duration(layer, "older_than", older_than)?;
+    if !(1..=MAX_PURGE_LIMIT).contains(&limit) {
+        return Err(ConfigError::field(
+            layer,
+            "limit",
+            format!("must be within 1..={MAX_PURGE_LIMIT}, got {limit}"),
+        ));
+    }
+    let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    Ok((micros, i64::from(limit)))
+}
+
 /// A validated `name` or `schema.name`: lowercase ASCII letters, digits and `_`, not starting
 /// with a digit. Always written quoted, so reserved words (`order`) are fine.
 #[derive(Debug, Clone, PartialEq, Eq)]

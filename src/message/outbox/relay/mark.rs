@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use super::publish::{Done, Fate};
-use crate::message::outbox::schema::Statements;
+use crate::message::{outbox::schema::Statements, postgres::storable};
 
 /// The longest `last_error` kept, in bytes.
 const MAX_ERROR: usize = 2048;
@@ -73,7 +73,7 @@ fn bounded(why: &str) -> String {
     while !why.is_char_boundary(end) {
         end -= 1;
     }
-    why[..end].replace('\0', "\u{FFFD}")
+    storable(&why[..end]).into_owned()
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ async fn fill(store: &MemoryStore, n: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The memory variant's store: it holds every key of a whole run (about 400 bytes each); the
+/// The memory variant's store: it holds every key of a whole run (charged about 1 KiB each); the
 /// default 64 MiB would fill within seconds at wrk's rates and answer 503, which measures
 /// refusals, not new keys.
 fn bench_store() -> MemoryStore {

@@ -41,7 +41,7 @@ async fn app(store: MemoryStore) -> (String, Arc<AtomicUsize>) {
 /// every second for an hour.
 #[tokio::test]
 async fn a_full_store_answers_503_with_when_room_frees_up() {
-    let (base, runs) = app(MemoryStore::with_max_bytes(4 * 1024)).await;
+    let (base, runs) = app(MemoryStore::with_max_bytes(16 * 1024)).await;
     let client = client();
     let mut answers = Vec::new();
     for i in 0..100 {

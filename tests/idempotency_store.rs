@@ -84,7 +84,7 @@ async fn live_keys_are_answered_right(store: &MemoryStore) {
 /// room is tested in `idempotency_memory_eviction.rs`.)
 #[tokio::test(start_paused = true)]
 async fn a_full_store_refuses_new_keys_and_never_forgets_live_ones() {
-    let store = MemoryStore::with_max_bytes(64 * 1024);
+    let store = MemoryStore::with_max_bytes(256 * 1024);
     let running = claim_new(&store, "running").await;
     let done = claim_new(&store, "done").await;
     assert!(
@@ -104,7 +104,7 @@ async fn a_full_store_refuses_new_keys_and_never_forgets_live_ones() {
     }
     assert!(taken > 100, "{taken} keys fit");
     assert!(refused > 5_000, "{refused} refused");
-    assert!(store.bytes() <= 64 * 1024, "{} bytes", store.bytes());
+    assert!(store.bytes() <= 256 * 1024, "{} bytes", store.bytes());
 
     // Existing keys are still answered, and answered right.
     live_keys_are_answered_right(&store).await;
@@ -142,7 +142,7 @@ async fn a_completion_that_does_not_fit_is_kept_as_not_replayable() {
 /// store takes as many new keys as it did when empty.
 #[tokio::test(start_paused = true)]
 async fn bytes_are_given_back() {
-    let store = MemoryStore::with_max_bytes(32 * 1024);
+    let store = MemoryStore::with_max_bytes(64 * 1024);
     let fill = |prefix: &'static str| {
         let store = store.clone();
         async move {

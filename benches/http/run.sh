@@ -42,8 +42,8 @@ start() { # variant: starts its server, sets port[variant] once it listens
 
 declare -A port pid cpu
 notes=()
-# The server's CPU time (user + system), in clock ticks.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The server's CPU time, user and system, in clock ticks.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 for v in bare pipeline memory redis; do start "$v"; done
 
@@ -53,12 +53,13 @@ printf '%-10s' round; for v in bare pipeline memory redis; do printf '%12s' "$v"
 for r in $(seq "$ROUNDS"); do
   printf '%-10s' "$r"
   for v in bare pipeline memory redis; do
-    t0=$(ticks "${pid[$v]}")
+    read -r u0 s0 < <(ticks "${pid[$v]}")
     out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s benches/http/new_key.lua "http://127.0.0.1:${port[$v]}")
-    t1=$(ticks "${pid[$v]}")
+    read -r u1 s1 < <(ticks "${pid[$v]}")
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
     n=$(awk '/requests in/ {print $1}' <<<"$out")
-    cpu[$r.$v]=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$n" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
+    cpu[$r.$v]=$(awk -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v hz="$hz" -v n="$n" \
+      'BEGIN {printf "%.1f+%.1f", u / hz * 1e6 / n, s / hz * 1e6 / n}')
     # Only 201s count: a refusal (503, a full store) or an error is cheaper than a new key.
     bad=$(awk '/Non-2xx or 3xx responses|Socket errors/ {print}' <<<"$out")
     if [[ -n "$bad" ]]; then rps="$rps!"; notes+=("round $r, $v: $bad"); fi
@@ -69,7 +70,7 @@ for r in $(seq "$ROUNDS"); do
 done
 # CPU time per request varies less with other load than requests per second do (though a busy
 # machine's caches still inflate it); Redis's own CPU is not in it.
-echo "server CPU per request (user + system, microseconds)"
+echo "server CPU per request (user+system, microseconds)"
 for r in $(seq "$ROUNDS"); do
   printf '%-10s' "$r"
   for v in bare pipeline memory redis; do printf '%12s' "${cpu[$r.$v]}"; done

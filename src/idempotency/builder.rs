@@ -258,6 +258,7 @@ impl<St: Store> Builder<St> {
         if o.max_response_body > u32::MAX as usize {
             return field("max_response_body", "must be at most 4 GiB");
         }
+        self.options.meters.bind_now();
         Ok(IdempotencyLayer {
             settings: Arc::new(Settings {
                 store: self.store,

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     Claim, Completion, EventKind, Fingerprint, OwnerToken, Store, StoreError, StoreErrorKind,
-    instrument::{outcome, within},
+    instrument::{Op, outcome, within},
     layer::{OnStoreError, Settings},
     outage::{Outage, later},
     problem::{problem, problem_types as kind},
@@ -107,7 +107,7 @@ async fn claim_once<St: Store>(
     let claim = settings
         .store
         .claim(key, fingerprint, token, settings.lease);
-    let answer = within("claim", settings.store_timeout, claim).await;
+    let answer = within(&settings.meters, Op::Claim, settings.store_timeout, claim).await;
     // A lost answer stays armed: the claim may have landed, or land later.
     in_flight.armed = matches!(&answer, Err(e) if e.kind() == StoreErrorKind::Unavailable);
     drop(in_flight);
@@ -152,7 +152,14 @@ fn forget_claim<St: Store>(settings: &Arc<Settings<St>>, key: &Arc<str>, token: 
         let (mut wait, cap) = (settings.store_timeout / 4, settings.lease / 4);
         while Instant::now() < end {
             let release = settings.store.release(&key, token);
-            match within("release", settings.store_timeout, release).await {
+            match within(
+                &settings.meters,
+                Op::Release,
+                settings.store_timeout,
+                release,
+            )
+            .await
+            {
                 Ok(true) => return settings.outage.answered(),
                 Ok(false) => settings.outage.answered(),
                 Err(_) => settings.outage.failed(),

@@ -131,6 +131,35 @@ impl EventKind {
     }
 }
 
+/// How many kinds there are: the metric counters are an array indexed by `kind as usize`.
+#[cfg(feature = "metrics")]
+impl EventKind {
+    pub(crate) const COUNT: usize = {
+        macro_rules! count {
+            ($($kind:ident => $label:literal,)*) => {
+                [$(EventKind::$kind),*].len()
+            };
+        }
+        event_kind_labels!(count)
+    };
+}
+
+// The table lists the kinds in declaration order, so `kind as usize` finds a kind's counter.
+#[cfg(feature = "metrics")]
+const _: () = {
+    macro_rules! in_order {
+        ($($kind:ident => $label:literal,)*) => {{
+            let kinds = [$(EventKind::$kind as usize),*];
+            let mut i = 0;
+            while i < kinds.len() {
+                assert!(kinds[i] == i, "event_kind_labels! must list the kinds in declaration order");
+                i += 1;
+            }
+        }};
+    }
+    event_kind_labels!(in_order)
+};
+
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

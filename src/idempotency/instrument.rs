@@ -56,9 +56,8 @@ pub(crate) fn describe() {
 pub(crate) fn outcome(options: &Options, key: Option<&str>, kind: EventKind) {
     let label = kind.as_str();
     #[cfg(feature = "metrics")]
-    {
-        describe();
-        count(kind);
+    if let Some(m) = options.meters.bound() {
+        m.requests[kind as usize].increment(1);
     }
     #[cfg(feature = "tracing")]
     let logged = tracing::enabled!(tracing::Level::DEBUG);
@@ -89,30 +88,101 @@ pub(crate) fn outcome(options: &Options, key: Option<&str>, kind: EventKind) {
     }
 }
 
-/// Counts one outcome. Each kind's label is a literal (the one table in `events.rs`), so that
-/// the metric's key is built without allocating.
-#[cfg(feature = "metrics")]
-fn count(kind: EventKind) {
-    macro_rules! by_kind {
-        ($($kind:ident => $label:literal,)*) => {
-            match kind {
-                $(EventKind::$kind => {
-                    metrics::counter!(metric_names::REQUESTS, "outcome" => $label).increment(1)
-                })*
-            }
-        };
-    }
-    super::events::event_kind_labels!(by_kind);
+/// The layer's metric handles: bound when the layer is built if a recorder exists, else at a
+/// later use that finds one (see `crate::telemetry`). While none is bound, a request builds no
+/// metric key and reads no clock for the store's latency.
+#[derive(Default)]
+pub(crate) struct Meters {
+    #[cfg(feature = "metrics")]
+    bound: crate::telemetry::Lazy<Handles>,
 }
 
-/// One store call, bounded by the store timeout, its latency recorded.
+impl Clone for Meters {
+    /// A builder's copy: bound again by the layer it builds.
+    fn clone(&self) -> Self {
+        Meters::default()
+    }
+}
+
+#[cfg(feature = "metrics")]
+pub(crate) struct Handles {
+    /// One counter per [`EventKind`], in declaration order.
+    requests: [metrics::Counter; EventKind::COUNT],
+    /// One histogram per [`Op`].
+    store: [metrics::Histogram; 4],
+}
+
+/// A store call, for its latency histogram's `op` label.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Op {
+    Claim = 0,
+    Complete = 1,
+    Release = 2,
+    Renew = 3,
+}
+
+#[cfg(feature = "metrics")]
+const HELP: &[crate::telemetry::Help] = &[
+    crate::telemetry::Help::counter(
+        metric_names::REQUESTS,
+        "Requests with an Idempotency-Key, and what the layer did with them, by outcome (new, replayed, conflict, mismatch, outcome_unknown, store_error, lease_lost, ...)",
+    ),
+    crate::telemetry::Help::seconds(
+        metric_names::STORE_SECONDS,
+        "Latency of the Idempotency-Key store's calls, by op (claim, complete, release, renew)",
+    ),
+];
+
+impl Meters {
+    /// Binds the handles now if a recorder is installed (when the layer is built).
+    pub(crate) fn bind_now(&self) {
+        #[cfg(feature = "metrics")]
+        self.bound.bind_now(HELP, make);
+    }
+
+    /// The handles, bound now if they were not and a recorder has appeared since.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn bound(&self) -> Option<&Handles> {
+        self.bound.get_or_bind(HELP, make)
+    }
+}
+
+/// Every handle, with literal labels (the one table in `events.rs`): keys built without
+/// allocating.
+#[cfg(feature = "metrics")]
+fn make() -> Handles {
+    // The store's other metrics (full, evicted) are described with these.
+    describe();
+    macro_rules! by_kind {
+        ($($kind:ident => $label:literal,)*) => {
+            [$(metrics::counter!(metric_names::REQUESTS, "outcome" => $label),)*]
+        };
+    }
+    let name = metric_names::STORE_SECONDS;
+    Handles {
+        requests: super::events::event_kind_labels!(by_kind),
+        store: [
+            metrics::histogram!(name, "op" => "claim"),
+            metrics::histogram!(name, "op" => "complete"),
+            metrics::histogram!(name, "op" => "release"),
+            metrics::histogram!(name, "op" => "renew"),
+        ],
+    }
+}
+
+/// One store call, bounded by the store timeout, its latency recorded when a recorder listens.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 pub(crate) async fn within<T>(
-    op: &'static str,
+    meters: &Meters,
+    op: Op,
     limit: Duration,
     f: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     #[cfg(feature = "metrics")]
-    let start = tokio::time::Instant::now();
+    let timed = meters
+        .bound()
+        .map(|m| (&m.store[op as usize], tokio::time::Instant::now()));
     let mut f = std::pin::pin!(f);
     // A store that answers at once (the memory store) needs no timer.
     let out = match std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
@@ -120,20 +190,9 @@ pub(crate) async fn within<T>(
         Poll::Pending => tokio::time::timeout(limit, f).await,
     };
     #[cfg(feature = "metrics")]
-    {
-        describe();
-        let seconds = start.elapsed().as_secs_f64();
-        // Literal labels: the metric's key is built without allocating.
-        let name = metric_names::STORE_SECONDS;
-        match op {
-            "claim" => metrics::histogram!(name, "op" => "claim").record(seconds),
-            "complete" => metrics::histogram!(name, "op" => "complete").record(seconds),
-            "release" => metrics::histogram!(name, "op" => "release").record(seconds),
-            "renew" => metrics::histogram!(name, "op" => "renew").record(seconds),
-            other => metrics::histogram!(name, "op" => other).record(seconds),
-        }
+    if let Some((histogram, start)) = timed {
+        histogram.record(start.elapsed().as_secs_f64());
     }
-    let _ = op;
     match out {
         Ok(r) => r,
         Err(_) => Err(StoreError::new(
@@ -146,7 +205,7 @@ pub(crate) async fn within<T>(
 mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
-    use super::{EventKind, count, metric_names};
+    use super::{EventKind, Meters, metric_names};
 
     /// Every kind is counted under its own `as_str` label.
     #[test]
@@ -180,18 +239,32 @@ mod tests {
         ];
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || kinds.iter().for_each(|k| count(*k)));
-        let mut seen: Vec<String> = snapshotter
+        // Kind i counted i + 1 times: each label must carry its own kind's count.
+        metrics::with_local_recorder(&recorder, || {
+            let meters = Meters::default();
+            let handles = meters.bound().expect("a recorder is in scope");
+            for (i, k) in kinds.iter().enumerate() {
+                handles.requests[*k as usize].increment(i as u64 + 1);
+            }
+        });
+        let mut seen: Vec<(String, u64)> = snapshotter
             .snapshot()
             .into_vec()
             .into_iter()
             .filter(|(k, ..)| k.key().name() == metric_names::REQUESTS)
             .map(|(k, _, _, v)| {
-                assert_eq!(v, DebugValue::Counter(1));
-                k.key().labels().map(|l| l.value().to_owned()).collect()
+                let DebugValue::Counter(n) = v else {
+                    panic!("not a counter: {v:?}")
+                };
+                (k.key().labels().map(|l| l.value().to_owned()).collect(), n)
             })
             .collect();
-        let mut expected: Vec<String> = kinds.iter().map(|k| k.as_str().to_owned()).collect();
+        let mut expected: Vec<(String, u64)> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str().to_owned(), i as u64 + 1))
+            .collect();
+        assert_eq!(kinds.len(), EventKind::COUNT);
         seen.sort();
         expected.sort();
         assert_eq!(seen, expected);

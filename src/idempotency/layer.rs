@@ -50,6 +50,8 @@ pub(crate) struct Options {
     pub(crate) listeners: Vec<Listener>,
     /// Events and logs show keys as they are, not redacted.
     pub(crate) log_raw_keys: bool,
+    /// Metric handles (a builder's copy is never bound: the layer binds its own).
+    pub(crate) meters: super::instrument::Meters,
 }
 
 pub(crate) struct Settings<St> {
@@ -176,6 +178,7 @@ impl IdempotencyLayer {
                 in_flight_retry_after: Duration::from_secs(1),
                 listeners: Vec::new(),
                 log_raw_keys: false,
+                meters: Default::default(),
             },
         }
     }

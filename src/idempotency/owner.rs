@@ -22,7 +22,7 @@ use super::{
     Completion, DoNotStore, EventKind, Fingerprint, IdempotencyContext, OwnerToken, Store,
     claim::Handoff,
     detach::{Owning, Task},
-    instrument::{outcome, within},
+    instrument::{Op, outcome, within},
     layer::Settings,
     lease::{LeaseSender, lease},
     outage::later,
@@ -181,7 +181,8 @@ async fn own<S, St, B, ResB>(
     let st = &*owned.settings;
     let release = || {
         within(
-            "release",
+            &st.meters,
+            Op::Release,
             st.store_timeout,
             st.store.release(&owned.key, owned.token),
         )
@@ -265,7 +266,7 @@ async fn panicked<St, ResB, E>(
     };
     let Some(status) = ran else {
         let release = st.store.release(&owned.key, owned.token);
-        let _ = within("release", st.store_timeout, release).await;
+        let _ = within(&st.meters, Op::Release, st.store_timeout, release).await;
         let msg = "the handler failed; the key was released, so the request may be retried";
         reply(&mut answer, Ok(failed(msg)));
         outcome(st, Some(&owned.key), EventKind::HandlerPanicked);
@@ -310,7 +311,7 @@ pub(super) async fn attempt<St: Store>(
         completion,
         st.ttl,
     );
-    match within("complete", st.store_timeout, stored).await {
+    match within(&st.meters, Op::Complete, st.store_timeout, stored).await {
         Ok(true) => owned.renewals.stop(),
         Ok(false) => lost_completion(owned),
         Err(_) => {
@@ -343,7 +344,7 @@ pub(super) async fn settle<St: Store>(
             completion,
             st.ttl,
         );
-        match within("complete", st.store_timeout, stored).await {
+        match within(&st.meters, Op::Complete, st.store_timeout, stored).await {
             Ok(true) => {
                 owned.renewals.stop();
                 return st.outage.answered();

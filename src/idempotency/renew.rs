@@ -24,7 +24,7 @@ use tokio::{task::JoinHandle, time::Instant};
 
 use super::{
     EventKind, OwnerToken, Store,
-    instrument::{outcome, within},
+    instrument::{Op, outcome, within},
     layer::Settings,
     lease::LeaseSender,
     outage::later,
@@ -326,7 +326,8 @@ async fn heartbeat<St: Store>(
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
         let renewed = within(
-            "renew",
+            &st.meters,
+            Op::Renew,
             st.store_timeout,
             st.store.renew(&key, token, st.lease),
         );

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{DEFAULT_MAX_BYTES, MemoryStore, RECORD_OVERHEAD};
+use super::{BODY_BYTES, DEFAULT_MAX_BYTES, HEADER_BYTES, MemoryStore, RECORD_OVERHEAD};
 use crate::ConfigError;
 
 /// How long a [`MemoryStore`] keeps a completed record at least, even when room is needed: one
@@ -13,9 +13,11 @@ use crate::ConfigError;
 pub const DEFAULT_RETENTION_FLOOR: Duration = Duration::from_secs(3600);
 
 /// The size a [`MemoryStore`] charges for a record of typical size, used to tell the rate of new
-/// keys it sustains: a 64-byte scoped key and 128 bytes of stored response (a small JSON body
-/// and its `content-type`), plus the fixed cost of a record: 400 bytes.
-pub const TYPICAL_RECORD_BYTES: usize = RECORD_OVERHEAD + 64 + 128;
+/// keys it sustains: a 64-byte scoped key and a small JSON answer (a 64-byte body and its
+/// `content-type: application/json`), plus the fixed cost of a record: about 1 KiB on 64-bit
+/// targets.
+pub const TYPICAL_RECORD_BYTES: usize =
+    RECORD_OVERHEAD + 64 + (64 + BODY_BYTES) + (12 + 16 + HEADER_BYTES);
 
 const LAYER: &str = "idempotency memory store";
 
@@ -32,8 +34,8 @@ const LAYER: &str = "idempotency memory store";
 ///     .build()
 ///     .unwrap();
 /// assert_eq!(store.retention_floor(), Duration::from_secs(2 * 3600));
-/// // 256 MiB of typical records (400 bytes) kept for 2 h: about 93 new keys a second.
-/// assert_eq!(store.sustainable_rate().round(), 93.0);
+/// // 256 MiB of typical records (about 1 KiB) kept for 2 h: about 36 new keys a second.
+/// assert_eq!(store.sustainable_rate().round(), 36.0);
 ///
 /// let err = MemoryStore::builder().retention_floor(Duration::MAX).build().unwrap_err();
 /// assert_eq!(err.setting(), Some("retention_floor"));
@@ -100,7 +102,7 @@ impl MemoryStore {
     /// ```
     /// use tower_rampart::idempotency::MemoryStore;
     ///
-    /// assert_eq!(MemoryStore::new().typical_capacity(), 167_772);
+    /// assert_eq!(MemoryStore::new().typical_capacity(), 65_408);
     /// ```
     pub fn typical_capacity(&self) -> usize {
         self.inner.max_bytes / TYPICAL_RECORD_BYTES
@@ -113,8 +115,8 @@ impl MemoryStore {
     /// ```
     /// use tower_rampart::idempotency::MemoryStore;
     ///
-    /// // 64 MiB and the one-hour floor: about 46 new keys a second.
-    /// assert_eq!(MemoryStore::new().sustainable_rate().floor(), 46.0);
+    /// // 64 MiB and the one-hour floor: about 18 new keys a second.
+    /// assert_eq!(MemoryStore::new().sustainable_rate().floor(), 18.0);
     /// ```
     pub fn sustainable_rate(&self) -> f64 {
         self.typical_capacity() as f64 / self.inner.floor.as_secs_f64()

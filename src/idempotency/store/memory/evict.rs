@@ -2,14 +2,13 @@
 //! retention floor, oldest first across every shard; and saying when room frees up.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use super::{MemoryStore, Record, SHARDS, Shard, State, lock};
+use super::{MemoryStore, Record, SHARDS, Shard, State, lock, map::Map};
 
 /// A shard head that holds no completion.
 pub(super) const EMPTY: u64 = u64::MAX;
@@ -25,6 +24,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// A completed record's place in its shard's completion order.
 pub(super) struct Completed {
     pub(super) at: Instant,
+    /// The key's hash: finding its record hashes nothing.
+    pub(super) hash: u64,
     pub(super) key: Arc<str>,
 }
 
@@ -38,8 +39,8 @@ pub(super) struct FullScan {
 
 /// The record `entry` names, if it is still there: the map holds the very same key
 /// allocation (a key claimed anew after expiry has another one), completed.
-fn current<'a>(map: &'a HashMap<Arc<str>, Record>, entry: &Completed) -> Option<&'a Record> {
-    map.get_key_value(&*entry.key)
+fn current<'a>(map: &'a Map, entry: &Completed) -> Option<&'a Record> {
+    map.get_key_value(entry.hash, &entry.key)
         .filter(|(k, r)| Arc::ptr_eq(k, &entry.key) && matches!(r.state, State::Done { .. }))
         .map(|(_, r)| r)
 }
@@ -56,24 +57,40 @@ impl MemoryStore {
     }
 
     /// Puts a completion at the end of shard `i`'s order (its lock held).
-    pub(super) fn push_done(&self, i: usize, shard: &mut Shard, key: Arc<str>, now: Instant) {
+    pub(super) fn push_done(
+        &self,
+        i: usize,
+        shard: &mut Shard,
+        hash: u64,
+        key: Arc<str>,
+        now: Instant,
+    ) {
         // Never before the last one, whatever two threads' clock reads did.
         let at = shard.done.back().map_or(now, |last| last.at.max(now));
         let was_empty = shard.done.is_empty();
-        shard.done.push_back(Completed { at, key });
+        shard.done.push_back(Completed { at, hash, key });
         if was_empty {
             self.set_head(i, shard);
         }
     }
 
     /// Drops the records of shard `i` whose time is over, and the completion order's entries
-    /// for records that are gone; the soonest end among the records kept.
-    pub(super) fn sweep(&self, i: usize, shard: &mut Shard, now: Instant) -> Option<Instant> {
+    /// for records that are gone; the soonest end among the records kept, but for the record of
+    /// the key hashed `completing` (being completed: its lease's end frees nothing).
+    pub(super) fn sweep(
+        &self,
+        i: usize,
+        shard: &mut Shard,
+        now: Instant,
+        completing: Option<u64>,
+    ) -> Option<Instant> {
         let (mut freed, mut next) = (0, None::<Instant>);
-        shard.map.retain(|_, r| {
+        shard.map.retain(|hash, r| {
             let until = r.until();
             if until > now {
-                next = Some(next.map_or(until, |n| n.min(until)));
+                if completing != Some(hash) {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                }
                 true
             } else {
                 freed += r.size;
@@ -91,7 +108,7 @@ impl MemoryStore {
     /// Sweeps every shard (one lock at a time, none held by the caller), at most once per
     /// [`FULL_SWEEP_EVERY`], so a store full of live records does not rescan itself on every
     /// refused claim.
-    pub(super) fn sweep_all(&self, now: Instant) {
+    pub(super) fn sweep_all(&self, now: Instant, completing: Option<u64>) {
         {
             let mut scan = lock(&self.inner.full_scan);
             if scan.last.is_some_and(|t| now < t + FULL_SWEEP_EVERY) {
@@ -101,7 +118,7 @@ impl MemoryStore {
         }
         let mut next = None::<Instant>;
         for (i, s) in self.inner.shards.iter().enumerate() {
-            if let Some(end) = self.sweep(i, &mut lock(s), now) {
+            if let Some(end) = self.sweep(i, &mut lock(s), now, completing) {
                 next = Some(next.map_or(end, |n| n.min(end)));
             }
         }
@@ -172,7 +189,7 @@ impl MemoryStore {
                 };
                 let popped_entry = shard.done.pop_front();
                 if let Some(c) = popped_entry.filter(|_| remove)
-                    && let Some(r) = shard.map.remove(&*c.key)
+                    && let Some(r) = shard.map.remove(c.hash, &c.key)
                 {
                     self.free(r.size);
                 }

@@ -4,10 +4,11 @@
 
 mod builder;
 mod evict;
+mod map;
 mod ops;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     future::{Future, ready},
     hash::{BuildHasher, RandomState},
     sync::{
@@ -28,13 +29,33 @@ use crate::idempotency::{Completion, Fingerprint};
 /// The default bound of a [`MemoryStore`]: 64 MiB of keys and stored responses.
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 
-/// What one record costs besides its key and stored response: the map slot, the record, the
-/// `Arc` around a completion, the shared key's counts, and (once completed) its place in the
-/// completion order (measured from the types, rounded up). A claim reserves all of it, so a
-/// completion never needs more room than its response.
-const RECORD_OVERHEAD: usize = 208;
+/// What one record costs besides its key and stored response, from the types: its slot in the
+/// shard's table at the lowest load the table keeps after growing (7/16), its place in the
+/// completion order (a deque that doubles), the completion behind its `Arc`, the shared key's
+/// counts, and the allocator's header of those two allocations. A claim reserves all of it,
+/// so a completion never needs more room than its response. `tests/idempotency_memory_bound.rs`
+/// checks that a full store holds no more than its bound.
+const RECORD_OVERHEAD: usize = map::SLOT_BYTES * 16 / 7
+    + 2 * size_of::<evict::Completed>()
+    + size_of::<Completion>()
+    + 4 * size_of::<usize>()
+    + 2 * ALLOCATION;
 
-/// A power of two: [`shard_of`] takes its top bits.
+/// The allocator's own header of one allocation, with its rounding (glibc: 8 bytes, chunks
+/// of 16).
+const ALLOCATION: usize = 16;
+
+/// What a stored header costs besides its name and value: its entry in the `HeaderMap` (name,
+/// value, hash and links), its index, and the allocations of a custom name and of the value.
+const HEADER_BYTES: usize = size_of::<http::HeaderName>()
+    + size_of::<http::HeaderValue>()
+    + 6 * size_of::<usize>()
+    + 2 * ALLOCATION;
+
+/// What a stored body costs besides its bytes: its allocation and a shared buffer's count.
+const BODY_BYTES: usize = ALLOCATION + 4 * size_of::<usize>();
+
+/// A power of two: [`shard_of`] masks bits of a key's hash.
 const SHARDS: usize = 16;
 
 /// An in-process store: the default. Bounded in bytes (keys, stored bodies and headers, and a
@@ -58,7 +79,7 @@ const SHARDS: usize = 16;
 /// within the floor.
 ///
 /// Keeping the floor takes a bounded rate of new keys: [`MemoryStore::sustainable_rate`]
-/// tells it (about 46 new keys per second for 64 MiB and one hour), and the store logs it at
+/// tells it (about 18 new keys per second for 64 MiB and one hour), and the store logs it at
 /// `info` when built (feature `tracing`). Keeping every key for a full day at a higher rate is
 /// what a shared store such as Redis is for.
 ///
@@ -91,8 +112,8 @@ struct Inner {
     /// Per shard, when its oldest completion happened (nanoseconds after `epoch`), or
     /// [`evict::EMPTY`]: read without locks to find the oldest record of the store.
     heads: Box<[AtomicU64]>,
-    /// Seeds [`shard_of`]: which shard a key lands in differs from one store to the next.
-    seed: u64,
+    /// Keys' SipHash, under a key random per store: picks the shard and the slot.
+    hasher: RandomState,
     bytes: AtomicUsize,
     max_bytes: usize,
     floor: Duration,
@@ -104,7 +125,7 @@ struct Inner {
 #[derive(Default)]
 struct Shard {
     /// Keys are shared with `done`, so the completion order costs no copy of a key.
-    map: HashMap<Arc<str>, Record>,
+    map: map::Map,
     inserts_since_sweep: usize,
     /// Completed records in completion order (times never go back under the shard's lock).
     /// An entry whose record is gone (expired, or its key claimed anew) is skipped lazily: it
@@ -123,8 +144,6 @@ enum State {
     InFlight {
         token: OwnerToken,
         until: Instant,
-        /// The map's own key: its completion takes it from here, in one lookup, not two.
-        key: Arc<str>,
     },
     Done {
         completion: Arc<Completion>,
@@ -202,7 +221,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 heads: (0..SHARDS).map(|_| AtomicU64::new(evict::EMPTY)).collect(),
-                seed: RandomState::new().hash_one(SHARDS),
+                hasher: RandomState::new(),
                 bytes: AtomicUsize::new(0),
                 max_bytes,
                 floor,
@@ -246,12 +265,10 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard_index(&self, key: &str) -> usize {
-        shard_of(self.inner.seed, key.as_bytes())
-    }
-
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        lock(&self.inner.shards[self.shard_index(key)])
+    /// The key's hash, and the shard that holds it.
+    fn locate(&self, key: &str) -> (u64, usize) {
+        let hash = self.inner.hasher.hash_one(key);
+        (hash, shard_of(hash))
     }
 
     /// Takes `n` bytes from the bound, or says the store is full.
@@ -268,10 +285,11 @@ impl MemoryStore {
         self.inner.bytes.fetch_sub(n, Relaxed);
     }
 
-    fn if_owner(&self, key: &str, token: OwnerToken, f: impl FnOnce(&mut Shard)) -> bool {
-        let mut shard = self.shard(key);
-        if shard.map.get(key).is_some_and(|r| r.owned_by(token)) {
-            f(&mut shard);
+    fn if_owner(&self, key: &str, token: OwnerToken, f: impl FnOnce(&mut Shard, u64)) -> bool {
+        let (hash, i) = self.locate(key);
+        let mut shard = lock(&self.inner.shards[i]);
+        if shard.map.get(hash, key).is_some_and(|r| r.owned_by(token)) {
+            f(&mut shard, hash);
             true
         } else {
             false
@@ -279,25 +297,11 @@ impl MemoryStore {
     }
 }
 
-/// Which of the [`SHARDS`] holds `key`: a seeded multiply-mix of its bytes, a tenth of SipHash's
-/// cost (a new key looks its shard up twice). It need not resist chosen keys: a shard only
-/// spreads the locks, and each shard's map hashes with SipHash under a random key, so keys
-/// aimed at one shard make that shard bigger, never slower per key.
-fn shard_of(seed: u64, key: &[u8]) -> usize {
-    const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(MUL).rotate_left(29);
-    let mut h = seed ^ key.len() as u64;
-    let mut words = key.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = mix(h, u64::from_le_bytes(b));
-    }
-    let mut b = [0u8; 8];
-    b[..words.remainder().len()].copy_from_slice(words.remainder());
-    h = mix(h, u64::from_le_bytes(b));
-    // The top bits of a product depend on every bit of its input.
-    (h.wrapping_mul(MUL) >> (64 - SHARDS.trailing_zeros())) as usize
+/// Which of the [`SHARDS`] holds the key of `hash`: bits the shard's table does not use (it
+/// takes the low bits for the slot and the top 7 for its tags), so keys of one shard still
+/// spread over its whole table.
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 40) as usize) & (SHARDS - 1)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -339,8 +343,8 @@ impl Store for MemoryStore {
         key: &str,
         token: OwnerToken,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        ready(Ok(self.if_owner(key, token, |shard| {
-            if let Some(r) = shard.map.remove(key) {
+        ready(Ok(self.if_owner(key, token, |shard, hash| {
+            if let Some(r) = shard.map.remove(hash, key) {
                 self.free(r.size);
             }
         })))
@@ -353,9 +357,9 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let until = after(Instant::now(), lease);
-        ready(Ok(self.if_owner(key, token, |shard| {
+        ready(Ok(self.if_owner(key, token, |shard, hash| {
             if let Some(State::InFlight { until: u, .. }) =
-                shard.map.get_mut(key).map(|r| &mut r.state)
+                shard.map.get_mut(hash, key).map(|(_, r)| &mut r.state)
             {
                 *u = until;
             }
@@ -367,19 +371,19 @@ impl Store for MemoryStore {
 mod tests {
     #[test]
     fn keys_spread_over_every_shard() {
+        use std::hash::BuildHasher;
         // Keys that differ in their last bytes only, as clients number them.
-        for seed in [0, 1, u64::MAX, 0x1234_5678_9abc_def0] {
+        for _ in 0..4 {
+            let hasher = std::hash::RandomState::new();
             let mut counts = [0usize; super::SHARDS];
             for i in 0..16_000 {
-                counts[super::shard_of(seed, format!("0::key-{i}").as_bytes())] += 1;
+                counts[super::shard_of(hasher.hash_one(format!("0::key-{i}").as_str()))] += 1;
             }
             // 1,000 a shard on average: a fair spread stays well within 800..1200.
             assert!(
                 counts.iter().all(|&c| (800..1200).contains(&c)),
-                "seed {seed}: {counts:?}"
+                "{counts:?}"
             );
         }
-        let a = super::shard_of(1, b"some key");
-        assert!((0..100).any(|s| super::shard_of(s, b"some key") != a));
     }
 }

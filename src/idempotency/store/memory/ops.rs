@@ -9,8 +9,8 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    Claim, MemoryStore, OwnerToken, RECORD_OVERHEAD, Record, Shard, State, StoreError,
-    StoreErrorKind, lock,
+    BODY_BYTES, Claim, HEADER_BYTES, MemoryStore, OwnerToken, RECORD_OVERHEAD, Record, Shard,
+    State, StoreError, StoreErrorKind, lock,
 };
 use crate::idempotency::{Completion, Fingerprint};
 
@@ -20,10 +20,15 @@ pub(super) fn completion_size(c: &Completion) -> usize {
         Completion::Response(r) => {
             let headers = |h: &http::HeaderMap| {
                 h.iter()
-                    .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                    .map(|(n, v)| n.as_str().len() + v.len() + HEADER_BYTES)
                     .sum::<usize>()
             };
-            r.body.len() + headers(&r.headers) + r.trailers.as_ref().map_or(0, headers)
+            let body = if r.body.is_empty() {
+                0
+            } else {
+                r.body.len() + BODY_BYTES
+            };
+            body + headers(&r.headers) + r.trailers.as_ref().map_or(0, headers)
         }
     }
 }
@@ -51,7 +56,7 @@ impl MemoryStore {
     #[allow(clippy::too_many_arguments)]
     fn try_claim(
         &self,
-        i: usize,
+        (hash, i): (u64, usize),
         shard: &mut Shard,
         key: &str,
         fingerprint: &Fingerprint,
@@ -59,36 +64,31 @@ impl MemoryStore {
         lease: Duration,
         now: Instant,
     ) -> Option<Claim> {
-        if let Some(record) = shard.map.get(key) {
+        if let Some(record) = shard.map.get(hash, key) {
             if let Some(answer) = record.answer(fingerprint, now) {
                 return Some(answer);
             }
             // The key is free; a record whose time is over gives its room back.
-            if let Some(old) = shard.map.remove(key) {
+            if let Some(old) = shard.map.remove(hash, key) {
                 self.free(old.size);
             }
         }
         // Amortised sweeping: a shard is scanned once per as many inserts as it holds.
         shard.inserts_since_sweep += 1;
         if shard.inserts_since_sweep > shard.map.len().max(64) {
-            self.sweep(i, shard, now);
+            self.sweep(i, shard, now, None);
         }
         let until = after(now, lease);
         let size = RECORD_OVERHEAD + key.len();
         if !self.reserve(size) {
             return None;
         }
-        let key: Arc<str> = key.into();
         let record = Record {
             fingerprint: *fingerprint,
-            state: State::InFlight {
-                token,
-                until,
-                key: key.clone(),
-            },
+            state: State::InFlight { token, until },
             size,
         };
-        shard.map.insert(key, record);
+        shard.map.insert(hash, key.into(), record);
         Some(Claim::New)
     }
 
@@ -100,10 +100,11 @@ impl MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let now = Instant::now();
-        let i = self.shard_index(key);
+        let (hash, i) = self.locate(key);
         {
             let mut shard = lock(&self.inner.shards[i]);
-            if let Some(answer) = self.try_claim(i, &mut shard, key, fingerprint, token, lease, now)
+            if let Some(answer) =
+                self.try_claim((hash, i), &mut shard, key, fingerprint, token, lease, now)
             {
                 return Ok(answer);
             }
@@ -113,10 +114,12 @@ impl MemoryStore {
         // everywhere, and try again (the key may have been claimed meanwhile: the second try
         // answers that too).
         if !self.make_room(RECORD_OVERHEAD + key.len(), now) {
-            self.sweep_all(now);
+            self.sweep_all(now, None);
         }
         let mut shard = lock(&self.inner.shards[i]);
-        if let Some(answer) = self.try_claim(i, &mut shard, key, fingerprint, token, lease, now) {
+        if let Some(answer) =
+            self.try_claim((hash, i), &mut shard, key, fingerprint, token, lease, now)
+        {
             return Ok(answer);
         }
         drop(shard);
@@ -157,11 +160,11 @@ impl MemoryStore {
         completion: &Completion,
         ttl: Duration,
     ) -> bool {
-        let i = self.shard_index(key);
+        let (hash, i) = self.locate(key);
         let needs = {
             let mut shard = lock(&self.inner.shards[i]);
             match self.try_complete(
-                i,
+                (hash, i),
                 &mut shard,
                 key,
                 fingerprint,
@@ -178,11 +181,11 @@ impl MemoryStore {
         // key is kept as "ran, not replayable".
         let now = Instant::now();
         if !self.make_room(needs, now) {
-            self.sweep_all(now);
+            self.sweep_all(now, Some(hash));
         }
         let mut shard = lock(&self.inner.shards[i]);
         match self.try_complete(
-            i,
+            (hash, i),
             &mut shard,
             key,
             fingerprint,
@@ -210,7 +213,7 @@ impl MemoryStore {
     #[allow(clippy::too_many_arguments)]
     fn try_complete(
         &self,
-        i: usize,
+        (hash, i): (u64, usize),
         shard: &mut Shard,
         key: &str,
         fingerprint: &Fingerprint,
@@ -219,13 +222,10 @@ impl MemoryStore {
         ttl: Duration,
         degrade: bool,
     ) -> Completing {
-        let claimed = match shard.map.get_mut(key) {
+        let claimed = match shard.map.get_mut(hash, key) {
             // The claim's own record becomes the completion, under the same key allocation.
-            Some(r) => match &r.state {
-                State::InFlight { token: t, key, .. } if *t == token => {
-                    let key = key.clone();
-                    Some((r, key))
-                }
+            Some((key, r)) => match &r.state {
+                State::InFlight { token: t, .. } if *t == token => Some((r, key.clone())),
                 State::Done { token: t, .. } => return Completing::Done(*t == token),
                 State::InFlight { .. } => return Completing::Done(false),
             },
@@ -273,11 +273,11 @@ impl MemoryStore {
             }
             None => {
                 let k: Arc<str> = Arc::from(key);
-                shard.map.insert(k.clone(), record);
+                shard.map.insert(hash, k.clone(), record);
                 k
             }
         };
-        self.push_done(i, shard, key, now);
+        self.push_done(i, shard, hash, key, now);
         if degraded {
             Completing::Degraded(true)
         } else {

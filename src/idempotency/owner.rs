@@ -196,7 +196,7 @@ async fn own<S, St, B, ResB>(
             let completion = Completion::OutcomeUnknown {
                 status: StatusCode::GATEWAY_TIMEOUT,
             };
-            return keep(owned, &completion, || reply(answer, Err(e))).await;
+            return keep(owned, completion, || reply(answer, Err(e))).await;
         }
         Err(e) => {
             if marked::<CircuitOpen, _>(&e) {
@@ -220,7 +220,7 @@ async fn own<S, St, B, ResB>(
         let status = parts.status;
         let res = passed(parts, body);
         let completion = Completion::OutcomeUnknown { status };
-        return keep(owned, &completion, || reply(answer, Ok(res))).await;
+        return keep(owned, completion, || reply(answer, Ok(res))).await;
     }
     let kept = parts.extensions.get::<DoNotStore>().is_none()
         && st.keep.as_ref().is_none_or(|k| k(&parts));
@@ -279,7 +279,7 @@ async fn panicked<St, ResB, E>(
     };
     let completion = Completion::NotReplayable { status };
     let msg = "the handler's response failed after the handler ran; the request will not run again";
-    keep(owned, &completion, || reply(&mut answer, Ok(failed(msg)))).await;
+    keep(owned, completion, || reply(&mut answer, Ok(failed(msg)))).await;
     outcome(st, Some(&owned.key), EventKind::OwnerPanicked);
     #[cfg(feature = "tracing")]
     tracing::error!(key = %super::redact::ShownKey::new(&owned.settings, &owned.key), "idempotency owner panicked after the handler ran: kept as not replayable");
@@ -290,21 +290,23 @@ async fn panicked<St, ResB, E>(
 /// attempt, so that its own quick retry is replayed.
 pub(super) async fn keep<St: Store>(
     owned: &Owned<St>,
-    completion: &Completion,
+    completion: Completion,
     answer: impl FnOnce(),
 ) {
-    let first = attempt(owned, completion).await;
+    // Shared with the store: a memory store keeps it without a copy.
+    let completion = Arc::new(completion);
+    let first = attempt(owned, &completion).await;
     answer();
-    settle(owned, completion, first).await;
+    settle(owned, &completion, first).await;
 }
 
 /// One attempt to store `completion`: `Err` when the store failed (to be retried).
 pub(super) async fn attempt<St: Store>(
     owned: &Owned<St>,
-    completion: &Completion,
+    completion: &Arc<Completion>,
 ) -> Result<(), ()> {
     let st = &*owned.settings;
-    let stored = st.store.complete(
+    let stored = st.store.complete_shared(
         &owned.key,
         &owned.fingerprint,
         owned.token,
@@ -325,7 +327,7 @@ pub(super) async fn attempt<St: Store>(
 /// After a first attempt that failed, retries until stored, lost, or the TTL passes.
 pub(super) async fn settle<St: Store>(
     owned: &Owned<St>,
-    completion: &Completion,
+    completion: &Arc<Completion>,
     first: Result<(), ()>,
 ) {
     if first.is_ok() {
@@ -337,7 +339,7 @@ pub(super) async fn settle<St: Store>(
     let mut delay = Duration::from_millis(50);
     loop {
         tokio::time::sleep(st.outage.pause(delay, cap)).await;
-        let stored = st.store.complete(
+        let stored = st.store.complete_shared(
             &owned.key,
             &owned.fingerprint,
             owned.token,

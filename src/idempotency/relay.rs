@@ -78,7 +78,7 @@ pub(super) async fn respond<St, ResB, E>(
     };
     if body.size_hint().lower() > limit as u64 {
         let res = Response::from_parts(parts, Buffered::streaming(None, body));
-        return keep(owned, &not_replayable, || reply(answer, Ok(res))).await;
+        return keep(owned, not_replayable, || reply(answer, Ok(res))).await;
     }
     // The frames ready at once: a body in memory is kept whole before the caller is answered.
     let mut copy = BytesMut::new();
@@ -92,7 +92,7 @@ pub(super) async fn respond<St, ResB, E>(
                 let msg = "the handler's response body failed after the handler ran; the request will not run again";
                 let status = StatusCode::INTERNAL_SERVER_ERROR;
                 let res = problem(status, kind::HANDLER_FAILED, msg, None);
-                return keep(owned, &Completion::NotReplayable { status }, || {
+                return keep(owned, Completion::NotReplayable { status }, || {
                     reply(answer, Ok(res))
                 })
                 .await;
@@ -106,7 +106,7 @@ pub(super) async fn respond<St, ResB, E>(
                     // it ran. The key is never released once the handler has answered.
                     let body = Buffered::streaming(Some(copy.freeze()), body);
                     let res = Response::from_parts(parts, body);
-                    return keep(owned, &not_replayable, || reply(answer, Ok(res))).await;
+                    return keep(owned, not_replayable, || reply(answer, Ok(res))).await;
                 }
             }
             Err(frame) => {
@@ -156,7 +156,7 @@ async fn whole<St: Store, ResB, E>(
     });
     let body = Buffered::full_with_trailers(data, trailers);
     let res = Response::from_parts(parts, body);
-    keep(owned, &completion, || reply(answer, Ok(res))).await;
+    keep(owned, completion, || reply(answer, Ok(res))).await;
 }
 
 /// A body being streamed to the first caller by the key's owner.
@@ -173,7 +173,7 @@ struct Relaying<'a, St, E> {
     /// The key has its completion (or another owner has it): no hurry, no copy.
     settled: bool,
     /// A completion whose first attempt failed: retried once the body is done with.
-    pending: Option<Completion>,
+    pending: Option<std::sync::Arc<Completion>>,
 }
 
 impl<St: Store, E> Relaying<'_, St, E> {
@@ -294,6 +294,7 @@ impl<St: Store, E> Relaying<'_, St, E> {
             return;
         }
         self.settled = true;
+        let completion = std::sync::Arc::new(completion);
         if attempt(self.owned, &completion).await.is_err() {
             self.pending = Some(completion);
         }

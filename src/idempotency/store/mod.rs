@@ -14,7 +14,7 @@ mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
-use std::{fmt, future::Future, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 pub use memory::{
     DEFAULT_MAX_BYTES, DEFAULT_RETENTION_FLOOR, MemoryStore, MemoryStoreBuilder,
@@ -207,6 +207,19 @@ pub trait Store: Send + Sync + 'static {
         completion: &Completion,
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// [`complete`](Store::complete) with a completion the caller shares: a store that keeps
+    /// completions in memory keeps this `Arc` instead of a copy. By default, `complete`.
+    fn complete_shared(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        token: OwnerToken,
+        completion: &Arc<Completion>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.complete(key, fingerprint, token, completion, ttl)
+    }
 
     /// Frees the key (handler error, response not to be kept), only if `token` owns it.
     fn release(

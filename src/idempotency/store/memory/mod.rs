@@ -329,6 +329,18 @@ impl Store for MemoryStore {
         completion: &Completion,
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let shared = Arc::new(completion.clone());
+        ready(Ok(self.complete_now(key, fingerprint, token, &shared, ttl)))
+    }
+
+    fn complete_shared(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        token: OwnerToken,
+        completion: &Arc<Completion>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         ready(Ok(self.complete_now(
             key,
             fingerprint,
@@ -369,6 +381,39 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::{Claim, MemoryStore, OwnerToken, Store};
+    use crate::idempotency::{Completion, Fingerprint, StoredResponse};
+
+    /// `complete_shared` keeps the caller's `Arc`: no copy of the response.
+    #[tokio::test]
+    async fn a_shared_completion_is_kept_without_a_copy() {
+        let store = MemoryStore::new();
+        let (fp, token) = (Fingerprint::from_bytes([1; 32]), OwnerToken::new());
+        let lease = Duration::from_secs(10);
+        assert_eq!(
+            store.claim("k", &fp, token, lease).await.unwrap(),
+            Claim::New
+        );
+        let shared = Arc::new(Completion::Response(StoredResponse {
+            status: http::StatusCode::CREATED,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+            trailers: None,
+        }));
+        let ttl = Duration::from_secs(60);
+        let stored = store.complete_shared("k", &fp, token, &shared, ttl).await;
+        assert!(stored.unwrap());
+        assert_eq!(
+            Arc::strong_count(&shared),
+            2,
+            "the store holds the same Arc"
+        );
+        let replay = store.claim("k", &fp, OwnerToken::new(), lease).await;
+        assert_eq!(replay.unwrap(), Claim::Completed((*shared).clone()));
+    }
+
     #[test]
     fn keys_spread_over_every_shard() {
         use std::hash::BuildHasher;

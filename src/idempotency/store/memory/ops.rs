@@ -157,7 +157,7 @@ impl MemoryStore {
         key: &str,
         fingerprint: &Fingerprint,
         token: OwnerToken,
-        completion: &Completion,
+        completion: &Arc<Completion>,
         ttl: Duration,
     ) -> bool {
         let (hash, i) = self.locate(key);
@@ -218,7 +218,7 @@ impl MemoryStore {
         key: &str,
         fingerprint: &Fingerprint,
         token: OwnerToken,
-        completion: &Completion,
+        completion: &Arc<Completion>,
         ttl: Duration,
         degrade: bool,
     ) -> Completing {
@@ -237,17 +237,17 @@ impl MemoryStore {
         let full = base + completion_size(completion);
         let mut degraded = false;
         let (completion, size) = if full <= held || self.reserve(full - held) {
-            (completion.clone(), full.max(held))
+            (Arc::clone(completion), full.max(held))
         } else if !degrade {
             return Completing::NeedsRoom(full - held);
         } else {
             // No room for the body: keep the fact that it ran, which always fits the
             // claim's reservation (or a record's worth over the bound, once).
             degraded = true;
-            let kept = match completion {
-                Completion::Response(r) => Completion::NotReplayable { status: r.status },
+            let kept = match &**completion {
+                Completion::Response(r) => Arc::new(Completion::NotReplayable { status: r.status }),
                 // Bodiless already: kept as they are.
-                other => other.clone(),
+                _ => Arc::clone(completion),
             };
             if held < base {
                 self.inner.bytes.fetch_add(base - held, Relaxed);
@@ -257,7 +257,7 @@ impl MemoryStore {
         // The clock is read under the lock, so completion times never go back in a shard.
         let now = Instant::now();
         let state = State::Done {
-            completion: Arc::new(completion),
+            completion,
             token,
             until: after(now, ttl),
         };

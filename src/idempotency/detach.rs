@@ -34,7 +34,7 @@ impl<T> Owning<T> {
             task: Some(task),
             answer,
             #[cfg(feature = "tracing")]
-            span: tracing::Span::current(),
+            span: current_span(),
         }
     }
 
@@ -49,6 +49,17 @@ impl<T> Owning<T> {
         #[cfg(feature = "tracing")]
         let task = tracing::Instrument::instrument(task, self.span.clone());
         runtime.spawn(task);
+    }
+}
+
+/// The caller's span, for work that may move to a task of its own. With `tracing` built in and
+/// no subscriber ever set (global or scoped), there is none to look up: `Span::none()` at once.
+#[cfg(feature = "tracing")]
+pub(crate) fn current_span() -> tracing::Span {
+    if tracing::dispatcher::has_been_set() {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
     }
 }
 

@@ -187,7 +187,7 @@ pub(crate) fn renew<St: Store>(
         claimed_at,
         beat: Mutex::new(Beat::Waiting),
         #[cfg(feature = "tracing")]
-        span: tracing::Span::current(),
+        span: super::detach::current_span(),
     });
     let at = later(claimed_at, settings.lease / 3);
     let (wake, spawn) = {

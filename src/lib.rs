@@ -83,6 +83,7 @@ mod macros;
 
 pub mod backoff;
 pub mod call;
+mod catch;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod circuit_breaker;

@@ -404,16 +404,8 @@ fn upstream() -> String {
 }
 
 async fn through(proxy: &FaultProxy, db: &TestDb, max: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&format!(
-            "postgres://postgres@{}/{}",
-            proxy.addr(),
-            db.name()
-        ))
+    db.pool_through(proxy.addr(), max, Duration::from_secs(5))
         .await
-        .unwrap()
 }
 
 /// A handler that reports its backend after its effect and waits for `go`; then it runs one

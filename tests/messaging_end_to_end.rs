@@ -39,7 +39,7 @@ use tower_rampart::{
 
 use common::{
     child::{self, Child},
-    postgres::TestDb,
+    postgres::{TestDb, count},
     proxy::FaultProxy,
     rabbitmq::Rabbit,
     redis_server::RedisServer,
@@ -82,10 +82,6 @@ async fn prepare_db(pool: &PgPool) {
     }
     PgInboxLayer::new(pool.clone()).migrate().await.unwrap();
     PgDeadLetters::new(pool.clone()).migrate().await.unwrap();
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 async fn applied(pool: &PgPool) -> i64 {
@@ -210,13 +206,7 @@ async fn exactly_once(pool: &PgPool) {
 
 /// A RabbitMQ quorum queue holding the 2,000 messages.
 async fn rabbit_queue(rabbit: &Rabbit) -> String {
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
-    let queue = rabbit.queue_with("orders", args).await;
-    rabbit.track_queue(&format!("{queue}.retry"));
+    let queue = rabbit.quorum_queue("orders").await;
     let publisher = RabbitPublisher::builder(common::rabbitmq::URL, "")
         .routing_key(queue.clone())
         .build()
@@ -228,13 +218,6 @@ async fn rabbit_queue(rabbit: &Rabbit) -> String {
 }
 
 // ---------------------------------------------------------------- the consumer process
-
-fn settings(s: &str) -> HashMap<String, String> {
-    s.split(';')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// Records the run, refuses poison, then applies the effect through `exec` and waits a little,
 /// so that kills land while runs are in progress.
@@ -264,13 +247,7 @@ async fn run_handler<'c>(
 /// PostgreSQL. Runs until killed.
 fn consumer_process() {
     let Some(s) = child::settings() else { return };
-    let s = settings(&s);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    child::runtime().block_on(async move {
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .connect(&s["db"])

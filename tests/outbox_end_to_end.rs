@@ -43,7 +43,7 @@ use tower_rampart::{
 
 use common::{
     child::{self, Child},
-    postgres::TestDb,
+    postgres::{TestDb, count},
     proxy::FaultProxy,
     rabbitmq::Rabbit,
 };
@@ -152,10 +152,6 @@ fn write_all(pool: PgPool, outbox: Outbox) -> tokio::task::JoinHandle<()> {
         }
         eprintln!("{EVENTS} events enqueued in {:?}", started.elapsed());
     })
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 async fn published(pool: &PgPool) -> i64 {
@@ -392,27 +388,11 @@ fn check_order_sees_a_reordering_and_counts_a_republished_suffix() {
 
 // ---------------------------------------------------------------- the child processes
 
-fn settings(s: &str) -> HashMap<String, String> {
-    s.split(';')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn child_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The relay process: the outbox published to RabbitMQ (confirms) or JetStream (acks), through
 /// the proxy. Runs until killed.
 fn relay_process() {
     let Some(s) = child::settings() else { return };
-    let s = settings(&s);
-    child_runtime().block_on(async move {
+    child::runtime().block_on(async move {
         let options: PgConnectOptions = s["db"].parse().unwrap();
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -465,8 +445,7 @@ where
 /// transaction. Runs until killed.
 fn consumer_process() {
     let Some(s) = child::settings() else { return };
-    let s = settings(&s);
-    child_runtime().block_on(async move {
+    child::runtime().block_on(async move {
         let options: PgConnectOptions = s["db"].parse().unwrap();
         let pool = PgPoolOptions::new()
             .max_connections(20)
@@ -611,13 +590,7 @@ async fn read_queue(rabbit: &Rabbit, queue: &str) -> Vec<(usize, usize)> {
 async fn rabbitmq_relay_killed_three_times_publishes_each_event_in_order_applied_once() {
     let rabbit = Rabbit::new("outbox-e2e").await;
     let exchange = rabbit.exchange("events", lapin::ExchangeKind::Direct).await;
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
-    let queue = rabbit.queue_with("orders", args).await;
-    rabbit.track_queue(&format!("{queue}.retry"));
+    let queue = rabbit.quorum_queue("orders").await;
     let audit = rabbit.classic_queue("audit").await;
     rabbit.bind(&queue, &exchange, "orders").await;
     rabbit.bind(&audit, &exchange, "orders").await;

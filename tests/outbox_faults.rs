@@ -22,10 +22,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{postgres::TestDb, proxy::FaultProxy};
+use common::{
+    postgres::{TestDb, count},
+    proxy::FaultProxy,
+};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tokio::sync::watch;
 use tower_rampart::{
     BoxError,
@@ -244,16 +247,8 @@ async fn setup(prefix: &str) -> (TestDb, PgPool, Outbox) {
 
 /// A pool of up to `max` connections to `db` through `proxy`.
 async fn pool_via(proxy: &FaultProxy, db: &TestDb, max: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&format!(
-            "postgres://postgres@{}/{}",
-            proxy.addr(),
-            db.name()
-        ))
+    db.pool_through(proxy.addr(), max, Duration::from_secs(3))
         .await
-        .unwrap()
 }
 
 /// One business transaction: a business row and `ids` as events of `aggregate`; the row ids.
@@ -279,10 +274,11 @@ async fn enqueue(
 }
 
 async fn unpublished(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM rampart_outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    count(
+        pool,
+        "SELECT count(*) FROM rampart_outbox WHERE published_at IS NULL",
+    )
+    .await
 }
 
 /// (attempts, last_error, published) of the row of message `id`.

@@ -24,7 +24,7 @@ use tower_rampart::{
 
 mod common;
 
-use common::postgres::TestDb;
+use common::postgres::{TestDb, count};
 
 /// Generous: a condition not met within this fails the test.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -84,10 +84,6 @@ fn recorder(
             Ok(())
         }
     })
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {

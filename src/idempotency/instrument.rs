@@ -20,34 +20,13 @@ pub mod metric_names {
     pub const STORE_EVICTED: &str = "rampart_idempotency_store_evicted_total";
 }
 
-/// Describes the metrics of [`metric_names`] (their `# HELP` text), once, when the first is
-/// recorded: a description given before the recorder is installed would be lost.
+/// Describes the metrics of [`metric_names`] (their `# HELP` text) to the first recorder
+/// found, for the memory store's counters (full, evicted), which have no layer to bind with:
+/// looked for at each use until one is (these are its rare paths).
 #[cfg(feature = "metrics")]
 pub(crate) fn describe() {
-    static DESCRIBED: std::sync::Once = std::sync::Once::new();
-    DESCRIBED.call_once(|| {
-        use metrics::{Unit, describe_counter, describe_histogram};
-        describe_counter!(
-            metric_names::REQUESTS,
-            Unit::Count,
-            "Requests with an Idempotency-Key, and what the layer did with them, by outcome (new, replayed, conflict, mismatch, outcome_unknown, store_error, lease_lost, ...)"
-        );
-        describe_histogram!(
-            metric_names::STORE_SECONDS,
-            Unit::Seconds,
-            "Latency of the Idempotency-Key store's calls, by op (claim, complete, release, renew)"
-        );
-        describe_counter!(
-            metric_names::STORE_FULL,
-            Unit::Count,
-            "New keys the idempotency memory store refused because it was full"
-        );
-        describe_counter!(
-            metric_names::STORE_EVICTED,
-            Unit::Count,
-            "Completed records the idempotency memory store dropped, oldest first, to make room"
-        );
-    });
+    static DESCRIBED: crate::telemetry::Lazy<()> = crate::telemetry::Lazy::new();
+    let _ = DESCRIBED.bind_now(HELP, || ());
 }
 
 /// Tells the listeners, the metrics and the log what happened to a request. The key is shown
@@ -121,6 +100,7 @@ pub(crate) enum Op {
     Renew = 3,
 }
 
+/// Help text of every metric of [`metric_names`], sent when the layer's handles bind.
 #[cfg(feature = "metrics")]
 const HELP: &[crate::telemetry::Help] = &[
     crate::telemetry::Help::counter(
@@ -130,6 +110,14 @@ const HELP: &[crate::telemetry::Help] = &[
     crate::telemetry::Help::seconds(
         metric_names::STORE_SECONDS,
         "Latency of the Idempotency-Key store's calls, by op (claim, complete, release, renew)",
+    ),
+    crate::telemetry::Help::counter(
+        metric_names::STORE_FULL,
+        "New keys the idempotency memory store refused because it was full",
+    ),
+    crate::telemetry::Help::counter(
+        metric_names::STORE_EVICTED,
+        "Completed records the idempotency memory store dropped, oldest first, to make room",
     ),
 ];
 
@@ -152,8 +140,6 @@ impl Meters {
 /// allocating.
 #[cfg(feature = "metrics")]
 fn make() -> Handles {
-    // The store's other metrics (full, evicted) are described with these.
-    describe();
     macro_rules! by_kind {
         ($($kind:ident => $label:literal,)*) => {
             [$(metrics::counter!(metric_names::REQUESTS, "outcome" => $label),)*]

@@ -1,20 +1,11 @@
 //! The owner of a claimed key: runs the handler detached from the client, holds the lease from
 //! the claim until the completion is stored, and stores it (retrying while the lease holds).
 
-use std::{
-    any::Any,
-    future::Future,
-    panic::{AssertUnwindSafe, catch_unwind},
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{any::Any, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use pin_project_lite::pin_project;
 use tokio::{sync::oneshot, time::Instant};
 use tower_service::Service;
 
@@ -31,7 +22,9 @@ use super::{
     renew::{Renewals, renew},
     request::Keyed,
 };
-use crate::{BoxError, circuit_breaker::CircuitOpen, replay::Buffered, timeout::Elapsed};
+use crate::{
+    BoxError, catch::CatchUnwind, circuit_breaker::CircuitOpen, replay::Buffered, timeout::Elapsed,
+};
 
 pub(crate) type Answer<ResB, E> = Result<Response<Buffered<ResB>>, E>;
 
@@ -141,16 +134,14 @@ async fn run<S, St, B, ResB>(
     let mut answer = Some(answer);
     // The handler's status once it returned: from then on the key is never freed.
     let mut ran = None;
-    let owning = CatchUnwind {
-        inner: own(&owned, &mut service, req, &mut answer, &mut ran),
-    };
+    // A panic becomes an `Err`, so that the owner settles its key (frees it, or keeps it as
+    // not replayable) whatever panics, even if the client is gone.
+    let owning = CatchUnwind::new(own(&owned, &mut service, req, &mut answer, &mut ran));
     let owned_ok = owning.await.is_ok();
     if owned_ok {
         return;
     }
-    let after = CatchUnwind {
-        inner: panicked(&owned, ran, answer.take()),
-    };
+    let after = CatchUnwind::new(panicked(&owned, ran, answer.take()));
     if after.await.is_err() {
         #[cfg(feature = "tracing")]
         tracing::error!(
@@ -379,26 +370,4 @@ fn lost_completion<St>(owned: &Owned<St>) {
     owned.lease.lose();
     #[cfg(feature = "tracing")]
     tracing::warn!(key = %super::redact::ShownKey::new(&owned.settings, &owned.key), "idempotency lease lost before the response was stored");
-}
-
-pin_project! {
-    /// A future whose panic becomes an `Err`, so that the owner settles its key (frees it, or
-    /// keeps it as not replayable) whatever panics, even if the client is gone.
-    struct CatchUnwind<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.project().inner;
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
 }

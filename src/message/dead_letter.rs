@@ -117,14 +117,7 @@ impl DeadLetter {
 
 /// At most 1,000 bytes, cut at a character boundary.
 fn cut(s: &str) -> &str {
-    if s.len() <= 1000 {
-        return s;
-    }
-    let mut end = 1000;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    super::cut(s, 1000)
 }
 
 /// Where dead letters go. `send` returns only once the letter is durably taken (a publisher

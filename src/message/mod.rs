@@ -34,3 +34,13 @@ pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSink, SinkError, S
 pub use envelope::{Headers, MAX_ID_LEN, Message};
 pub use poison::Poison;
 pub use source::{Acker, Delivery, Source, SourceError};
+
+/// `s`, at most `max` bytes of it, cut at a character boundary: error texts kept in headers and
+/// tables stay bounded.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

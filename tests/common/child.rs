@@ -7,20 +7,39 @@
 //! #[ignore = "runs as a child process of the_consumer_dies_twice"]
 //! fn consumer_process() {
 //!     let Some(settings) = child::settings() else { return };
+//!     child::runtime().block_on(async move { /* settings["queue"] ... */ });
 //!     ...
 //! }
 //! let mut c = Child::start("consumer_process", "queue=q1;db=...");
 //! c.kill();
 //! ```
 
-use std::process::{Command, Stdio};
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+};
 
 /// The variable that carries a child's settings.
 pub const SETTINGS: &str = "RAMPART_CHILD_SETTINGS";
 
-/// The settings this process was started with, when it is a child.
-pub fn settings() -> Option<String> {
-    std::env::var(SETTINGS).ok()
+/// The settings this process was started with (`key=value;key=value`), when it is a child.
+pub fn settings() -> Option<HashMap<String, String>> {
+    let s = std::env::var(SETTINGS).ok()?;
+    Some(
+        s.split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// A child's runtime: two workers, as the machine has.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A child process running one test function of this binary.

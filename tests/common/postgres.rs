@@ -2,7 +2,10 @@
 //! dropped when the test ends. `RAMPART_PG_URL` points elsewhere (a server URL without a
 //! database name, e.g. `postgres://postgres@10.0.0.5:5432`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use sqlx::{Connection, Executor, PgConnection, PgPool, postgres::PgPoolOptions};
 
@@ -61,6 +64,22 @@ impl TestDb {
         &self.name
     }
 
+    /// A pool of up to `max` connections to it through a proxy at `proxy` (in front of the
+    /// server), each connection waited for at most `acquire_timeout`.
+    pub async fn pool_through(
+        &self,
+        proxy: std::net::SocketAddr,
+        max: u32,
+        acquire_timeout: Duration,
+    ) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(acquire_timeout)
+            .connect(&format!("postgres://postgres@{proxy}/{}", self.name))
+            .await
+            .unwrap()
+    }
+
     /// A pool of up to `max` connections to it.
     pub async fn pool(&self, max: u32) -> PgPool {
         PgPoolOptions::new()
@@ -92,4 +111,9 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// The single number `sql` answers (a `count(*)`).
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }

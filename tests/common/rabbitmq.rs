@@ -75,6 +75,19 @@ impl Rabbit {
         name
     }
 
+    /// Declares a quorum queue; the retry queue `RabbitSource` declares beside it is removed at
+    /// the end too.
+    pub async fn quorum_queue(&self, suffix: &str) -> String {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        let queue = self.queue_with(suffix, args).await;
+        self.track_queue(&format!("{queue}.retry"));
+        queue
+    }
+
     /// Declares a durable classic queue.
     pub async fn classic_queue(&self, suffix: &str) -> String {
         self.queue_with(suffix, FieldTable::default()).await

@@ -69,14 +69,7 @@ impl FirstErrors {
 }
 
 fn cut(s: &str) -> &str {
-    if s.len() <= MAX_ERROR_LEN {
-        return s;
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::message::cut(s, MAX_ERROR_LEN)
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@ use tokio::time::Instant;
 use super::{
     KeyReused, RedeliverLater, Shared,
     builder::Route,
-    catch::CatchUnwind,
     decide::{Handled, Settle, decide},
     error::find_in_chain,
     measures::Outcome as Settled,
 };
 use crate::{
     BoxError,
+    catch::CatchUnwind,
     circuit_breaker::CircuitOpen,
     classify::{Classify, Outcome},
     message::{Acker, DeadLetter, DeadLetterSink, Message, Poison},
@@ -56,7 +56,8 @@ where
         Work::Call(fut) => match CatchUnwind::new(fut).await {
             Err(panic) => {
                 panicked = true;
-                (Handled::Classified(Outcome::FAILURE), Some(panic))
+                let why = format!("handler panicked: {panic}");
+                (Handled::Classified(Outcome::FAILURE), Some(why))
             }
             // An answer the classifier ignores is still an answer: acked.
             Ok(Ok(res)) => match shared.classifier.classify(Ok(&res)) {

@@ -47,7 +47,6 @@
 //! ```
 
 mod builder;
-mod catch;
 mod decide;
 mod error;
 mod first_errors;

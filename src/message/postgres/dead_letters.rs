@@ -10,7 +10,7 @@ use std::{
 use sqlx::{PgPool, Row};
 use tower_service::Service;
 
-use super::{schema, table::Table, table::storable};
+use super::{schema, table::Table, table::read_message, table::storable};
 use crate::{
     BoxError, ConfigError,
     message::{DeadLetter, DeadLetterReason, DeadLetterSink, Message, SinkError},
@@ -175,20 +175,7 @@ impl PgDeadLetters {
 }
 
 fn read_letter(row: &sqlx::postgres::PgRow) -> Result<(i64, Message), sqlx::Error> {
-    let id: i64 = row.try_get("id")?;
-    let names: Vec<String> = row.try_get("names")?;
-    let values: Vec<String> = row.try_get("vals")?;
-    let payload: Vec<u8> = row.try_get("payload")?;
-    let mut m = Message::new(
-        row.try_get::<String, _>("message_id")?,
-        row.try_get::<String, _>("kind")?,
-        payload,
-    )
-    .with_headers(names.into_iter().zip(values).collect());
-    if let Some(c) = row.try_get::<Option<String>, _>("correlation_id")? {
-        m = m.with_correlation_id(c);
-    }
-    Ok((id, m))
+    Ok((row.try_get("id")?, read_message(row)?))
 }
 
 impl DeadLetterSink for PgDeadLetters {

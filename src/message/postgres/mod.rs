@@ -115,4 +115,4 @@ pub use future::ResponseFuture;
 pub use layer::{PgInboxLayer, PgInboxLayerBuilder};
 pub(crate) use schema::{lock_name, migrate};
 pub use service::{PgInbox, PgTx, TxMessage};
-pub(crate) use table::{Table, purge_args, storable};
+pub(crate) use table::{Table, purge_args, read_message, storable};

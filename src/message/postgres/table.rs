@@ -120,6 +120,27 @@ pub(crate) fn storable(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A message stored as columns (the dead letters' table and the outbox): `message_id`, `kind`,
+/// `payload`, its headers as the arrays `names` and `vals`, and `correlation_id`.
+pub(crate) fn read_message(
+    row: &sqlx::postgres::PgRow,
+) -> Result<crate::message::Message, sqlx::Error> {
+    use sqlx::Row;
+    let names: Vec<String> = row.try_get("names")?;
+    let values: Vec<String> = row.try_get("vals")?;
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let mut m = crate::message::Message::new(
+        row.try_get::<String, _>("message_id")?,
+        row.try_get::<String, _>("kind")?,
+        payload,
+    )
+    .with_headers(names.into_iter().zip(values).collect());
+    if let Some(c) = row.try_get::<Option<String>, _>("correlation_id")? {
+        m = m.with_correlation_id(c);
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,7 @@ impl Map {
     }
 
     pub(super) fn get(&self, hash: u64, key: &str) -> Option<&Record> {
-        self.table
-            .find(hash, Self::matching(hash, key))
-            .map(|s| &s.record)
+        self.get_key_value(hash, key).map(|(_, r)| r)
     }
 
     /// The record and the map's own allocation of its key.

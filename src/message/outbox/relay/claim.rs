@@ -3,7 +3,7 @@
 
 use sqlx::{PgConnection, Row, postgres::PgRow};
 
-use crate::message::{Message, outbox::schema::Statements};
+use crate::message::{Message, outbox::schema::Statements, postgres::read_message};
 
 /// One claimed row.
 #[derive(Debug)]
@@ -85,22 +85,10 @@ async fn scan_was_capped(
 }
 
 fn read(row: &PgRow) -> Result<Claimed, sqlx::Error> {
-    let names: Vec<String> = row.try_get("names")?;
-    let values: Vec<String> = row.try_get("vals")?;
-    let payload: Vec<u8> = row.try_get("payload")?;
-    let mut message = Message::new(
-        row.try_get::<String, _>("message_id")?,
-        row.try_get::<String, _>("kind")?,
-        payload,
-    )
-    .with_headers(names.into_iter().zip(values).collect());
-    if let Some(c) = row.try_get::<Option<String>, _>("correlation_id")? {
-        message = message.with_correlation_id(c);
-    }
     Ok(Claimed {
         id: row.try_get("id")?,
         aggregate: row.try_get("aggregate")?,
         attempts: row.try_get("attempts")?,
-        message,
+        message: read_message(row)?,
     })
 }

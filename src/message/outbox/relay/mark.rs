@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use super::publish::{Done, Fate};
-use crate::message::{outbox::schema::Statements, postgres::storable};
+use crate::message::{cut, outbox::schema::Statements, postgres::storable};
 
 /// The longest `last_error` kept, in bytes.
 const MAX_ERROR: usize = 2048;
@@ -69,11 +69,7 @@ pub(crate) fn jittered(d: Duration, unit: f64) -> Duration {
 
 /// Error text PostgreSQL can store, at most [`MAX_ERROR`] bytes (cut at a character).
 fn bounded(why: &str) -> String {
-    let mut end = why.len().min(MAX_ERROR);
-    while !why.is_char_boundary(end) {
-        end -= 1;
-    }
-    storable(&why[..end]).into_owned()
+    storable(cut(why, MAX_ERROR)).into_owned()
 }
 
 #[cfg(test)]

@@ -3,17 +3,20 @@
 //! defers the rest of it.
 
 use std::{
-    any::Any,
     future::{Future, poll_fn},
     panic::AssertUnwindSafe,
     time::Duration,
 };
 
-use futures_util::{FutureExt, StreamExt, stream};
+use futures_util::{StreamExt, stream};
 use tower_service::Service;
 
 use super::claim::Claimed;
-use crate::{BoxError, message::Message};
+use crate::{
+    BoxError,
+    catch::{CatchUnwind, panic_text},
+    message::Message,
+};
 
 /// What became of one claimed row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,23 +126,15 @@ where
                 .map(drop)
                 .map_err(|e| format!("publication failed: {}", e.into()))
         };
-        match tokio::time::timeout(timeout, AssertUnwindSafe(attempt).catch_unwind()).await {
+        match tokio::time::timeout(timeout, CatchUnwind::new(attempt)).await {
             Ok(Ok(done)) => done,
-            Ok(Err(panic)) => Err(format!("publisher panicked: {}", panic_text(&*panic))),
+            Ok(Err(panic)) => Err(format!("publisher panicked: {panic}")),
             Err(_) => Err(format!(
                 "publication timed out after {} ms",
                 timeout.as_millis()
             )),
         }
     }
-}
-
-fn panic_text(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 #[cfg(test)]

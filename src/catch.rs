@@ -1,5 +1,5 @@
-//! A handler's future with its panics caught: a panicking handler is a failed attempt, never a
-//! dead runner nor a lost delivery.
+//! Panics caught where the crate runs user code that must not take a task down with it: a
+//! consumer's handler, an outbox relay's publisher, an Idempotency-Key owner.
 
 use std::{
     any::Any,
@@ -10,7 +10,7 @@ use std::{
 };
 
 pin_project_lite::pin_project! {
-    /// Polls `inner`, turning a panic into `Err` with its message.
+    /// Polls `inner`, turning a panic into `Err` with what it said.
     pub(crate) struct CatchUnwind<F> {
         #[pin]
         inner: F,
@@ -32,17 +32,16 @@ impl<F: Future> Future for CatchUnwind<F> {
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
+            Err(payload) => Poll::Ready(Err(panic_text(&*payload).to_owned())),
         }
     }
 }
 
 /// What a panic said, as text.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    let said = payload
+pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    payload
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
-    format!("handler panicked: {said}")
+        .unwrap_or("(no message)")
 }

@@ -132,10 +132,10 @@ pub(crate) type Slot = u64;
 pub(crate) const EMPTY: Slot = UNASSIGNED;
 
 /// Runs `f` (a layer's inner `call`, or a poll of its future) inside the current call: when no
-/// layer outside opened one, this layer's call opens it with the id in `slot` (if any). An id
-/// drawn or found during `f` is kept in `slot` for the next poll. Two thread-local reads and,
-/// at most, two writes (no thread-local write inside a layer outside that has the id): no
-/// allocation, no atomic, no id drawn unless something asks for it.
+/// layer outside opened one, this layer's call opens it with the id in `slot` (if any). The
+/// call's id as `f` leaves it (drawn or found during `f`, or the outer layers') is kept in
+/// `slot` for the next poll. Two thread-local reads and, at most, two writes: no allocation, no
+/// atomic, no id drawn unless something asks for it.
 #[inline]
 pub(crate) fn within<R>(slot: &mut Slot, f: impl FnOnce() -> R) -> R {
     let previous = CURRENT.with(|c| {
@@ -151,18 +151,11 @@ pub(crate) fn within<R>(slot: &mut Slot, f: impl FnOnce() -> R) -> R {
     // Restores the outer state also when `f` unwinds; the id is kept only when it returns.
     let restore = Close(previous);
     let out = f();
-    let seen = CURRENT.with(Cell::get);
-    if is_id(seen) {
-        *slot = seen;
-    }
+    // Never `NONE` here: this scope or one outside is open. `UNASSIGNED` only when `slot` was
+    // `EMPTY` and stays so; otherwise the call's id, which `slot` keeps without a compare.
+    *slot = CURRENT.with(Cell::get);
     drop(restore);
     out
-}
-
-/// Whether a thread-local value is an id (neither `NONE` nor `UNASSIGNED`).
-#[inline]
-const fn is_id(value: u64) -> bool {
-    value.wrapping_sub(1) < NONE - 1
 }
 
 /// Closes the scope a [`within`] opened, if it opened one, also when unwinding.

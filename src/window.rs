@@ -130,6 +130,16 @@ impl CountWindow {
         Some((self.decode(now), old == 0))
     }
 
+    /// Whether a success would change nothing: the window is full and holds successes only.
+    /// Every slot then holds the same value, so where the head stands does not matter and the
+    /// success need not move it: the common case writes nothing shared (no head increment for
+    /// every core to fight over) and the window stays exactly the last `size` calls.
+    #[inline]
+    pub(crate) fn full_of_successes(&self) -> bool {
+        // Counts read `size` calls and no failure or slow call: `BIASED_ZERO + size`.
+        self.counts.load(Relaxed) == BIASED_ZERO + self.slots.len() as u64
+    }
+
     pub(crate) fn reading(&self) -> Reading {
         self.decode(self.counts.load(Acquire))
     }
@@ -412,6 +422,48 @@ mod tests {
         w.reset();
         assert_eq!(w.reading(), Reading::default());
         assert!(w.record(OK).unwrap().1, "calls grew after reset");
+    }
+
+    /// The breaker skips a success when the window is full of successes; the window must still
+    /// read exactly the last `size` samples afterwards, whatever comes next.
+    #[test]
+    fn skipped_successes_keep_the_window_the_last_calls() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for size in 1..=13u32 {
+            let w = CountWindow::new(size);
+            let mut model = std::collections::VecDeque::new();
+            let mut skipped = 0;
+            for _ in 0..4000 {
+                // Mostly successes, so that full windows of them come up often.
+                let sample = match rng.u8(0..10) {
+                    0 => FAIL,
+                    1 => SLOW_OK,
+                    _ => OK,
+                };
+                if sample == OK && w.full_of_successes() {
+                    skipped += 1;
+                } else {
+                    w.record(sample);
+                }
+                model.push_back(sample);
+                if model.len() > size as usize {
+                    model.pop_front();
+                }
+                let count = |f: fn(&Sample) -> bool| model.iter().filter(|s| f(s)).count() as u64;
+                let expected = Reading {
+                    calls: model.len() as u64,
+                    failures: count(|s| s.failure),
+                    slow: count(|s| s.slow),
+                };
+                assert_eq!(w.reading(), expected, "size {size}");
+                let full = model.len() == size as usize && expected.failures + expected.slow == 0;
+                assert_eq!(w.full_of_successes(), full, "size {size}");
+            }
+            assert!(
+                skipped > 100,
+                "size {size}: the skip was taken {skipped} times"
+            );
+        }
     }
 
     #[test]

@@ -592,6 +592,11 @@ impl Breaker {
                     return self.observers.outcome(false, false, None);
                 }
                 Window::Consecutive(_) => {}
+                // A full window of successes: evicting one changes nothing (see
+                // `full_of_successes`).
+                Window::Count(c) if c.full_of_successes() => {
+                    return self.observers.outcome(false, false, None);
+                }
                 Window::Count(c) => {
                     return self.record_count_success(c, permit.generation(), now);
                 }

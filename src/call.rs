@@ -124,6 +124,13 @@ impl Drop for Restore {
     }
 }
 
+/// Whether a call is in scope on this thread, without drawing its id (as
+/// [`CallId::current`] would).
+#[inline]
+pub(crate) fn in_scope() -> bool {
+    CURRENT.with(Cell::get) != NONE
+}
+
 /// What a layer's service call or future keeps of the call id between polls: `0` until an id
 /// is known. A whole word, like the futures' other counters.
 pub(crate) type Slot = u64;
@@ -192,8 +199,13 @@ mod tests {
         let again = within(&mut outer, CallId::current);
         assert_eq!(again, a);
         let mut quiet = EMPTY;
-        within(&mut quiet, || ());
-        assert_eq!(quiet, EMPTY);
+        let seen = within(&mut quiet, in_scope);
+        assert!(seen, "a scope is open inside `within`");
+        assert_eq!(
+            quiet, EMPTY,
+            "asking whether a call is in scope draws no id"
+        );
+        assert!(!in_scope());
     }
 
     #[test]

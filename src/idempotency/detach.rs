@@ -63,9 +63,10 @@ pub(crate) fn current_span() -> tracing::Span {
     }
 }
 
-/// Whether a rampart layer outside has a call id or a deadline in scope on this thread.
+/// Whether a rampart layer outside has a call or a deadline in scope on this thread (asking
+/// draws no call id: nobody may ever want one).
 pub(crate) fn in_outer_call() -> bool {
-    crate::timeout::Deadline::current().is_some() || crate::call::CallId::current().is_some()
+    crate::timeout::Deadline::current().is_some() || crate::call::in_scope()
 }
 
 impl<T> Future for Owning<T> {

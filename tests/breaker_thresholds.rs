@@ -308,3 +308,48 @@ proptest! {
         prop_assert_eq!(opened, model(w as usize, n as usize, n as usize, &outcomes));
     }
 }
+
+/// With slow calls timed, a fast success into a full window of successes changes nothing and
+/// is skipped; the window still holds exactly the last calls afterwards: one failure among the
+/// last four stays under 50 %, a second reaches it, and fast successes then push both out.
+#[test]
+fn timed_successes_into_a_full_clean_window_keep_it_the_last_calls() {
+    let b = Breaker::new(
+        Config::builder()
+            .count_window(4)
+            .minimum_calls(4)
+            .failure_rate(0.5)
+            .slow_calls(Duration::from_secs(1), 1.0)
+            .build()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    let call = |failed: bool| {
+        let p = b.try_acquire(|| t).expect("closed");
+        let o = if failed {
+            Outcome::FAILURE
+        } else {
+            Outcome::Success
+        };
+        // Fast: 1 ms, far under the 1 s slow-call duration.
+        b.record(p, &o, || t + Duration::from_millis(1));
+    };
+    for _ in 0..1_000 {
+        call(false);
+    }
+    let s = b.snapshot(t);
+    assert_eq!((s.calls, s.failures, s.slow_calls), (4, 0, 0));
+    call(true);
+    assert_eq!(b.state(), State::Closed, "1 failure of the last 4");
+    for _ in 0..3 {
+        call(false);
+    }
+    call(true);
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "the first failure left: 1 of the last 4"
+    );
+    call(true);
+    assert_eq!(b.state(), State::Open, "2 failures of the last 4");
+}

@@ -695,6 +695,9 @@ impl Breaker {
         }
         let sample = Sample { failure, slow };
         let reading = match &self.window {
+            // A timed success that was not slow, into a full window of successes: nothing
+            // changes (see `full_of_successes`), and nothing shared is written.
+            Window::Count(c) if !failure && !slow && c.full_of_successes() => return,
             // One call site, so that the ring's record stays inlined on the hot path.
             Window::Count(c) => match c.record(sample) {
                 // A success that evicted another call can only lower the rates.

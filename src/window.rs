@@ -114,6 +114,11 @@ impl CountWindow {
     #[inline]
     pub(crate) fn record(&self, sample: Sample) -> Option<(Reading, bool)> {
         let new = code(sample);
+        // A success into a full window of successes changes nothing: it does not even move
+        // the head (see `full_of_successes`), so nothing shared is written.
+        if new == PRESENT && self.full_of_successes() {
+            return None;
+        }
         let i = self.modulo.rem(self.head.fetch_add(1, Relaxed)) as usize;
         let slot = &self.slots[i];
         // The common case (a success evicting a success) changes nothing: skip the writes so
@@ -131,9 +136,10 @@ impl CountWindow {
     }
 
     /// Whether a success would change nothing: the window is full and holds successes only.
-    /// Every slot then holds the same value, so where the head stands does not matter and the
-    /// success need not move it: the common case writes nothing shared (no head increment for
-    /// every core to fight over) and the window stays exactly the last `size` calls.
+    /// Every slot then holds the same value, so where the head stands does not matter and
+    /// [`record`](Self::record) does not move it: the common case writes nothing shared (no
+    /// head increment for every core to fight over) and the window stays exactly the last
+    /// `size` calls. The breaker asks first, to skip its out-of-line record.
     #[inline]
     pub(crate) fn full_of_successes(&self) -> bool {
         // Counts read `size` calls and no failure or slow call: `BIASED_ZERO + size`.
@@ -424,8 +430,8 @@ mod tests {
         assert!(w.record(OK).unwrap().1, "calls grew after reset");
     }
 
-    /// The breaker skips a success when the window is full of successes; the window must still
-    /// read exactly the last `size` samples afterwards, whatever comes next.
+    /// A success into a window full of successes is skipped; the window must still read
+    /// exactly the last `size` samples afterwards, whatever comes next.
     #[test]
     fn skipped_successes_keep_the_window_the_last_calls() {
         let mut rng = fastrand::Rng::with_seed(11);
@@ -440,10 +446,14 @@ mod tests {
                     1 => SLOW_OK,
                     _ => OK,
                 };
-                if sample == OK && w.full_of_successes() {
+                let full_before = w.full_of_successes();
+                let changed = w.record(sample);
+                if sample == OK && full_before {
+                    assert_eq!(
+                        changed, None,
+                        "size {size}: a skipped success changes nothing"
+                    );
                     skipped += 1;
-                } else {
-                    w.record(sample);
                 }
                 model.push_back(sample);
                 if model.len() > size as usize {

@@ -592,8 +592,8 @@ impl Breaker {
                     return self.observers.outcome(false, false, None);
                 }
                 Window::Consecutive(_) => {}
-                // A full window of successes: evicting one changes nothing (see
-                // `full_of_successes`).
+                // A full window of successes: the record would change nothing (see
+                // `full_of_successes`), so it is not even called.
                 Window::Count(c) if c.full_of_successes() => {
                     return self.observers.outcome(false, false, None);
                 }
@@ -695,9 +695,6 @@ impl Breaker {
         }
         let sample = Sample { failure, slow };
         let reading = match &self.window {
-            // A timed success that was not slow, into a full window of successes: nothing
-            // changes (see `full_of_successes`), and nothing shared is written.
-            Window::Count(c) if !failure && !slow && c.full_of_successes() => return,
             // One call site, so that the ring's record stays inlined on the hot path.
             Window::Count(c) => match c.record(sample) {
                 // A success that evicted another call can only lower the rates.
